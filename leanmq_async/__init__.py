@@ -1,0 +1,53 @@
+"""leanmq_async: an asyncio-native message queue on Redis Streams, with a worker runtime."""
+
+from leanmq_async._version import __version__
+from leanmq_async.client import LeanMQ
+from leanmq_async.connection import ConnectionSettings
+from leanmq_async.exceptions import (
+    ConfigurationError,
+    DeadLetterQueueNotFoundError,
+    InvalidMessageIdError,
+    LeanMQConnectionError,
+    LeanMQError,
+    MessageDecodeError,
+    MessageEncodeError,
+    MessageError,
+    MessageTooLargeError,
+    QueueError,
+    QueueNotFoundError,
+    RedisOperationError,
+    Reject,
+    Retry,
+    TransactionError,
+    WrongQueueKindError,
+)
+from leanmq_async.message import DeadLetterInfo, Message, QueueInfo
+from leanmq_async.queue import Queue
+from leanmq_async.transaction import Transaction
+
+__all__ = [
+    "ConfigurationError",
+    "ConnectionSettings",
+    "DeadLetterInfo",
+    "DeadLetterQueueNotFoundError",
+    "InvalidMessageIdError",
+    "LeanMQ",
+    "LeanMQConnectionError",
+    "LeanMQError",
+    "Message",
+    "MessageDecodeError",
+    "MessageEncodeError",
+    "MessageError",
+    "MessageTooLargeError",
+    "Queue",
+    "QueueError",
+    "QueueInfo",
+    "QueueNotFoundError",
+    "RedisOperationError",
+    "Reject",
+    "Retry",
+    "Transaction",
+    "TransactionError",
+    "WrongQueueKindError",
+    "__version__",
+]

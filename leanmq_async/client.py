@@ -1,0 +1,278 @@
+"""The client: :class:`LeanMQ`, the entry point of the library."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+
+from leanmq_async._log import get_logger
+from leanmq_async.connection import (
+    ConnectionSettings,
+    build_client,
+    build_url,
+    check_borrowed_client,
+)
+from leanmq_async.envelope import DEFAULT_MAX_MESSAGE_SIZE, Serializer, get_codec
+from leanmq_async.exceptions import (
+    ConfigurationError,
+    DeadLetterQueueNotFoundError,
+    LeanMQError,
+    QueueNotFoundError,
+)
+from leanmq_async.keys import (
+    DLQ_SUFFIX,
+    QueueKeys,
+    make_consumer_name,
+    validate_prefix,
+    validate_queue_name,
+)
+from leanmq_async.message import QueueInfo
+from leanmq_async.queue import Queue
+from leanmq_async.store import Store
+from leanmq_async.transaction import Transaction
+
+if TYPE_CHECKING:
+    from leanmq_async.worker.handler import Handler
+    from leanmq_async.worker.supervisor import Worker
+
+__all__ = ["LeanMQ"]
+
+
+class LeanMQ:
+    """An async client for queues on Redis Streams.
+
+    Connect by URL (``redis://``, ``rediss://`` for TLS, ``unix://``; user and password in
+    the URL for ACL), by LeanMQ's keywords (``redis_host``, ``redis_port``, ``redis_db``,
+    ``redis_password``), or pass your own ``redis.asyncio.Redis`` as ``client`` (it is
+    borrowed: never closed by LeanMQ). No I/O happens until the first call.
+
+    Use as ``async with LeanMQ(...) as mq:``, or call :meth:`aclose` when done.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str = "mq:",
+        redis_host: str = "localhost",
+        redis_port: int = 6379,
+        redis_db: int = 0,
+        redis_password: str | None = None,
+        redis_username: str | None = None,
+        ssl: bool = False,
+        client: aioredis.Redis | None = None,
+        serializer: Serializer = "json",
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_retries: int = 3,
+        consumer_name: str | None = None,
+        connection: ConnectionSettings | None = None,
+    ) -> None:
+        self.prefix = validate_prefix(prefix)
+        self.codec = get_codec(serializer, max_message_size)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        self.max_retries = max_retries
+        self.consumer_name = consumer_name or make_consumer_name()
+        self.connection_settings = connection or ConnectionSettings()
+        if client is not None:
+            if url is not None:
+                raise ConfigurationError("pass either url or client, not both")
+            check_borrowed_client(client)
+            self._owns_client = False
+            self.url = "<borrowed client>"
+        else:
+            self.url = url or build_url(
+                redis_host, redis_port, redis_db, redis_password, redis_username, ssl
+            )
+            client = build_client(self.url, self.connection_settings)
+            self._owns_client = True
+        self.redis = client
+        self.store = Store(client)
+        self.log = get_logger("leanmq_async", prefix=prefix)
+        self.handlers: list[Handler] = []
+        self._queues: dict[tuple[str, bool], Queue] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<LeanMQ url={_redact(self.url)!r} prefix={self.prefix!r} "
+            f"consumer={self.consumer_name!r} handlers={len(self.handlers)}>"
+        )
+
+    async def __aenter__(self) -> LeanMQ:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the Redis connections if LeanMQ owns them (a borrowed client stays open)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            await self.redis.aclose()
+
+    # -- queues --------------------------------------------------------------------------
+
+    def _queue_object(self, base: str, is_dlq: bool) -> Queue:
+        queue = self._queues.get((base, is_dlq))
+        if queue is None:
+            queue = self._queues[(base, is_dlq)] = Queue(self, base, is_dlq=is_dlq)
+        return queue
+
+    @staticmethod
+    def _split(name: str) -> tuple[str, bool]:
+        validate_queue_name(name)
+        if name.endswith(DLQ_SUFFIX):
+            return name[: -len(DLQ_SUFFIX)], True
+        return name, False
+
+    def queue(self, name: str) -> Queue:
+        """Declare a main queue without I/O (for ``@mq.queue("orders").handler`` at import).
+
+        The worker creates its stream and group when it starts; sending needs no setup.
+        """
+        base, is_dlq = self._split(name)
+        if is_dlq:
+            raise ConfigurationError(
+                f"{name!r} names a dead-letter queue; declare the main queue {base!r} and use "
+                ".dead_letter_queue()"
+            )
+        return self._queue_object(base, False)
+
+    async def create_queue_pair(self, queue_name: str) -> tuple[Queue, Queue]:
+        """Create a queue and its dead-letter queue (idempotent); return ``(queue, dlq)``."""
+        queue = self.queue(queue_name)
+        dlq = queue.dead_letter_queue()
+        await self.store.create_queue(self.prefix, queue.keys, queue.consumer_group,
+                                      dlq.consumer_group)
+        return queue, dlq
+
+    async def get_queue(self, queue_name: str) -> Queue:
+        """The created queue (or DLQ, for ``"name:dlq"``); raise if it was never created."""
+        base, is_dlq = self._split(queue_name)
+        if not await self.store.queue_exists(QueueKeys(self.prefix, base)):
+            raise QueueNotFoundError(
+                f"queue {queue_name!r} does not exist under prefix {self.prefix!r}; "
+                f"create it with await mq.create_queue_pair({base!r})"
+            )
+        return self._queue_object(base, is_dlq)
+
+    async def get_dead_letter_queue(self, queue_name: str) -> Queue:
+        """The dead-letter queue of ``queue_name``; raise if the pair was never created."""
+        base, _ = self._split(queue_name)
+        if not await self.store.queue_exists(QueueKeys(self.prefix, base)):
+            raise DeadLetterQueueNotFoundError(
+                f"queue {base!r} has no dead-letter queue under prefix {self.prefix!r}; "
+                f"create the pair with await mq.create_queue_pair({base!r})"
+            )
+        return self._queue_object(base, True)
+
+    async def list_queues(self) -> list[QueueInfo]:
+        """Info on every created queue and its DLQ (two round trips in all)."""
+        bases = await self.store.registered_queues(self.prefix)
+        queues = [self._queue_object(b, dlq) for b in bases for dlq in (False, True)]
+        infos = await self.store.stream_infos([(q.stream, q.keys) for q in queues])
+        return [self._info_from(q, info) for q, info in zip(queues, infos, strict=True)]
+
+    def _info_from(self, queue: Queue, info: dict[str, Any]) -> QueueInfo:
+        pending = 0
+        names = []
+        for group in info["groups"]:
+            name = group["name"].decode()
+            names.append(name)
+            if name == queue.consumer_group:
+                pending = int(group["pending"])
+        created = info["meta"].get("created_at")
+        return QueueInfo(
+            name=queue.name,
+            is_dlq=queue.is_dlq,
+            message_count=info["length"],
+            consumer_group=queue.consumer_group,
+            pending_messages=pending,
+            created_at=float(created) if created else None,
+            delayed_messages=0 if queue.is_dlq else info["delayed"],
+            consumer_groups=tuple(names),
+        )
+
+    async def delete_queue(self, queue_name: str, delete_dlq: bool = True) -> bool:
+        """Delete a queue (and by default its DLQ); True if anything was deleted."""
+        base, is_dlq = self._split(queue_name)
+        if is_dlq:
+            raise ConfigurationError(
+                f"pass the main queue's name ({base!r}) to delete_queue; use delete_dlq to "
+                "choose whether its dead-letter queue goes too"
+            )
+        return await self.store.delete_queue(self.prefix, QueueKeys(self.prefix, base),
+                                             delete_dlq) > 0
+
+    # -- transactions and maintenance --------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """Send several messages atomically: all are written at the end of the block, or none."""
+        tx = Transaction(self.store)
+        yield tx
+        await tx.commit()
+
+    async def process_expired_messages(self, policy: str = "drop", limit: int = 1000) -> int:
+        """Remove expired messages of every queue; return how many.
+
+        ``policy="drop"`` deletes them (LeanMQ's behaviour); ``"dlq"`` dead-letters them.
+        """
+        if policy not in ("drop", "dlq"):
+            raise ConfigurationError(f"policy must be 'drop' or 'dlq', got {policy!r}")
+        total = 0
+        for base in await self.store.registered_queues(self.prefix):
+            queue = self._queue_object(base, False)
+            while True:
+                n = await self.store.expire(queue.keys, queue.name, policy, limit)
+                total += n
+                if n < limit:
+                    break
+        if total:
+            self.log.info("expired", count=total)
+        return total
+
+    async def health(self) -> dict[str, Any]:
+        """``{"status": "ok"|"critical", "redis": bool, ...}``: is Redis reachable?"""
+        try:
+            await self.store.ping()
+        except LeanMQError as exc:
+            return {"status": "critical", "redis": False, "error": str(exc)}
+        return {"status": "ok", "redis": True}
+
+    # -- worker --------------------------------------------------------------------------
+
+    def worker(self, **settings: Any) -> Worker:
+        """A :class:`~leanmq_async.worker.Worker` for this client's handlers.
+
+        Use ``async with mq.worker():`` to run it in the background of a block (for app
+        lifespans), or ``await mq.run_worker()`` to run until cancelled.
+        """
+        from leanmq_async.worker.supervisor import Worker
+
+        return Worker(self, **settings)
+
+    async def run_worker(self, *, task_status: Any = None, **settings: Any) -> None:
+        """Run a worker for this client's handlers until cancelled (anyio ``task_status`` aware)."""
+        from anyio import TASK_STATUS_IGNORED
+
+        await self.worker(**settings).serve(task_status=task_status or TASK_STATUS_IGNORED)
+
+
+def _redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -1,0 +1,129 @@
+"""The boundary to Redis: how clients are built, and how Redis errors are translated.
+
+redis-py's defaults are made for caches, not queues, so each one is chosen here:
+
+* **No automatic command retries** (redis-py retries a command on connection errors):
+  a retried ``XADD`` whose first reply was lost writes the message twice, and a retried
+  ``XREADGROUP`` loses the first reply's messages to a pending list. The library retries
+  where it is safe (worker loops, with backoff); a producer gets
+  :class:`~leanmq_async.exceptions.LeanMQConnectionError` and decides.
+* **A socket timeout longer than any blocking read we issue** (redis-py's 5 s would kill
+  a longer ``XREADGROUP BLOCK``): worker reads block at most ``block_ms`` and
+  ``get_messages`` splits long waits into chunks, so a dead peer is still noticed.
+* **A blocking pool** that waits for a free connection (up to ``pool_timeout``) instead of
+  raising, so hundreds of concurrent handlers that call Redis queue up instead of failing.
+* **Health checks** on connections idle for ``health_check_interval`` seconds, so the first
+  command after a long idle period does not fail on a connection a firewall dropped.
+* ``decode_responses=False``: payloads are bytes and stay binary-safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+
+from leanmq_async.exceptions import (
+    ConfigurationError,
+    LeanMQConnectionError,
+    LeanMQError,
+    RedisOperationError,
+)
+
+__all__ = ["ConnectionSettings", "build_client", "check_borrowed_client", "translate_errors"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """How leanmq_async connects when it owns the Redis client."""
+
+    socket_timeout: float = 30.0
+    socket_connect_timeout: float = 5.0
+    max_connections: int = 64
+    pool_timeout: float = 30.0
+    health_check_interval: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("socket_timeout", "socket_connect_timeout", "pool_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name} must be > 0 seconds")
+        if self.max_connections < 2:
+            raise ConfigurationError("max_connections must be at least 2 (reads block one)")
+
+
+def build_url(
+    host: str, port: int, db: int, password: str | None, username: str | None, ssl: bool
+) -> str:
+    """A redis URL from LeanMQ's keyword arguments."""
+    from urllib.parse import quote
+
+    auth = ""
+    if password is not None or username is not None:
+        auth = f"{quote(username or '', safe='')}:{quote(password or '', safe='')}@"
+    scheme = "rediss" if ssl else "redis"
+    return f"{scheme}://{auth}{host}:{port}/{db}"
+
+
+def build_client(url: str, settings: ConnectionSettings, **extra: Any) -> aioredis.Redis:
+    """An owned ``redis.asyncio`` client for ``url`` (redis://, rediss://, unix://)."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigurationError(
+            f"unsupported Redis URL {url!r}: use redis://, rediss:// (TLS) or unix://"
+        )
+    try:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=settings.max_connections,
+            timeout=settings.pool_timeout,
+            socket_timeout=settings.socket_timeout,
+            socket_connect_timeout=settings.socket_connect_timeout,
+            socket_keepalive=True,
+            health_check_interval=settings.health_check_interval,
+            retry=AsyncRetry(NoBackoff(), 0),
+            decode_responses=False,
+            **extra,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid Redis URL {url!r}: {exc}") from exc
+    return aioredis.Redis.from_pool(pool)
+
+
+def check_borrowed_client(client: Any) -> None:
+    """Refuse a user's client that cannot carry binary payloads."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    if kwargs.get("decode_responses"):
+        raise ConfigurationError(
+            "the Redis client passed to LeanMQ decodes responses; create it with "
+            "decode_responses=False (payloads are binary)"
+        )
+
+
+class translate_errors:  # noqa: N801 - used like a function: `with translate_errors():`
+    """Translate redis-py exceptions raised inside the block into leanmq_async's own."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str = "redis command") -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None or not isinstance(exc, redis_errors.RedisError):
+            return False
+        if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
+            raise LeanMQConnectionError(f"{self.what} failed: Redis unreachable ({exc})") from exc
+        if isinstance(exc, redis_errors.ResponseError):
+            raise RedisOperationError(f"{self.what} failed: {exc}") from exc
+        raise LeanMQError(f"{self.what} failed: {exc}") from exc

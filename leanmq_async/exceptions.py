@@ -1,0 +1,105 @@
+"""Every exception leanmq_async raises, and the signals a handler may raise.
+
+Redis errors are translated into these at the one boundary that talks to Redis
+(:mod:`leanmq_async.connection`), always chained with ``raise … from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DeadLetterQueueNotFoundError",
+    "InvalidMessageIdError",
+    "LeanMQConnectionError",
+    "LeanMQError",
+    "MessageDecodeError",
+    "MessageEncodeError",
+    "MessageError",
+    "MessageTooLargeError",
+    "QueueError",
+    "QueueNotFoundError",
+    "Reject",
+    "RedisOperationError",
+    "Retry",
+    "TransactionError",
+    "WrongQueueKindError",
+]
+
+
+class LeanMQError(Exception):
+    """Base class of every error raised by leanmq_async."""
+
+
+class ConfigurationError(LeanMQError, ValueError):
+    """An argument or setting is invalid; the message says which and how to fix it."""
+
+
+class LeanMQConnectionError(LeanMQError, ConnectionError):
+    """Redis could not be reached, or the connection broke during a command."""
+
+
+class RedisOperationError(LeanMQError):
+    """Redis answered a command with an error (wrong key type, script error, ACL denial…)."""
+
+
+class QueueError(LeanMQError):
+    """A queue operation was refused."""
+
+
+class QueueNotFoundError(QueueError, LookupError):
+    """The named queue has not been created (see ``LeanMQ.create_queue_pair``)."""
+
+
+class DeadLetterQueueNotFoundError(QueueNotFoundError):
+    """The named queue has no dead-letter queue."""
+
+
+class WrongQueueKindError(QueueError):
+    """A dead-letter queue was used where a main queue is needed, or the other way round."""
+
+
+class InvalidMessageIdError(QueueError, ValueError):
+    """A message id is not a Redis stream id of the form ``<milliseconds>-<sequence>``."""
+
+
+class TransactionError(LeanMQError):
+    """A transaction could not be committed; nothing of it was written."""
+
+
+class MessageError(LeanMQError):
+    """A message could not be encoded, decoded or accepted."""
+
+
+class MessageEncodeError(MessageError, TypeError):
+    """The payload cannot be serialised by the queue's codec."""
+
+
+class MessageTooLargeError(MessageError, ValueError):
+    """The encoded message is larger than the configured ``max_message_size``."""
+
+
+class MessageDecodeError(MessageError, ValueError):
+    """A stream entry is not a valid leanmq_async message, or its payload fails validation."""
+
+
+class Retry(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raise from a handler to ask for another attempt, optionally after ``delay`` seconds.
+
+    The attempt counts against ``max_retries``; when none are left the message is
+    dead-lettered like after any other failure.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        if delay is not None and delay < 0:
+            raise ConfigurationError(f"Retry(delay=...) must be >= 0 seconds, got {delay!r}")
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
+
+
+class Reject(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raise from a handler to dead-letter the message at once, without retries."""
+
+    def __init__(self, reason: str = "rejected by handler") -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,118 @@
+"""Every Redis key leanmq_async uses is named here, and nowhere else.
+
+All keys of one queue share one Redis Cluster hash tag, the queue name in braces::
+
+    {prefix}{orders}                  main stream (XADD / XREADGROUP)
+    {prefix}{orders}:dlq              dead-letter stream
+    {prefix}{orders}:delayed          ZSET  member -> due time (ms, Redis clock): delays and retries
+    {prefix}{orders}:delayed:data     HASH  member -> packed stream fields of the delayed entry
+    {prefix}{orders}:expiry           ZSET  stream id -> expiry time (ms, Redis clock)
+    {prefix}{orders}:meta             HASH  created_at, consumer_group, dlq_group
+    {prefix}registry                  SET   names of the queues created with this prefix
+
+so every multi-key step on one queue is a single atomic Lua script, also on a cluster.
+The registry is the only key outside a queue's slot; it is only an index for
+``list_queues`` and is never part of an atomic step.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+from dataclasses import dataclass
+
+from leanmq_async.exceptions import ConfigurationError
+
+__all__ = [
+    "DLQ_SUFFIX",
+    "QueueKeys",
+    "default_group",
+    "make_consumer_name",
+    "registry_key",
+    "validate_prefix",
+    "validate_queue_name",
+]
+
+DLQ_SUFFIX = ":dlq"
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-/#@]+$")
+
+
+def validate_queue_name(name: str) -> str:
+    """Return ``name`` if it can name a queue, else raise :class:`ConfigurationError`."""
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"a queue name must be a non-empty string, got {name!r}")
+    if len(name) > 200 or not _QUEUE_NAME.match(name):
+        raise ConfigurationError(
+            f"invalid queue name {name!r}: use at most 200 letters, digits and the characters "
+            "_ . : - / # @ (no spaces or braces)"
+        )
+    return name
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it can prefix keys, else raise :class:`ConfigurationError`."""
+    if not isinstance(prefix, str):
+        raise ConfigurationError(f"prefix must be a string, got {prefix!r}")
+    if "{" in prefix or "}" in prefix:
+        raise ConfigurationError(
+            f"prefix {prefix!r} must not contain braces: the queue name is the hash tag"
+        )
+    return prefix
+
+
+def default_group(base_name: str) -> str:
+    """The consumer group LeanMQ uses for a main queue (``orders`` -> ``orders-group``)."""
+    return f"{base_name}-group"
+
+
+def make_consumer_name() -> str:
+    """A consumer name unique to this process and call: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one queue pair (a main queue and its dead-letter queue)."""
+
+    prefix: str
+    base: str
+
+    @property
+    def tag(self) -> str:
+        return f"{self.prefix}{{{self.base}}}"
+
+    @property
+    def stream(self) -> str:
+        return self.tag
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.tag}{DLQ_SUFFIX}"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.tag}:delayed"
+
+    @property
+    def delayed_data(self) -> str:
+        return f"{self.tag}:delayed:data"
+
+    @property
+    def expiry(self) -> str:
+        return f"{self.tag}:expiry"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.tag}:meta"
+
+    def all(self) -> tuple[str, ...]:
+        """Every key of the pair, for deletion."""
+        return (self.stream, self.dlq, self.delayed, self.delayed_data, self.expiry, self.meta)
+
+
+def registry_key(prefix: str) -> str:
+    """The set that lists the base names of all queues created under ``prefix``."""
+    return f"{prefix}registry"

@@ -1,0 +1,73 @@
+"""The objects a reader gets back: :class:`Message`, :class:`DeadLetterInfo`, :class:`QueueInfo`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+__all__ = ["DeadLetterInfo", "Message", "QueueInfo"]
+
+T = TypeVar("T")
+
+
+class DeadLetterInfo(msgspec.Struct, kw_only=True):
+    """Why and when a message was dead-lettered (present on messages read from a DLQ)."""
+
+    reason: str
+    error_type: str = ""
+    traceback: str = ""
+    attempts: int = 0
+    failed_at: float = 0.0
+    source_queue: str = ""
+    source_id: str = ""
+    group: str = ""
+
+
+class Message(msgspec.Struct, Generic[T], kw_only=True):
+    """One message read from a queue.
+
+    ``id`` is the Redis stream id (the handle for acknowledge/delete/move); ``message_id``
+    is the producer's id (a uuid unless the caller chose one). ``attempt`` counts handler
+    attempts across retries (1 on first delivery); ``delivery_count`` is how often Redis
+    delivered this stream entry (above 1 only after a consumer died holding it).
+    """
+
+    id: str
+    data: T
+    timestamp: float
+    delivery_count: int = 1
+    message_id: str = ""
+    attempt: int = 1
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    queue: str = ""
+    expires_at: float | None = None
+    dead_letter: DeadLetterInfo | None = None
+
+
+@dataclass(slots=True)
+class QueueInfo:
+    """What ``list_queues`` and ``get_info`` report about one stream (LeanMQ's fields)."""
+
+    name: str
+    is_dlq: bool = False
+    message_count: int = 0
+    consumer_group: str | None = None
+    pending_messages: int = 0
+    created_at: float | None = None
+    delayed_messages: int = 0
+    consumer_groups: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return (
+            f"QueueInfo(name={self.name!r}, is_dlq={self.is_dlq}, "
+            f"message_count={self.message_count}, pending_messages={self.pending_messages}, "
+            f"delayed_messages={self.delayed_messages})"
+        )
+
+
+def payload_repr(data: Any) -> str:
+    """A short representation of a payload for logs and reprs."""
+    text = repr(data)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,343 @@
+"""A queue (or dead-letter queue): LeanMQ's queue API, async."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import anyio
+
+from leanmq_async.envelope import decode_entry, decode_payload
+from leanmq_async.exceptions import (
+    ConfigurationError,
+    InvalidMessageIdError,
+    MessageDecodeError,
+    WrongQueueKindError,
+)
+from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, default_group
+from leanmq_async.message import Message, QueueInfo
+from leanmq_async.reading import dead_letter_info, to_message, triage
+from leanmq_async.store import RawEntry, SendOp
+
+if TYPE_CHECKING:
+    from leanmq_async.client import LeanMQ
+    from leanmq_async.worker.handler import HandlerFunc, HandlerOptions
+
+__all__ = ["Queue"]
+
+_STREAM_ID = re.compile(r"^\d+-\d+$")
+# A blocking read never waits longer than this in one command, so a dead connection is
+# noticed within the socket timeout; longer waits are split into several reads.
+_MAX_BLOCK_CHUNK_MS = 5_000
+
+F = TypeVar("F", bound="HandlerFunc")
+
+
+def validate_ids(ids: Iterable[str | bytes]) -> list[str]:
+    """Normalise stream ids to str; raise :class:`InvalidMessageIdError` on a malformed one."""
+    if isinstance(ids, str | bytes):
+        raise InvalidMessageIdError(
+            f"pass a list of message ids, not a single id: [{ids!r}] instead of {ids!r}"
+        )
+    out = []
+    for mid in ids:
+        sid = mid.decode() if isinstance(mid, bytes) else mid
+        if not isinstance(sid, str) or not _STREAM_ID.match(sid):
+            raise InvalidMessageIdError(
+                f"{mid!r} is not a stream id like '1700000000000-0'; use Message.id "
+                "(not Message.message_id)"
+            )
+        out.append(sid)
+    return out
+
+
+def to_ms(seconds: float | None, what: str) -> int:
+    """Seconds (None or > 0) to whole milliseconds, or :class:`ConfigurationError`."""
+    if seconds is None:
+        return 0
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+        raise ConfigurationError(f"{what} must be a positive number of seconds, got {seconds!r}")
+    return max(1, round(seconds * 1000))
+
+
+class Queue:
+    """One Redis stream: a main queue, or the dead-letter queue of one.
+
+    Obtain queues from :class:`~leanmq_async.LeanMQ` (``create_queue_pair``, ``get_queue``,
+    ``queue``); constructing one does no I/O.
+    """
+
+    def __init__(self, mq: LeanMQ, base_name: str, *, is_dlq: bool = False) -> None:
+        self._mq = mq
+        self.base_name = base_name
+        self.is_dlq = is_dlq
+        self.keys = QueueKeys(mq.prefix, base_name)
+        self.name = base_name + DLQ_SUFFIX if is_dlq else base_name
+        self.stream = self.keys.dlq if is_dlq else self.keys.stream
+        self.consumer_group = default_group(base_name) + ("-dlq" if is_dlq else "")
+
+    def __repr__(self) -> str:
+        kind = "dead-letter queue" if self.is_dlq else "queue"
+        return f"<Queue {self.name!r} ({kind}) stream={self.stream!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Queue)
+            and other.stream == self.stream
+            and other._mq.prefix == self._mq.prefix
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.stream, self._mq.prefix))
+
+    @property
+    def mq(self) -> LeanMQ:
+        """The client this queue belongs to."""
+        return self._mq
+
+    def dead_letter_queue(self) -> Queue:
+        """This queue's dead-letter queue (no I/O)."""
+        self._require_main("dead_letter_queue()")
+        return self._mq._queue_object(self.base_name, is_dlq=True)
+
+    def main_queue(self) -> Queue:
+        """The main queue of this queue pair (no I/O)."""
+        return self._mq._queue_object(self.base_name, is_dlq=False)
+
+    def _require_main(self, what: str) -> None:
+        if self.is_dlq:
+            raise WrongQueueKindError(
+                f"{what} needs a main queue, but {self.name!r} is a dead-letter queue; "
+                f"use mq.queue({self.base_name!r})"
+            )
+
+    # -- sending -------------------------------------------------------------------------
+
+    def _send_op(
+        self,
+        data: Any,
+        message_id: str | None,
+        ttl: float | None,
+        delay: float | None,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[SendOp, str]:
+        self._require_main("sending")
+        codec = self._mq.codec
+        mid, body = codec.encode(data, message_id, headers)
+        ttl_ms, delay_ms = to_ms(ttl, "ttl"), to_ms(delay, "delay")
+        member = f"{mid}|{uuid.uuid4().hex}" if delay_ms else ""
+        return SendOp(self.keys, codec.field, body, ttl_ms, delay_ms, member), mid
+
+    async def send_message(
+        self,
+        data: Any,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        *,
+        delay: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """Send one message; return its stream id.
+
+        ``ttl``: seconds until it expires unhandled. ``delay``: seconds before it becomes
+        visible (then the return value is the schedule handle, not yet a stream id).
+        """
+        op, _ = self._send_op(data, message_id, ttl, delay, headers)
+        if not op.ttl_ms and not op.delay_ms:
+            return await self._mq.store.xadd(self.stream, op.field, op.body)
+        (sid,) = await self._mq.store.send([op])
+        return sid
+
+    async def send_messages(
+        self,
+        items: Iterable[Any],
+        *,
+        ttl: float | None = None,
+        delay: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """Send many messages in one round trip, atomically; return their stream ids."""
+        ops = [self._send_op(data, None, ttl, delay, headers)[0] for data in items]
+        if not ops:
+            return []
+        return await self._mq.store.send(ops)
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def get_messages(
+        self,
+        count: int = 1,
+        block_for_seconds: float | None = None,
+        consumer_id: str | None = None,
+    ) -> list[Message[Any]]:
+        """Read up to ``count`` new messages for this queue's consumer group.
+
+        Blocks up to ``block_for_seconds`` when none are waiting (None: do not block).
+        Messages stay pending until acknowledged, deleted or moved to the DLQ. Entries that
+        cannot be decoded are moved to the DLQ with their reason; expired ones are
+        acknowledged and not returned.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigurationError(f"count must be a positive integer, got {count!r}")
+        consumer = consumer_id or self._mq.consumer_name
+        store = self._mq.store
+        wait_ms = to_ms(block_for_seconds, "block_for_seconds") if block_for_seconds else 0
+        deadline = anyio.current_time() + wait_ms / 1000
+        while True:
+            block = min(wait_ms, _MAX_BLOCK_CHUNK_MS) if wait_ms else None
+            raw = await store.read_group(self.stream, self.consumer_group, consumer, count, block)
+            if raw or not wait_ms:
+                break
+            wait_ms = int((deadline - anyio.current_time()) * 1000)
+            if wait_ms <= 0:
+                break
+        if self.is_dlq:
+            return self._dlq_messages(raw)
+        return await self._sort_out(raw, consumer)
+
+    async def _sort_out(self, raw: list[RawEntry], consumer: str) -> list[Message[Any]]:
+        store = self._mq.store
+        now = await store.redis_now_ms()
+        sorted_ = triage(raw, self.consumer_group, now, self._mq.codec.max_message_size)
+        messages = []
+        for sid, entry in sorted_.good:
+            try:
+                payload = decode_payload(entry)
+            except MessageDecodeError as exc:
+                sorted_.bad.append((sid, str(exc)))
+                continue
+            messages.append(to_message(sid, entry, payload, self.name))
+        if sorted_.expired or sorted_.foreign:
+            await store.ack(self.stream, self.consumer_group, sorted_.expired + sorted_.foreign)
+            self._mq.log.info("expired", queue=self.name, count=len(sorted_.expired))
+        if sorted_.bad:
+            items = [(sid, reason, "MessageDecodeError", "", 0) for sid, reason in sorted_.bad]
+            await store.dead_letter(self.keys, self.consumer_group, consumer, self.name, items)
+            self._mq.log.warning("dead_lettered", queue=self.name, count=len(items))
+        return messages
+
+    def _dlq_messages(self, raw: list[RawEntry]) -> list[Message[Any]]:
+        out = []
+        for raw_id, fields in raw:
+            info = dead_letter_info(fields)
+            try:
+                entry = decode_entry(fields, self._mq.codec.max_message_size)
+                payload = decode_payload(entry)
+            except MessageDecodeError:
+                out.append(
+                    Message(id=raw_id.decode(), data=None, timestamp=0.0, queue=self.name,
+                            dead_letter=info)
+                )
+                continue
+            out.append(to_message(raw_id.decode(), entry, payload, self.name, 1, info))
+        return out
+
+    async def peek_messages(self, count: int = 10, start: str = "-") -> list[Message[Any]]:
+        """Read up to ``count`` entries from ``start`` without consuming them (XRANGE)."""
+        raw = await self._mq.store.range(self.stream, start, "+", count)
+        if self.is_dlq:
+            return self._dlq_messages(raw)
+        out = []
+        for raw_id, fields in raw:
+            try:
+                entry = decode_entry(fields, self._mq.codec.max_message_size)
+                out.append(to_message(raw_id.decode(), entry, decode_payload(entry), self.name))
+            except MessageDecodeError:
+                out.append(Message(id=raw_id.decode(), data=None, timestamp=0.0, queue=self.name))
+        return out
+
+    # -- settling ------------------------------------------------------------------------
+
+    async def acknowledge_messages(self, message_ids: Sequence[str]) -> int:
+        """Mark messages as processed (they stay in the stream as history); return count."""
+        ids = validate_ids(message_ids)
+        if not ids:
+            return 0
+        return await self._mq.store.ack(self.stream, self.consumer_group, ids)
+
+    async def delete_messages(self, message_ids: Sequence[str]) -> int:
+        """Acknowledge and remove messages from the stream; return the number removed."""
+        ids = validate_ids(message_ids)
+        if not ids:
+            return 0
+        return await self._mq.store.delete_messages(self.keys, self.stream, self.consumer_group, ids)
+
+    async def move_to_dlq(
+        self, message_ids: Sequence[str], reason: str, dlq: Queue | None = None
+    ) -> int:
+        """Move messages to the DLQ with ``reason``, atomically (copy + ack in one script)."""
+        self._require_main("move_to_dlq")
+        if dlq is not None and (not dlq.is_dlq or dlq.base_name != self.base_name):
+            raise WrongQueueKindError(
+                f"move_to_dlq needs this queue's dead-letter queue ({self.base_name + DLQ_SUFFIX!r})"
+                f", got {dlq.name!r}"
+            )
+        ids = validate_ids(message_ids)
+        if not ids:
+            return 0
+        items = [(sid, str(reason), "", "", 0) for sid in ids]
+        return await self._mq.store.dead_letter(
+            self.keys, self.consumer_group, "", self.name, items
+        )
+
+    async def requeue_messages(
+        self, message_ids: Sequence[str], destination_queue: Queue | None = None
+    ) -> int:
+        """Move messages from this DLQ back to its main queue atomically; return count."""
+        if not self.is_dlq:
+            raise WrongQueueKindError(
+                f"requeue_messages is called on a dead-letter queue, not on {self.name!r}: "
+                f"use (await mq.get_dead_letter_queue({self.base_name!r})).requeue_messages(...)"
+            )
+        if destination_queue is not None and (
+            destination_queue.is_dlq or destination_queue.base_name != self.base_name
+        ):
+            raise WrongQueueKindError(
+                f"messages of {self.name!r} can only be requeued to {self.base_name!r}, "
+                f"not to {destination_queue.name!r}"
+            )
+        ids = validate_ids(message_ids)
+        if not ids:
+            return 0
+        return await self._mq.store.requeue(self.keys, self.consumer_group, ids)
+
+    async def purge(self) -> int:
+        """Remove every message (a main queue's delayed ones too); return how many entries."""
+        return await self._mq.store.purge(self.keys, self.stream, include_delayed=not self.is_dlq)
+
+    async def get_info(self) -> QueueInfo:
+        """Length, pending count, groups and creation time of this queue (one round trip)."""
+        (info,) = await self._mq.store.stream_infos([(self.stream, self.keys)])
+        return self._mq._info_from(self, info)
+
+    # -- worker --------------------------------------------------------------------------
+
+    @overload
+    def handler(self, func: F, /) -> F: ...
+
+    @overload
+    def handler(
+        self, func: None = None, /, **options: Any
+    ) -> Callable[[F], F]: ...
+
+    def handler(self, func: F | None = None, /, **options: Any) -> F | Callable[[F], F]:
+        """Register a coroutine function as this queue's handler (no I/O).
+
+        Use bare (``@queue.handler``) or with options (``@queue.handler(concurrency=50,
+        max_retries=5, timeout=30, group="billing")``); see :class:`HandlerOptions`.
+        """
+        from leanmq_async.worker.handler import register_handler
+
+        self._require_main("handler")
+
+        def decorate(f: F) -> F:
+            register_handler(self, f, options)
+            return f
+
+        return decorate(func) if func is not None else decorate
+
+    def handler_options(self) -> list[HandlerOptions]:
+        """The options of the handlers registered on this queue."""
+        return [h.options for h in self._mq.handlers if h.queue == self]

@@ -1,0 +1,405 @@
+"""The Lua scripts that make every multi-step move atomic.
+
+Each script touches the keys of one queue only (one hash tag, see :mod:`leanmq_async.keys`),
+so it also runs on Redis Cluster. Times come from the Redis clock (``TIME``), never from a
+client's. Stream entries are copied field by field, so a garbled entry is moved intact.
+Delayed entries are stored as ``cmsgpack``-packed field lists.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "CREATE_GROUPS",
+    "DEAD_LETTER",
+    "DELETE_IDLE_CONSUMER",
+    "EXPIRE",
+    "EXTEND_LEASES",
+    "MOVE_DUE",
+    "PURGE",
+    "RECLAIM",
+    "REQUEUE",
+    "RETRY",
+    "SEND",
+    "TRIM",
+]
+
+_PRELUDE = r"""
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function field(fields, name)
+  for i = 1, #fields, 2 do
+    if fields[i] == name then return fields[i + 1] end
+  end
+  return nil
+end
+local function owned_by(stream, group, id, consumer)
+  local p = redis.call('XPENDING', stream, group, id, id, 1)
+  return p[1] ~= nil and p[1][2] == consumer
+end
+local function id_parts(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function id_less(a, b)
+  local am, as = id_parts(a)
+  local bm, bs = id_parts(b)
+  return am < bm or (am == bm and as < bs)
+end
+local function groups_of(stream)
+  if redis.call('EXISTS', stream) == 0 then return {} end
+  local out = {}
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    out[#out + 1] = info
+  end
+  return out
+end
+"""
+
+# KEYS: per queue [stream, expiry, delayed, delayed_data]
+# ARGV: n_ops, then per op: queue index (1-based), ttl_ms, delay_ms, field, body, member
+# Every key's type is checked before anything is written, so a batch (a transaction, or
+# send_messages) is written whole or not at all. Returns the stream ids (or delayed members).
+SEND: Final = (
+    _PRELUDE
+    + r"""
+local expected = {'stream', 'zset', 'zset', 'hash'}
+for i = 1, #KEYS do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  local want = expected[((i - 1) % 4) + 1]
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+end
+local now = now_ms()
+local out = {}
+local n = tonumber(ARGV[1])
+for op = 0, n - 1 do
+  local b = 2 + op * 6
+  local base = (tonumber(ARGV[b]) - 1) * 4
+  local ttl, delay = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local fields = {ARGV[b + 3], ARGV[b + 4]}
+  if ttl > 0 then
+    fields[3] = 'x'
+    fields[4] = tostring(now + ttl)
+  end
+  if delay > 0 then
+    local member = ARGV[b + 5]
+    redis.call('ZADD', KEYS[base + 3], now + delay, member)
+    redis.call('HSET', KEYS[base + 4], member, cmsgpack.pack(fields))
+    out[#out + 1] = member
+  else
+    local id = redis.call('XADD', KEYS[base + 1], '*', unpack(fields))
+    if ttl > 0 then redis.call('ZADD', KEYS[base + 2], now + ttl, id) end
+    out[#out + 1] = id
+  end
+end
+return out
+"""
+)
+
+# KEYS: stream, delayed, delayed_data, expiry    ARGV: limit
+# Moves due delayed entries (delays and retries) into the stream.
+# Returns {moved, ms until the next due entry or -1}.
+MOVE_DUE: Final = (
+    _PRELUDE
+    + r"""
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local moved = 0
+for _, member in ipairs(due) do
+  local packed = redis.call('HGET', KEYS[3], member)
+  if packed then
+    local fields = cmsgpack.unpack(packed)
+    local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+    local x = field(fields, 'x')
+    if x then redis.call('ZADD', KEYS[4], x, id) end
+    moved = moved + 1
+  end
+  redis.call('ZREM', KEYS[2], member)
+  redis.call('HDEL', KEYS[3], member)
+end
+local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local wait = -1
+if nxt[2] then wait = math.max(0, tonumber(nxt[2]) - now) end
+return {moved, wait}
+"""
+)
+
+# KEYS: stream, delayed, delayed_data, expiry
+# ARGV: group, consumer, id, delay_ms, attempts
+# Acks the entry and schedules a copy (with attempts set, targeted at this group) in one
+# step. Returns 1 when scheduled, 0 when the entry is gone (acked anyway), -1 when this
+# consumer no longer owns it (its lease was taken over: nothing is done).
+RETRY: Final = (
+    _PRELUDE
+    + r"""
+local stream, group, consumer, id = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+if not owned_by(stream, group, id, consumer) then return -1 end
+local entry = redis.call('XRANGE', stream, id, id)
+if entry[1] == nil or entry[1][2] == nil then
+  redis.call('XACK', stream, group, id)
+  return 0
+end
+local old, fields = entry[1][2], {}
+for i = 1, #old, 2 do
+  if old[i] ~= 'a' and old[i] ~= 'g' then
+    fields[#fields + 1] = old[i]
+    fields[#fields + 1] = old[i + 1]
+  end
+end
+fields[#fields + 1] = 'a'
+fields[#fields + 1] = ARGV[5]
+fields[#fields + 1] = 'g'
+fields[#fields + 1] = group
+local delay = tonumber(ARGV[4])
+if delay > 0 then
+  local member = group .. '|' .. id
+  redis.call('ZADD', KEYS[2], now_ms() + delay, member)
+  redis.call('HSET', KEYS[3], member, cmsgpack.pack(fields))
+else
+  local new = redis.call('XADD', stream, '*', unpack(fields))
+  local x = field(fields, 'x')
+  if x then redis.call('ZADD', KEYS[4], x, new) end
+end
+redis.call('XACK', stream, group, id)
+return 1
+"""
+)
+
+# KEYS: stream, dlq
+# ARGV: group, consumer ('' = no ownership check), source queue name, n,
+#       then per id: id, reason, error_type, traceback, attempts
+# Copies each entry to the DLQ with its failure metadata and acks it, together.
+# An entry already gone from the stream leaves a tombstone (dlq.missing = 1): the loss is
+# recorded, never hidden. Returns the number moved.
+DEAD_LETTER: Final = (
+    _PRELUDE
+    + r"""
+local stream, dlq, group, consumer = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+local t = redis.call('TIME')
+local at = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local moved = 0
+for k = 0, tonumber(ARGV[4]) - 1 do
+  local b = 5 + k * 5
+  local id = ARGV[b]
+  if consumer == '' or owned_by(stream, group, id, consumer) then
+    local entry = redis.call('XRANGE', stream, id, id)
+    local fields = {}
+    if entry[1] ~= nil and entry[1][2] ~= nil then
+      for i, v in ipairs(entry[1][2]) do fields[i] = v end
+    else
+      fields[1] = 'dlq.missing'
+      fields[2] = '1'
+    end
+    local meta = {'dlq.reason', ARGV[b + 1], 'dlq.error', ARGV[b + 2], 'dlq.traceback',
+      ARGV[b + 3], 'dlq.attempts', ARGV[b + 4], 'dlq.at', at, 'dlq.queue', ARGV[3],
+      'dlq.id', id, 'dlq.group', group}
+    for _, v in ipairs(meta) do fields[#fields + 1] = v end
+    redis.call('XADD', dlq, '*', unpack(fields))
+    redis.call('XACK', stream, group, id)
+    moved = moved + 1
+  end
+end
+return moved
+"""
+)
+
+# KEYS: dlq, stream, expiry    ARGV: dlq_group, ids...
+# Moves entries from the DLQ back to the main stream (metadata, attempts and expiry
+# dropped; targeted at the group that failed them) and removes them from the DLQ.
+REQUEUE: Final = (
+    _PRELUDE
+    + r"""
+local moved = 0
+for k = 2, #ARGV do
+  local id = ARGV[k]
+  local entry = redis.call('XRANGE', KEYS[1], id, id)
+  if entry[1] ~= nil and entry[1][2] ~= nil then
+    local old, fields, target = entry[1][2], {}, nil
+    for i = 1, #old, 2 do
+      local name = old[i]
+      if name == 'dlq.group' then target = old[i + 1] end
+      if string.sub(name, 1, 4) ~= 'dlq.' and name ~= 'a' and name ~= 'x' and name ~= 'g' then
+        fields[#fields + 1] = name
+        fields[#fields + 1] = old[i + 1]
+      end
+    end
+    if #fields > 0 then
+      if target then
+        fields[#fields + 1] = 'g'
+        fields[#fields + 1] = target
+      end
+      redis.call('XADD', KEYS[2], '*', unpack(fields))
+      moved = moved + 1
+    end
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    redis.call('XDEL', KEYS[1], id)
+  end
+end
+return moved
+"""
+)
+
+# KEYS: stream, expiry, dlq    ARGV: limit, policy ('drop' | 'dlq'), source queue name
+# Removes expired entries: acked in every group and deleted (or, with policy 'dlq',
+# dead-lettered first). Returns the number of entries expired.
+EXPIRE: Final = (
+    _PRELUDE
+    + r"""
+local now = now_ms()
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+if #ids == 0 then return 0 end
+local groups = groups_of(KEYS[1])
+local t = redis.call('TIME')
+local at = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local n = 0
+for _, id in ipairs(ids) do
+  if ARGV[2] == 'dlq' then
+    local entry = redis.call('XRANGE', KEYS[1], id, id)
+    if entry[1] ~= nil and entry[1][2] ~= nil then
+      local fields = {}
+      for i, v in ipairs(entry[1][2]) do fields[i] = v end
+      local meta = {'dlq.reason', 'expired', 'dlq.error', 'Expired', 'dlq.traceback', '',
+        'dlq.attempts', '0', 'dlq.at', at, 'dlq.queue', ARGV[3], 'dlq.id', id, 'dlq.group', ''}
+      for _, v in ipairs(meta) do fields[#fields + 1] = v end
+      redis.call('XADD', KEYS[3], '*', unpack(fields))
+    end
+  end
+  for _, g in ipairs(groups) do redis.call('XACK', KEYS[1], g['name'], id) end
+  n = n + redis.call('XDEL', KEYS[1], id)
+end
+redis.call('ZREM', KEYS[2], unpack(ids))
+return n
+"""
+)
+
+# KEYS: stream    ARGV: group, consumer, min_idle_ms, count, start
+# Claims entries idle longer than min_idle_ms from other (dead) consumers. Returns
+# {entries, {id, delivery_count, ...}, missing ids, next start ('' when the scan is done)}.
+# Missing ids are entries deleted from the stream while pending; they are acked here so
+# the pending list is cleaned, and returned so the caller reports the loss.
+RECLAIM: Final = (
+    _PRELUDE
+    + r"""
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local count = tonumber(ARGV[4])
+local pend = redis.call('XPENDING', stream, group, 'IDLE', ARGV[3], ARGV[5], '+', count)
+if #pend == 0 then return {{}, {}, {}, ''} end
+local ids, deliveries = {}, {}
+for i, p in ipairs(pend) do
+  ids[i] = p[1]
+  deliveries[p[1]] = p[4] + 1
+end
+local claimed = redis.call('XCLAIM', stream, group, consumer, ARGV[3], unpack(ids))
+local entries, counts, seen = {}, {}, {}
+for _, e in ipairs(claimed) do
+  if e[2] ~= nil and e[2] ~= false then
+    entries[#entries + 1] = e
+    counts[#counts + 1] = e[1]
+    counts[#counts + 1] = deliveries[e[1]]
+    seen[e[1]] = true
+  end
+end
+local missing = {}
+for _, id in ipairs(ids) do
+  if not seen[id] and redis.call('XRANGE', stream, id, id)[1] == nil then
+    missing[#missing + 1] = id
+    redis.call('XACK', stream, group, id)
+  end
+end
+local nxt = ''
+if #pend == count then nxt = '(' .. pend[#pend][1] end
+return {entries, counts, missing, nxt}
+"""
+)
+
+# KEYS: stream    ARGV: group, consumer, ids...
+# Resets the idle time of entries this consumer still owns (no delivery count change).
+# Returns the ids it no longer owns (their lease was lost to another consumer).
+EXTEND_LEASES: Final = (
+    _PRELUDE
+    + r"""
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local mine, lost = {}, {}
+for k = 3, #ARGV do
+  if owned_by(stream, group, ARGV[k], consumer) then
+    mine[#mine + 1] = ARGV[k]
+  else
+    lost[#lost + 1] = ARGV[k]
+  end
+end
+if #mine > 0 then
+  redis.call('XCLAIM', stream, group, consumer, 0, 'JUSTID', unpack(mine))
+end
+return lost
+"""
+)
+
+# KEYS: stream    ARGV: max_age_ms
+# Trims history that every group has acknowledged and that is older than max_age_ms.
+# An entry some group has not read or not acked is never removed. Returns entries trimmed.
+TRIM: Final = (
+    _PRELUDE
+    + r"""
+local groups = groups_of(KEYS[1])
+if #groups == 0 then return 0 end
+local safe = nil
+for _, g in ipairs(groups) do
+  local candidate
+  local summary = redis.call('XPENDING', KEYS[1], g['name'])
+  if tonumber(summary[1]) > 0 then
+    candidate = summary[2]
+  else
+    local ms, seq = id_parts(g['last-delivered-id'])
+    candidate = ms .. '-' .. (seq + 1)
+  end
+  if safe == nil or id_less(candidate, safe) then safe = candidate end
+end
+local cutoff = (now_ms() - tonumber(ARGV[1])) .. '-0'
+if id_less(cutoff, safe) then safe = cutoff end
+return redis.call('XTRIM', KEYS[1], 'MINID', safe)
+"""
+)
+
+# KEYS: stream, expiry, delayed, delayed_data    ARGV: include_delayed ('1' | '0')
+# Empties a stream but keeps its consumer groups (their pending lists are cleared).
+# Returns the number of entries removed.
+PURGE: Final = (
+    _PRELUDE
+    + r"""
+local n = redis.call('XLEN', KEYS[1])
+local groups = groups_of(KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+if ARGV[1] == '1' then redis.call('DEL', KEYS[3], KEYS[4]) end
+for _, g in ipairs(groups) do
+  redis.call('XGROUP', 'CREATE', KEYS[1], g['name'], '0', 'MKSTREAM')
+end
+return n
+"""
+)
+
+# KEYS: streams...    ARGV: group per stream
+# Creates each consumer group (and its stream) if missing, reading from the start so no
+# message sent before the group existed is skipped. Returns the number created.
+CREATE_GROUPS: Final = r"""
+local created = 0
+for i = 1, #KEYS do
+  local ok = pcall(redis.call, 'XGROUP', 'CREATE', KEYS[i], ARGV[i], '0', 'MKSTREAM')
+  if ok then created = created + 1 end
+end
+return created
+"""
+
+# KEYS: stream    ARGV: group, consumer
+# Deletes a consumer only when it has no pending entries (DELCONSUMER would drop them).
+DELETE_IDLE_CONSUMER: Final = r"""
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""

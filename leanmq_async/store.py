@@ -1,0 +1,379 @@
+"""The one module that sends commands to Redis.
+
+:class:`Store` wraps a ``redis.asyncio`` client and offers each queue operation as one
+call: one command, one pipeline or one script, so a reader can count round trips here.
+Every redis-py error is translated by :func:`~leanmq_async.connection.translate_errors`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+
+from leanmq_async import scripts
+from leanmq_async.connection import translate_errors
+from leanmq_async.keys import QueueKeys, registry_key
+
+__all__ = ["RawEntry", "ReclaimResult", "SendOp", "Store"]
+
+RawEntry = tuple[bytes, dict[bytes, bytes] | None]
+"""A stream entry as Redis returns it: ``(stream id, fields)``; fields are None if deleted."""
+
+
+class SendOp:
+    """One message to write: which queue, the encoded envelope, TTL and delay (ms)."""
+
+    __slots__ = ("body", "delay_ms", "field", "keys", "member", "ttl_ms")
+
+    def __init__(
+        self,
+        keys: QueueKeys,
+        field: bytes,
+        body: bytes,
+        ttl_ms: int = 0,
+        delay_ms: int = 0,
+        member: str = "",
+    ) -> None:
+        self.keys = keys
+        self.field = field
+        self.body = body
+        self.ttl_ms = ttl_ms
+        self.delay_ms = delay_ms
+        self.member = member
+
+
+class ReclaimResult:
+    """What one reclaim step found: claimed entries, their delivery counts, lost ids."""
+
+    __slots__ = ("deliveries", "entries", "missing", "next_start")
+
+    def __init__(
+        self,
+        entries: list[RawEntry],
+        deliveries: dict[bytes, int],
+        missing: list[bytes],
+        next_start: str,
+    ) -> None:
+        self.entries = entries
+        self.deliveries = deliveries
+        self.missing = missing
+        self.next_start = next_start
+
+
+def _pairs_to_dict(flat: Sequence[Any]) -> dict[bytes, bytes]:
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+class Store:
+    """Queue operations on one Redis client (owned or borrowed)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        register = client.register_script
+        self._send = register(scripts.SEND)
+        self._move_due = register(scripts.MOVE_DUE)
+        self._retry = register(scripts.RETRY)
+        self._dead_letter = register(scripts.DEAD_LETTER)
+        self._requeue = register(scripts.REQUEUE)
+        self._expire = register(scripts.EXPIRE)
+        self._reclaim = register(scripts.RECLAIM)
+        self._extend = register(scripts.EXTEND_LEASES)
+        self._trim = register(scripts.TRIM)
+        self._purge = register(scripts.PURGE)
+        self._create_groups = register(scripts.CREATE_GROUPS)
+        self._delete_idle_consumer = register(scripts.DELETE_IDLE_CONSUMER)
+        self._clock_offset_ms = 0.0
+        self._clock_synced_at = -1e18
+
+    # -- clock ---------------------------------------------------------------------------
+
+    async def sync_clock(self) -> None:
+        """Measure the offset between this machine's clock and Redis's."""
+        with translate_errors("TIME"):
+            before = time.time()
+            sec, usec = await self.client.time()
+            after = time.time()
+        redis_ms = sec * 1000 + usec / 1000
+        self._clock_offset_ms = redis_ms - (before + after) * 500
+        self._clock_synced_at = time.monotonic()
+
+    async def redis_now_ms(self, max_age: float = 60.0) -> float:
+        """The Redis clock in ms, estimated locally (re-measured every ``max_age`` s)."""
+        if time.monotonic() - self._clock_synced_at > max_age:
+            await self.sync_clock()
+        return time.time() * 1000 + self._clock_offset_ms
+
+    # -- queues --------------------------------------------------------------------------
+
+    async def create_queue(
+        self, prefix: str, keys: QueueKeys, group: str, dlq_group: str
+    ) -> None:
+        """Create both streams with their groups, the metadata and the registry entry."""
+        with translate_errors("create queue"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                await self._create_groups(
+                    keys=[keys.stream, keys.dlq], args=[group, dlq_group], client=pipe
+                )
+                pipe.hsetnx(keys.meta, "created_at", repr(time.time()))
+                pipe.hsetnx(keys.meta, "consumer_group", group)
+                pipe.hsetnx(keys.meta, "dlq_group", dlq_group)
+                pipe.sadd(registry_key(prefix), keys.base)
+                await pipe.execute()
+
+    async def ensure_groups(self, streams: Sequence[str], groups: Sequence[str]) -> int:
+        """Create missing consumer groups (reading from the start); return how many."""
+        with translate_errors("XGROUP CREATE"):
+            return int(await self._create_groups(keys=list(streams), args=list(groups)))
+
+    async def queue_exists(self, keys: QueueKeys) -> bool:
+        with translate_errors("EXISTS"):
+            return bool(await self.client.exists(keys.meta))
+
+    async def registered_queues(self, prefix: str) -> list[str]:
+        with translate_errors("SMEMBERS"):
+            names = await self.client.smembers(registry_key(prefix))
+        return sorted(n.decode() for n in names)
+
+    async def delete_queue(self, prefix: str, keys: QueueKeys, delete_dlq: bool) -> int:
+        """Delete a queue's keys (and its DLQ's); return the number of keys removed."""
+        doomed = [k for k in keys.all() if delete_dlq or k != keys.dlq]
+        with translate_errors("delete queue"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.delete(*doomed)
+                if delete_dlq:
+                    pipe.srem(registry_key(prefix), keys.base)
+                removed, *_ = await pipe.execute()
+        return int(removed)
+
+    async def stream_infos(self, items: Sequence[tuple[str, QueueKeys]]) -> list[dict[str, Any]]:
+        """XLEN, groups, metadata and delayed count for each ``(stream, keys)``: one round trip."""
+        with translate_errors("queue info"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for stream, keys in items:
+                    pipe.xlen(stream)
+                    pipe.xinfo_groups(stream)
+                    pipe.hgetall(keys.meta)
+                    pipe.zcard(keys.delayed)
+                replies = await pipe.execute(raise_on_error=False)
+        out: list[dict[str, Any]] = []
+        for i in range(len(items)):
+            length, groups, meta, delayed = replies[i * 4 : i * 4 + 4]
+            for reply in (length, meta, delayed):
+                if isinstance(reply, Exception):
+                    with translate_errors("queue info"):
+                        raise reply
+            out.append(
+                {
+                    "length": int(length),
+                    "groups": [] if isinstance(groups, redis_errors.ResponseError) else groups,
+                    "meta": {k.decode(): v.decode() for k, v in meta.items()},
+                    "delayed": int(delayed),
+                }
+            )
+        return out
+
+    async def purge(self, keys: QueueKeys, stream: str, include_delayed: bool) -> int:
+        expiry = keys.expiry if stream == keys.stream else f"{stream}:expiry"
+        with translate_errors("purge"):
+            return int(
+                await self._purge(
+                    keys=[stream, expiry, keys.delayed, keys.delayed_data],
+                    args=["1" if include_delayed else "0"],
+                )
+            )
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def xadd(self, stream: str, field: bytes, body: bytes) -> str:
+        """The fast path: one plain XADD, for a message without TTL or delay."""
+        with translate_errors("XADD"):
+            sid = await self.client.xadd(stream, {field: body})
+        return sid.decode() if isinstance(sid, bytes) else str(sid)
+
+    async def send(self, ops: Sequence[SendOp]) -> list[str]:
+        """Write ``ops`` with one script call: all of them, or none on any error."""
+        key_index: dict[str, int] = {}
+        keys: list[str] = []
+        args: list[Any] = [len(ops)]
+        for op in ops:
+            index = key_index.get(op.keys.base)
+            if index is None:
+                index = key_index[op.keys.base] = len(key_index) + 1
+                keys += [op.keys.stream, op.keys.expiry, op.keys.delayed, op.keys.delayed_data]
+            args += [index, op.ttl_ms, op.delay_ms, op.field, op.body, op.member]
+        with translate_errors("send"):
+            ids = await self._send(keys=keys, args=args)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    # -- reading and acknowledging ------------------------------------------------------
+
+    async def read_group(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        count: int,
+        block_ms: int | None,
+        start: str = ">",
+    ) -> list[RawEntry]:
+        """XREADGROUP: new entries (``start='>'``) or this consumer's pending ones (``'0'``)."""
+        with translate_errors("XREADGROUP"):
+            reply = await self.client.xreadgroup(
+                group, consumer, {stream: start}, count=count, block=block_ms
+            )
+        if not reply:
+            return []
+        # RESP2 returns [[stream, entries]]; RESP3 returns {stream: [entries]}.
+        if isinstance(reply, dict):
+            return list(next(iter(reply.values()))[0])
+        return list(reply[0][1])
+
+    async def ack(self, stream: str, group: str, ids: Sequence[bytes | str]) -> int:
+        with translate_errors("XACK"):
+            return int(await self.client.xack(stream, group, *ids))
+
+    async def ack_and_read(
+        self,
+        stream: str,
+        group: str,
+        ids: Sequence[bytes | str],
+        consumer: str,
+        count: int,
+        block_ms: int | None,
+    ) -> list[RawEntry]:
+        """Flush acks and read the next batch in one round trip (the worker's hot path)."""
+        with translate_errors("XACK+XREADGROUP"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.xack(stream, group, *ids)
+                pipe.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+                _, reply = await pipe.execute()
+        if not reply:
+            return []
+        if isinstance(reply, dict):
+            return list(next(iter(reply.values()))[0])
+        return list(reply[0][1])
+
+    async def delete_messages(
+        self, keys: QueueKeys, stream: str, group: str, ids: Sequence[str]
+    ) -> int:
+        """XACK + XDEL + expiry cleanup in one MULTI; return the number deleted."""
+        expiry = keys.expiry if stream == keys.stream else f"{stream}:expiry"
+        with translate_errors("delete messages"):
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.xack(stream, group, *ids)
+                pipe.xdel(stream, *ids)
+                pipe.zrem(expiry, *ids)
+                _, deleted, _ = await pipe.execute()
+        return int(deleted)
+
+    async def entries(self, stream: str, ids: Sequence[str]) -> list[RawEntry]:
+        """The entries with these ids (one XRANGE each, pipelined), skipping missing ones."""
+        with translate_errors("XRANGE"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for sid in ids:
+                    pipe.xrange(stream, sid, sid)
+                replies = await pipe.execute()
+        return [r[0] for r in replies if r]
+
+    async def range(
+        self, stream: str, start: str = "-", end: str = "+", count: int | None = None
+    ) -> list[RawEntry]:
+        with translate_errors("XRANGE"):
+            return list(await self.client.xrange(stream, start, end, count=count))
+
+    # -- atomic moves --------------------------------------------------------------------
+
+    async def dead_letter(
+        self,
+        keys: QueueKeys,
+        group: str,
+        consumer: str,
+        source_name: str,
+        items: Sequence[tuple[str, str, str, str, int]],
+    ) -> int:
+        """Move ``(id, reason, error_type, traceback, attempts)`` items to the DLQ atomically.
+
+        With ``consumer`` set, only entries this consumer still owns are moved.
+        """
+        args: list[Any] = [group, consumer, source_name, len(items)]
+        for item in items:
+            args.extend(item)
+        with translate_errors("move to DLQ"):
+            return int(await self._dead_letter(keys=[keys.stream, keys.dlq], args=args))
+
+    async def retry(
+        self, keys: QueueKeys, group: str, consumer: str, sid: str, delay_ms: int, attempts: int
+    ) -> int:
+        """Ack ``sid`` and schedule its retry in one step; see :data:`scripts.RETRY`."""
+        with translate_errors("schedule retry"):
+            return int(
+                await self._retry(
+                    keys=[keys.stream, keys.delayed, keys.delayed_data, keys.expiry],
+                    args=[group, consumer, sid, delay_ms, attempts],
+                )
+            )
+
+    async def requeue(self, keys: QueueKeys, dlq_group: str, ids: Sequence[str]) -> int:
+        with translate_errors("requeue from DLQ"):
+            return int(
+                await self._requeue(
+                    keys=[keys.dlq, keys.stream, keys.expiry], args=[dlq_group, *ids]
+                )
+            )
+
+    async def move_due(self, keys: QueueKeys, limit: int = 500) -> tuple[int, int]:
+        """Move due delayed entries into the stream; return ``(moved, ms to next or -1)``."""
+        with translate_errors("move due"):
+            moved, wait = await self._move_due(
+                keys=[keys.stream, keys.delayed, keys.delayed_data, keys.expiry], args=[limit]
+            )
+        return int(moved), int(wait)
+
+    async def expire(self, keys: QueueKeys, source_name: str, policy: str, limit: int) -> int:
+        with translate_errors("expire"):
+            return int(
+                await self._expire(
+                    keys=[keys.stream, keys.expiry, keys.dlq], args=[limit, policy, source_name]
+                )
+            )
+
+    async def reclaim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int, start: str
+    ) -> ReclaimResult:
+        with translate_errors("reclaim"):
+            entries, counts, missing, nxt = await self._reclaim(
+                keys=[stream], args=[group, consumer, min_idle_ms, count, start]
+            )
+        deliveries = {counts[i]: int(counts[i + 1]) for i in range(0, len(counts), 2)}
+        raw = [(e[0], _pairs_to_dict(e[1])) for e in entries]
+        return ReclaimResult(raw, deliveries, list(missing), nxt.decode() if nxt else "")
+
+    async def extend_leases(
+        self, stream: str, group: str, consumer: str, ids: Sequence[bytes | str]
+    ) -> list[bytes]:
+        """Reset the idle time of entries still owned; return the ids whose lease was lost."""
+        with translate_errors("extend leases"):
+            return list(await self._extend(keys=[stream], args=[group, consumer, *ids]))
+
+    async def trim(self, stream: str, max_age_ms: int) -> int:
+        with translate_errors("trim"):
+            return int(await self._trim(keys=[stream], args=[max_age_ms]))
+
+    async def delete_consumer_if_idle(self, stream: str, group: str, consumer: str) -> bool:
+        """Remove a consumer only if it holds no pending entries (never loses any)."""
+        with translate_errors("XGROUP DELCONSUMER"):
+            return bool(await self._delete_idle_consumer(keys=[stream], args=[group, consumer]))
+
+    async def consumers(self, stream: str, group: str) -> list[dict[str, Any]]:
+        """XINFO CONSUMERS: name, pending and idle time of each consumer of ``group``."""
+        with translate_errors("XINFO CONSUMERS"):
+            return list(await self.client.xinfo_consumers(stream, group))
+
+    async def ping(self) -> bool:
+        with translate_errors("PING"):
+            return bool(await self.client.ping())

@@ -1,0 +1,67 @@
+"""Atomic multi-message sends: ``async with mq.transaction() as tx``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from leanmq_async.exceptions import LeanMQError, TransactionError
+from leanmq_async.store import SendOp
+
+if TYPE_CHECKING:
+    from leanmq_async.queue import Queue
+    from leanmq_async.store import Store
+
+__all__ = ["Transaction"]
+
+
+class Transaction:
+    """Collects sends and writes them all at once when the ``async with`` block exits.
+
+    Every send of the block, its TTL bookkeeping and delays included, is written by a
+    single script that checks every key first: all of it is written, or none of it. If
+    the block raises, nothing is written. ``message_ids`` holds the producer ids at once;
+    ``stream_ids`` holds the stream ids after commit.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._ops: list[SendOp] = []
+        self.message_ids: list[str] = []
+        self.stream_ids: list[str] = []
+        self.committed = False
+
+    def __repr__(self) -> str:
+        state = "committed" if self.committed else "open"
+        return f"<Transaction {state} sends={len(self._ops)}>"
+
+    def send_message(
+        self,
+        queue: Queue,
+        data: Any,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        *,
+        delay: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """Add a send to the transaction; return the message id (the producer's id)."""
+        if self.committed:
+            raise TransactionError("this transaction is already committed; start a new one")
+        op, mid = queue._send_op(data, message_id, ttl, delay, headers)
+        self._ops.append(op)
+        self.message_ids.append(mid)
+        return mid
+
+    async def commit(self) -> list[str]:
+        """Write every collected send atomically; return their stream ids."""
+        if self.committed:
+            raise TransactionError("this transaction is already committed")
+        self.committed = True
+        if not self._ops:
+            return []
+        try:
+            self.stream_ids = await self._store.send(self._ops)
+        except LeanMQError as exc:
+            raise TransactionError(f"transaction not committed, nothing was written: {exc}") from exc
+        return self.stream_ids
