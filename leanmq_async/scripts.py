@@ -279,8 +279,9 @@ return n
 """
 )
 
-# KEYS: stream    ARGV: group, consumer, min_idle_ms, count, start
-# Claims entries idle longer than min_idle_ms from other (dead) consumers. Returns
+# KEYS: stream    ARGV: group, consumer, min_idle_ms, count, start, owner ('' = any)
+# Claims entries idle longer than min_idle_ms (held by ``owner`` only, if given: a worker
+# recovers its own pending entries at start with owner = its own name). Returns
 # {entries, {id, delivery_count, ...}, missing ids, next start ('' when the scan is done)}.
 # Missing ids are entries deleted from the stream while pending; they are acked here so
 # the pending list is cleaned, and returned so the caller reports the loss.
@@ -289,7 +290,12 @@ RECLAIM: Final = (
     + r"""
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local count = tonumber(ARGV[4])
-local pend = redis.call('XPENDING', stream, group, 'IDLE', ARGV[3], ARGV[5], '+', count)
+local pend
+if ARGV[6] ~= nil and ARGV[6] ~= '' then
+  pend = redis.call('XPENDING', stream, group, 'IDLE', ARGV[3], ARGV[5], '+', count, ARGV[6])
+else
+  pend = redis.call('XPENDING', stream, group, 'IDLE', ARGV[3], ARGV[5], '+', count)
+end
 if #pend == 0 then return {{}, {}, {}, ''} end
 local ids, deliveries = {}, {}
 for i, p in ipairs(pend) do

@@ -343,11 +343,19 @@ class Store:
             )
 
     async def reclaim(
-        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int, start: str
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        min_idle_ms: int,
+        count: int,
+        start: str = "-",
+        owner: str = "",
     ) -> ReclaimResult:
+        """Claim idle pending entries (of ``owner`` only, if given); see :data:`scripts.RECLAIM`."""
         with translate_errors("reclaim"):
             entries, counts, missing, nxt = await self._reclaim(
-                keys=[stream], args=[group, consumer, min_idle_ms, count, start]
+                keys=[stream], args=[group, consumer, min_idle_ms, count, start, owner]
             )
         deliveries = {counts[i]: int(counts[i + 1]) for i in range(0, len(counts), 2)}
         raw = [(e[0], _pairs_to_dict(e[1])) for e in entries]

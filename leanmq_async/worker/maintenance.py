@@ -1,0 +1,123 @@
+"""Background upkeep of the queues a worker serves.
+
+* the mover puts due delayed messages (``delay=`` sends and retries) into their streams;
+* expired messages are removed (or dead-lettered) by their expiry index;
+* acknowledged history older than ``retention`` is trimmed, never an unacked entry;
+* consumers idle for long with nothing pending are removed;
+* the offset to the Redis clock is re-measured.
+
+Every step is one script per queue and tolerates Redis being away for a while.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+
+from leanmq_async._log import get_logger
+from leanmq_async.exceptions import LeanMQError
+
+if TYPE_CHECKING:
+    from leanmq_async.queue import Queue
+    from leanmq_async.store import Store
+    from leanmq_async.worker.handler import Handler
+    from leanmq_async.worker.supervisor import WorkerSettings
+
+__all__ = ["Maintenance"]
+
+_MOVE_BATCH = 500
+
+
+class Maintenance:
+    """The upkeep tasks for the queues of a set of handlers."""
+
+    def __init__(self, store: Store, handlers: list[Handler], settings: WorkerSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.queues: dict[str, Queue] = {}
+        self.expired_policy: dict[str, str] = {}
+        self.groups: dict[str, set[str]] = {}
+        self.lease_ms: dict[str, int] = {}
+        for h in handlers:
+            q = h.queue
+            self.queues[q.stream] = q
+            if h.options.expired == "dlq":
+                self.expired_policy[q.stream] = "dlq"
+            self.expired_policy.setdefault(q.stream, "drop")
+            self.groups.setdefault(q.stream, set()).add(h.group)
+            self.lease_ms[q.stream] = max(
+                self.lease_ms.get(q.stream, 0), int(h.options.visibility_timeout * 1000)
+            )
+        self.log = get_logger("leanmq_async.worker")
+        self.moved = 0
+        self.expired = 0
+        self.trimmed = 0
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for queue in self.queues.values():
+                tg.start_soon(self._mover, queue)
+            tg.start_soon(self._every, self.settings.expire_interval, self.expire_once)
+            if self.settings.retention is not None:
+                tg.start_soon(self._every, self.settings.trim_interval, self.trim_once)
+            tg.start_soon(self._every, 60.0, self.housekeeping_once)
+
+    async def _mover(self, queue: Queue) -> None:
+        cap_ms = self.settings.maintenance_interval * 1000
+        while True:
+            try:
+                moved, wait_ms = await self.store.move_due(queue.keys, _MOVE_BATCH)
+            except LeanMQError as exc:
+                self.log.warning("move_due_failed", queue=queue.name, error=str(exc))
+                moved, wait_ms = 0, -1
+            self.moved += moved
+            if moved >= _MOVE_BATCH:
+                continue
+            sleep_ms = cap_ms if wait_ms < 0 else min(max(wait_ms, 1), cap_ms)
+            await anyio.sleep(sleep_ms / 1000)
+
+    async def _every(self, interval: float, step: object) -> None:
+        assert callable(step)
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await step()
+            except LeanMQError as exc:
+                self.log.warning("maintenance_failed", step=step.__name__, error=str(exc))
+
+    async def expire_once(self) -> int:
+        """Remove (or dead-letter) expired messages of every queue; return how many."""
+        total = 0
+        for stream, queue in self.queues.items():
+            n = await self.store.expire(queue.keys, queue.name, self.expired_policy[stream], 1000)
+            if n:
+                self.log.info("expired", queue=queue.name, count=n)
+            total += n
+        self.expired += total
+        return total
+
+    async def trim_once(self) -> int:
+        """Trim acknowledged history older than ``retention``; return entries removed."""
+        assert self.settings.retention is not None
+        age_ms = int(self.settings.retention * 1000)
+        total = 0
+        for stream in self.queues:
+            total += await self.store.trim(stream, age_ms)
+        if total:
+            self.log.info("trimmed", count=total)
+        self.trimmed += total
+        return total
+
+    async def housekeeping_once(self) -> None:
+        """Re-measure the Redis clock; remove long-idle consumers that hold nothing."""
+        await self.store.sync_clock()
+        for stream, groups in self.groups.items():
+            idle_limit = max(self.settings.dead_consumer_idle, 10 * self.lease_ms[stream] / 1000)
+            for group in groups:
+                for consumer in await self.store.consumers(stream, group):
+                    if consumer["pending"] or consumer["idle"] < idle_limit * 1000:
+                        continue
+                    name = consumer["name"].decode()
+                    if await self.store.delete_consumer_if_idle(stream, group, name):
+                        self.log.info("consumer_removed", consumer=name, group=group)

@@ -1,0 +1,528 @@
+"""Running one handler: fetch, process, settle (ack, retry or dead-letter), keep leases.
+
+Per handler a :class:`HandlerRunner` owns, inside one task group:
+
+* a fetch loop that reads with XREADGROUP exactly as many messages as there are free
+  slots (so a worker never hoards messages), and a reclaim loop that claims messages left
+  idle past the lease by dead consumers, both feeding a memory object stream;
+* ``concurrency`` processor tasks that take messages from that stream;
+* an acker that coalesces the acknowledgements of finished messages into batched XACKs;
+* a lease keeper that extends the lease of every message still held.
+
+Settling steps (ack, retry, dead-letter) run shielded and time-bounded: they complete or
+never start, and a message whose settling failed simply stays pending for reclaim.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from leanmq_async._log import get_logger
+from leanmq_async.envelope import decode_entry, decode_payload
+from leanmq_async.exceptions import (
+    LeanMQConnectionError,
+    LeanMQError,
+    MessageDecodeError,
+    RedisOperationError,
+    Reject,
+    Retry,
+)
+from leanmq_async.reading import to_message
+
+if TYPE_CHECKING:
+    from leanmq_async.envelope import DecodedEntry
+    from leanmq_async.worker.handler import Handler
+    from leanmq_async.worker.supervisor import WorkerSettings
+
+__all__ = ["HandlerRunner", "RunnerStats"]
+
+T = TypeVar("T")
+
+_TRACEBACK_LIMIT = 4000
+
+
+@dataclass(slots=True)
+class RunnerStats:
+    """Counters of one handler in one worker process."""
+
+    received: int = 0
+    handled: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    expired: int = 0
+    reclaimed: int = 0
+    lost: int = 0
+
+
+class _Work:
+    __slots__ = ("deliveries", "fields", "sid")
+
+    def __init__(self, sid: bytes, fields: dict[bytes, bytes] | None, deliveries: int) -> None:
+        self.sid = sid
+        self.fields = fields
+        self.deliveries = deliveries
+
+
+def _traceback_summary(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(exc, limit=8))
+    return text[-_TRACEBACK_LIMIT:]
+
+
+class HandlerRunner:
+    """Runs one handler of one worker process."""
+
+    def __init__(self, handler: Handler, settings: WorkerSettings, consumer: str) -> None:
+        self.handler = handler
+        self.settings = settings
+        self.consumer = consumer
+        queue = handler.queue
+        self.queue = queue
+        self.store = queue.mq.store
+        self.stream = queue.stream
+        self.group = handler.group
+        self.concurrency = settings.concurrency or handler.options.concurrency
+        self.lease_ms = int(handler.options.visibility_timeout * 1000)
+        self.max_size = queue.mq.codec.max_message_size
+        self.stats = RunnerStats()
+        self.log = get_logger("leanmq_async.worker", queue=queue.name, group=self.group)
+        self._debug = logging.getLogger("leanmq_async.worker").isEnabledFor(logging.DEBUG)
+        self._free = self.concurrency
+        self._slot_freed = anyio.Event()
+        self._stop = anyio.Event()
+        self._in_flight: set[bytes] = set()
+        self._acks: list[bytes] = []
+        self._ack_wakeup = anyio.Event()
+        self._processors: anyio.CancelScope | None = None
+        self._redis_down = False
+        self.drained = anyio.Event()
+        self.idle_in_burst = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<HandlerRunner {self.handler.name} queue={self.queue.name!r} group={self.group!r} "
+            f"in_flight={len(self._in_flight)}/{self.concurrency}>"
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`stop_fetching` and the drain (or :meth:`cancel_processors`)."""
+        send, receive = anyio.create_memory_object_stream[_Work](self.concurrency)
+        async with anyio.create_task_group() as services:
+            services.start_soon(self._acker)
+            services.start_soon(self._lease_keeper)
+            async with anyio.create_task_group() as processors:
+                self._processors = processors.cancel_scope
+                async with receive:
+                    for _ in range(self.concurrency):
+                        processors.start_soon(self._processor, receive.clone())
+                async with send:
+                    task_status.started()
+                    await self._recover_own_pending(send)
+                    async with anyio.create_task_group() as feeders:
+                        feeders.start_soon(self._fetch_loop, send.clone())
+                        feeders.start_soon(self._reclaim_loop, send.clone())
+            self.drained.set()
+            await self._flush_acks()
+            services.cancel_scope.cancel()
+
+    def stop_fetching(self) -> None:
+        """Phase one of shutdown: read nothing more; held messages are still handled."""
+        self._stop.set()
+        self._slot_freed.set()
+
+    def cancel_processors(self) -> None:
+        """Phase two: cancel handlers still running; their messages stay pending."""
+        self.stop_fetching()
+        if self._processors is not None:
+            self._processors.cancel()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when shutdown begins."""
+        with anyio.move_on_after(seconds):
+            await self._stop.wait()
+
+    # -- slots ---------------------------------------------------------------------------
+
+    async def _reserve(self) -> int:
+        """Wait for free slots and reserve all of them; 0 when shutting down."""
+        while self._free == 0 and not self._stop.is_set():
+            self._slot_freed = anyio.Event()
+            await self._slot_freed.wait()
+        if self._stop.is_set():
+            return 0
+        n, self._free = self._free, 0
+        return n
+
+    def _release(self, n: int) -> None:
+        if n:
+            self._free += n
+            self._slot_freed.set()
+
+    async def _dispatch(
+        self, send: MemoryObjectSendStream[_Work], sid: bytes, fields: Any, deliveries: int
+    ) -> None:
+        self._in_flight.add(sid)
+        await send.send(_Work(sid, fields, deliveries))
+
+    # -- feeding -------------------------------------------------------------------------
+
+    async def _recover_own_pending(self, send: MemoryObjectSendStream[_Work]) -> None:
+        """At start, handle what this consumer name still holds from a previous run."""
+        start = "-"
+        while not self._stop.is_set():
+            n = await self._reserve()
+            if n == 0:
+                return
+            try:
+                found = await self.store.reclaim(
+                    self.stream, self.group, self.consumer, 0, n, start, owner=self.consumer
+                )
+            except LeanMQError as exc:
+                self._release(n)
+                self.log.warning("recover_pending_failed", error=str(exc))
+                return
+            self._release(n - len(found.entries))
+            self._report_missing(found.missing)
+            for sid, fields in found.entries:
+                await self._dispatch(send, sid, fields, found.deliveries.get(sid, 1))
+            if found.entries:
+                self.log.info("recovered_pending", count=len(found.entries))
+            if not found.next_start:
+                return
+            start = found.next_start
+
+    async def _fetch_loop(self, send: MemoryObjectSendStream[_Work]) -> None:
+        async with send:
+            failures = 0
+            while True:
+                n = await self._reserve()
+                if n == 0:
+                    return
+                try:
+                    entries = await self.store.read_group(
+                        self.stream, self.group, self.consumer, n, self.settings.block_ms
+                    )
+                except LeanMQError as exc:
+                    self._release(n)
+                    failures += 1
+                    await self._on_redis_error(exc, failures)
+                    continue
+                if failures or self._redis_down:
+                    failures = 0
+                    self._on_redis_back()
+                self._release(n - len(entries))
+                self.stats.received += len(entries)
+                for sid, fields in entries:
+                    await self._dispatch(send, sid, fields, 1)
+                if not entries and self.settings.burst and await self._burst_done():
+                    self.idle_in_burst = True
+                    return
+
+    async def _burst_done(self) -> bool:
+        """In burst mode: is there nothing left in flight, pending or scheduled?"""
+        if self._free != self.concurrency or self._acks:
+            return False
+        (info,) = await self.store.stream_infos([(self.stream, self.queue.keys)])
+        pending = sum(int(g["pending"]) for g in info["groups"] if g["name"].decode() == self.group)
+        return pending == 0 and info["delayed"] == 0
+
+    async def _reclaim_loop(self, send: MemoryObjectSendStream[_Work]) -> None:
+        interval = self.settings.reclaim_interval or min(5.0, self.lease_ms / 2000)
+        async with send:
+            start = "-"
+            while True:
+                await self._pause(interval)
+                if self._stop.is_set():
+                    return
+                n = await self._reserve()
+                if n == 0:
+                    return
+                try:
+                    found = await self.store.reclaim(
+                        self.stream, self.group, self.consumer, self.lease_ms, n, start
+                    )
+                except LeanMQError as exc:
+                    self._release(n)
+                    self.log.warning("reclaim_failed", error=str(exc))
+                    continue
+                start = found.next_start or "-"
+                self._release(n - len(found.entries))
+                self._report_missing(found.missing)
+                if found.entries:
+                    self.stats.reclaimed += len(found.entries)
+                    self.log.info("reclaimed", count=len(found.entries))
+                for sid, fields in found.entries:
+                    await self._dispatch(send, sid, fields, found.deliveries.get(sid, 2))
+
+    def _report_missing(self, missing: list[bytes]) -> None:
+        if missing:
+            self.stats.lost += len(missing)
+            self.log.error(
+                "entries_missing",
+                count=len(missing),
+                ids=[m.decode() for m in missing[:20]],
+                detail="deleted or trimmed from the stream while pending; acked, not handled",
+            )
+
+    async def _on_redis_error(self, exc: LeanMQError, failures: int) -> None:
+        if isinstance(exc, RedisOperationError) and "NOGROUP" in str(exc):
+            try:
+                created = await self.store.ensure_groups([self.stream], [self.group])
+            except LeanMQError:
+                created = 0
+            if created:
+                self.log.warning("group_created", reason="consumer group was missing")
+                return
+        if isinstance(exc, LeanMQConnectionError) and not self._redis_down:
+            self._redis_down = True
+            self.log.warning("redis_unavailable", error=str(exc))
+        elif not isinstance(exc, LeanMQConnectionError):
+            self.log.error("fetch_failed", error=str(exc))
+        await self._pause(min(5.0, 0.05 * 2 ** min(failures, 7)))
+
+    def _on_redis_back(self) -> None:
+        if self._redis_down:
+            self._redis_down = False
+            self.log.info("redis_reconnected")
+
+    # -- processing ----------------------------------------------------------------------
+
+    async def _processor(self, receive: MemoryObjectReceiveStream[_Work]) -> None:
+        async with receive:
+            async for work in receive:
+                try:
+                    await self._process(work)
+                finally:
+                    self._in_flight.discard(work.sid)
+                    self._free += 1
+                    self._slot_freed.set()
+
+    async def _process(self, work: _Work) -> None:
+        handler = self.handler
+        sid = work.sid.decode()
+        if work.deliveries > handler.options.max_deliveries:
+            await self._dead_letter(
+                sid,
+                f"delivered {work.deliveries} times without completing (max_deliveries="
+                f"{handler.options.max_deliveries}): it may crash the worker",
+                "MaxDeliveriesExceeded",
+            )
+            return
+        try:
+            entry = decode_entry(work.fields, self.max_size)
+        except MessageDecodeError as exc:
+            await self._dead_letter(sid, str(exc), "MessageDecodeError")
+            return
+        if entry.target_group is not None and entry.target_group != self.group:
+            self._ack(work.sid)
+            return
+        if entry.expires_at_ms is not None and entry.expires_at_ms <= await self.store.redis_now_ms():
+            await self._expire(work.sid, sid)
+            return
+        try:
+            payload = decode_payload(entry, handler.payload_type)
+        except MessageDecodeError as exc:
+            await self._dead_letter(sid, str(exc), "MessageDecodeError", attempts=entry.attempts)
+            return
+        attempt = entry.attempts + 1
+        arg = (
+            to_message(sid, entry, payload, self.queue.name, work.deliveries)
+            if handler.wants_message
+            else payload
+        )
+        if self._debug:
+            self.log.debug("received", message_id=entry.message_id, id=sid, attempt=attempt)
+        started = anyio.current_time()
+        try:
+            timeout = handler.options.timeout
+            if timeout is None:
+                await handler.func(arg)
+            else:
+                with anyio.fail_after(timeout):
+                    await handler.func(arg)
+        except Reject as exc:
+            self.stats.failed += 1
+            await self._dead_letter(sid, exc.reason, "Reject", attempts=attempt)
+        except Retry as exc:
+            self.stats.failed += 1
+            await self._fail(sid, entry, attempt, exc, exc.delay)
+        except Exception as exc:  # noqa: BLE001 - every handler failure is retried or dead-lettered
+            self.stats.failed += 1
+            if isinstance(exc, TimeoutError) and timeout is not None:
+                exc = TimeoutError(f"handler exceeded its timeout of {timeout}s")
+            await self._fail(sid, entry, attempt, exc, None)
+        else:
+            self._ack(work.sid)
+            self.stats.handled += 1
+            if self._debug:
+                self.log.debug(
+                    "handled",
+                    message_id=entry.message_id,
+                    id=sid,
+                    attempt=attempt,
+                    duration=anyio.current_time() - started,
+                )
+
+    async def _fail(
+        self,
+        sid: str,
+        entry: DecodedEntry,
+        attempt: int,
+        exc: BaseException,
+        delay: float | None,
+    ) -> None:
+        handler = self.handler
+        error_type = type(exc).__name__
+        if attempt <= handler.max_retries:
+            seconds = delay if delay is not None else handler.options.backoff(attempt)
+            result = await self._settle(
+                lambda: self.store.retry(
+                    self.queue.keys, self.group, self.consumer, sid, int(seconds * 1000), attempt
+                )
+            )
+            if result == -1:
+                self.log.warning("lease_lost", id=sid, message_id=entry.message_id)
+            elif result is not None:
+                self.stats.retried += 1
+                self.log.info(
+                    "retried",
+                    id=sid,
+                    message_id=entry.message_id,
+                    attempt=attempt,
+                    delay=round(seconds, 3),
+                    error_type=error_type,
+                    error=str(exc),
+                )
+            return
+        await self._dead_letter(
+            sid,
+            f"failed after {attempt} attempt(s): {error_type}: {exc}",
+            error_type,
+            _traceback_summary(exc),
+            attempt,
+            entry.message_id,
+        )
+
+    async def _dead_letter(
+        self,
+        sid: str,
+        reason: str,
+        error_type: str,
+        details: str = "",
+        attempts: int = 0,
+        message_id: str = "",
+    ) -> None:
+        moved = await self._settle(
+            lambda: self.store.dead_letter(
+                self.queue.keys,
+                self.group,
+                self.consumer,
+                self.queue.name,
+                [(sid, reason, error_type, details, attempts)],
+            )
+        )
+        if moved:
+            self.stats.dead_lettered += 1
+            self.log.warning(
+                "dead_lettered",
+                id=sid,
+                message_id=message_id,
+                reason=reason,
+                error_type=error_type,
+                attempts=attempts,
+            )
+        elif moved == 0:
+            self.log.warning("lease_lost", id=sid, message_id=message_id)
+
+    async def _expire(self, raw_sid: bytes, sid: str) -> None:
+        self.stats.expired += 1
+        if self.handler.options.expired == "dlq":
+            await self._dead_letter(sid, "expired before it was handled", "Expired")
+        else:
+            self._ack(raw_sid)
+            self.log.info("expired", id=sid)
+
+    async def _settle(self, step: Callable[[], Awaitable[T]]) -> T | None:
+        """Run a settling step shielded from cancellation, retrying connection errors.
+
+        Gives up after ``settle_timeout``: the message then stays pending and is reclaimed.
+        """
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.settings.settle_timeout):
+            pause = 0.05
+            while True:
+                try:
+                    return await step()
+                except LeanMQConnectionError:
+                    await anyio.sleep(pause)
+                    pause = min(1.0, pause * 2)
+                except LeanMQError as exc:
+                    self.log.error("settle_failed", error=str(exc))
+                    return None
+        self.log.error("settle_failed", error="Redis unreachable for settle_timeout")
+        return None
+
+    # -- acknowledging -------------------------------------------------------------------
+
+    def _ack(self, sid: bytes) -> None:
+        self._acks.append(sid)
+        self._ack_wakeup.set()
+
+    async def _acker(self) -> None:
+        while True:
+            await self._ack_wakeup.wait()
+            self._ack_wakeup = anyio.Event()
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        """XACK everything buffered, shielded; on a broken connection keep and retry."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.settings.settle_timeout):
+            pause = 0.05
+            while self._acks:
+                batch, self._acks = self._acks, []
+                try:
+                    await self.store.ack(self.stream, self.group, batch)
+                except LeanMQConnectionError:
+                    self._acks = batch + self._acks
+                    await anyio.sleep(pause)
+                    pause = min(1.0, pause * 2)
+                except LeanMQError as exc:
+                    self.log.error("ack_failed", error=str(exc), count=len(batch))
+        if self._acks:
+            self.log.error("ack_failed", error="Redis unreachable", count=len(self._acks))
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def _lease_keeper(self) -> None:
+        interval = self.lease_ms / 3000
+        while True:
+            await anyio.sleep(interval)
+            held = list(self._in_flight)
+            if not held:
+                continue
+            try:
+                lost: list[bytes] = []
+                for i in range(0, len(held), 1000):
+                    lost += await self.store.extend_leases(
+                        self.stream, self.group, self.consumer, held[i : i + 1000]
+                    )
+            except LeanMQError as exc:
+                self.log.warning("lease_extend_failed", error=str(exc))
+                continue
+            if lost:
+                self.log.warning("lease_lost", count=len(lost))
+            if self._debug:
+                self.log.debug("lease_extended", count=len(held) - len(lost))

@@ -1,0 +1,251 @@
+"""The worker: runs every registered handler, the upkeep tasks, and a two-phase shutdown.
+
+Run it three ways:
+
+* ``await worker.serve()`` (or ``await mq.run_worker()``) until cancelled or ``stop()``;
+  with ``await task_group.start(worker.serve)`` it returns once groups exist and loops run;
+* ``async with mq.worker():`` around an application's lifetime (FastAPI lifespan, aiohttp
+  cleanup_ctx): the worker runs in the background of the block;
+* ``leanmq-worker app:mq`` (see :mod:`leanmq_async.worker.cli`), which adds signals.
+
+Shutdown, whether by :meth:`Worker.stop` or by cancellation: no new reads; in-flight
+handlers get ``grace_period`` seconds to finish; the rest are cancelled and their messages
+stay pending for another worker; buffered acks are flushed. The worker never installs
+signal handlers: that is the CLI's job, so embedding it in another app is safe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from leanmq_async._log import get_logger
+from leanmq_async.exceptions import ConfigurationError, LeanMQError
+from leanmq_async.worker.maintenance import Maintenance
+from leanmq_async.worker.runner import HandlerRunner, RunnerStats
+
+if TYPE_CHECKING:
+    from leanmq_async.client import LeanMQ
+    from leanmq_async.queue import Queue
+
+__all__ = ["Worker", "WorkerSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """How a worker process runs (handler-specific options live on the handlers).
+
+    block_ms: longest blocking read (kept well under the socket timeout).
+    grace_period: seconds in-flight handlers get to finish at shutdown.
+    settle_timeout: seconds an ack/retry/DLQ step may take (shielded) before giving up
+        and leaving the message pending for reclaim.
+    reclaim_interval: seconds between reclaim scans (default: half the lease, at most 5).
+    maintenance_interval: longest sleep of the delayed-message mover.
+    expire_interval, trim_interval: seconds between expiry and retention passes.
+    retention: seconds of acknowledged history kept in a stream (None: keep all).
+    dead_consumer_idle: seconds after which an idle consumer holding nothing is removed.
+    burst: handle what is there (including retries), then stop.
+    concurrency: overrides every handler's concurrency (the CLI's ``--concurrency``).
+    """
+
+    block_ms: int = 2000
+    grace_period: float = 10.0
+    settle_timeout: float = 10.0
+    reclaim_interval: float | None = None
+    maintenance_interval: float = 0.5
+    expire_interval: float = 5.0
+    trim_interval: float = 60.0
+    retention: float | None = 3600.0
+    dead_consumer_idle: float = 3600.0
+    burst: bool = False
+    concurrency: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.block_ms:
+            raise ConfigurationError("block_ms must be >= 1")
+        for name in ("grace_period", "settle_timeout", "maintenance_interval",
+                     "expire_interval", "trim_interval", "dead_consumer_idle"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"worker setting {name} must be >= 0")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigurationError("concurrency must be >= 1")
+
+
+class Worker:
+    """Runs the handlers registered on a :class:`~leanmq_async.LeanMQ` client."""
+
+    def __init__(
+        self,
+        mq: LeanMQ,
+        *,
+        queues: Iterable[Queue] | None = None,
+        settings: WorkerSettings | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.mq = mq
+        base = settings or WorkerSettings()
+        try:
+            self.settings = dataclasses.replace(base, **overrides) if overrides else base
+        except TypeError as exc:
+            names = sorted(f.name for f in dataclasses.fields(WorkerSettings))
+            raise ConfigurationError(f"unknown worker setting: {exc}; valid: {names}") from exc
+        wanted = set(queues) if queues is not None else None
+        self.handlers = [h for h in mq.handlers if wanted is None or h.queue in wanted]
+        if not self.handlers:
+            raise ConfigurationError(
+                "no handlers to run: decorate coroutine functions with @queue.handler before "
+                "starting a worker" + (" (none on the queues given)" if wanted else "")
+            )
+        consumer = mq.consumer_name
+        self.runners = [HandlerRunner(h, self.settings, consumer) for h in self.handlers]
+        self.maintenance = Maintenance(mq.store, self.handlers, self.settings)
+        self.log = get_logger("leanmq_async.worker", consumer=consumer)
+        self._stop = anyio.Event()
+        self._started = False
+        self._finished = anyio.Event()
+        self._tg: TaskGroup | None = None
+
+    def __repr__(self) -> str:
+        state = "stopping" if self._stop.is_set() else ("running" if self._started else "idle")
+        return f"<Worker {state} consumer={self.mq.consumer_name!r} handlers={len(self.runners)}>"
+
+    @property
+    def stats(self) -> RunnerStats:
+        """Counters summed over every handler of this worker."""
+        total = RunnerStats()
+        for runner in self.runners:
+            for f in dataclasses.fields(RunnerStats):
+                setattr(total, f.name, getattr(total, f.name) + getattr(runner.stats, f.name))
+        return total
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (safe to call more than once, and from any task)."""
+        self._stop.set()
+
+    async def health(self) -> dict[str, Any]:
+        """Redis reachability plus this worker's state and counters."""
+        report = await self.mq.health()
+        report["worker"] = {
+            "running": self._started and not self._finished.is_set(),
+            "stopping": self._stop.is_set(),
+            "in_flight": sum(r.in_flight for r in self.runners),
+            "handlers": {
+                f"{r.queue.name}/{r.group}": dataclasses.asdict(r.stats) for r in self.runners
+            },
+        }
+        return report
+
+    # -- running -------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`stop` (or cancellation), then shut down gracefully."""
+        if self._started:
+            raise RuntimeError("a Worker can be served once; create a new one with mq.worker()")
+        self._started = True
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._stop_when_cancelled)
+            # Shielded: cancellation from outside becomes a graceful stop (above), and the
+            # shutdown below still gets its grace period.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._run(task_status)
+                finally:
+                    self._finished.set()
+            outer.cancel_scope.cancel()
+
+    async def _stop_when_cancelled(self) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            self.stop()
+
+    async def _startup(self) -> None:
+        mq = self.mq
+        pairs = {(h.queue.base_name, h.queue.consumer_group) for h in self.handlers}
+        for base, group in pairs:
+            queue = mq.queue(base)
+            await mq.store.create_queue(
+                mq.prefix, queue.keys, group, queue.dead_letter_queue().consumer_group
+            )
+        await mq.store.ensure_groups(
+            [h.queue.stream for h in self.handlers], [h.group for h in self.handlers]
+        )
+        await mq.store.sync_clock()
+
+    async def _run(self, task_status: TaskStatus[Worker]) -> None:
+        try:
+            await self._startup()
+        except LeanMQError as exc:
+            self.log.error("worker_start_failed", error=str(exc))
+            raise
+        async with anyio.create_task_group() as tg:
+            maintenance = anyio.CancelScope()
+
+            async def run_maintenance() -> None:
+                with maintenance:
+                    await self.maintenance.run()
+
+            tg.start_soon(run_maintenance)
+            for runner in self.runners:
+                await tg.start(runner.run)
+            self.log.info(
+                "worker_started",
+                queues=sorted({r.queue.name for r in self.runners}),
+                handlers=len(self.runners),
+            )
+            task_status.started(self)
+            if self.settings.burst:
+                tg.start_soon(self._stop_when_burst_done)
+            await self._stop.wait()
+            await self._shutdown()
+            maintenance.cancel()
+
+    async def _stop_when_burst_done(self) -> None:
+        while not all(r.idle_in_burst for r in self.runners):
+            await anyio.sleep(0.05)
+        self.stop()
+
+    async def _shutdown(self) -> None:
+        in_flight = sum(r.in_flight for r in self.runners)
+        self.log.info("shutdown", phase="stop_fetching", in_flight=in_flight)
+        for runner in self.runners:
+            runner.stop_fetching()
+        with anyio.move_on_after(self.settings.grace_period):
+            for runner in self.runners:
+                await runner.drained.wait()
+        left = sum(r.in_flight for r in self.runners)
+        if left:
+            self.log.warning("shutdown", phase="cancel_handlers", left_pending=left)
+        for runner in self.runners:
+            runner.cancel_processors()
+        for runner in self.runners:
+            await runner.drained.wait()
+        self.log.info("shutdown", phase="done", **dataclasses.asdict(self.stats))
+
+    # -- embedding -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Worker:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            await self._tg.start(self.serve)
+        except BaseException as exc:
+            await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self.stop()
+        assert self._tg is not None
+        return await self._tg.__aexit__(exc_type, exc, tb)
