@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -48,7 +49,9 @@ class LeanMQ:
     Connect by URL (``redis://``, ``rediss://`` for TLS, ``unix://``; user and password in
     the URL for ACL), by LeanMQ's keywords (``redis_host``, ``redis_port``, ``redis_db``,
     ``redis_password``), or pass your own ``redis.asyncio.Redis`` as ``client`` (it is
-    borrowed: never closed by LeanMQ). No I/O happens until the first call.
+    borrowed: never closed by LeanMQ). Without ``url``, the ``LEANMQ_URL`` environment
+    variable wins over the keywords (``leanmq-worker --url`` sets it). No I/O happens until
+    the first call.
 
     Use as ``async with LeanMQ(...) as mq:``, or call :meth:`aclose` when done.
     """
@@ -85,8 +88,10 @@ class LeanMQ:
             self._owns_client = False
             self.url = "<borrowed client>"
         else:
-            self.url = url or build_url(
-                redis_host, redis_port, redis_db, redis_password, redis_username, ssl
+            self.url = (
+                url
+                or os.environ.get("LEANMQ_URL")
+                or build_url(redis_host, redis_port, redis_db, redis_password, redis_username, ssl)
             )
             client = build_client(self.url, self.connection_settings)
             self._owns_client = True
@@ -154,14 +159,16 @@ class LeanMQ:
         """Create a queue and its dead-letter queue (idempotent); return ``(queue, dlq)``."""
         queue = self.queue(queue_name)
         dlq = queue.dead_letter_queue()
-        await self.store.create_queue(self.prefix, queue.keys, queue.consumer_group,
-                                      dlq.consumer_group)
+        await self.store.create_queue(
+            self.prefix, queue.keys, queue.consumer_group, dlq.consumer_group
+        )
         return queue, dlq
 
     async def get_queue(self, queue_name: str) -> Queue:
         """The created queue (or DLQ, for ``"name:dlq"``); raise if it was never created."""
         base, is_dlq = self._split(queue_name)
-        if not await self.store.queue_exists(QueueKeys(self.prefix, base)):
+        keys = QueueKeys(self.prefix, base)
+        if not await self.store.queue_exists(keys, keys.dlq if is_dlq else keys.stream):
             raise QueueNotFoundError(
                 f"queue {queue_name!r} does not exist under prefix {self.prefix!r}; "
                 f"create it with await mq.create_queue_pair({base!r})"
@@ -171,7 +178,8 @@ class LeanMQ:
     async def get_dead_letter_queue(self, queue_name: str) -> Queue:
         """The dead-letter queue of ``queue_name``; raise if the pair was never created."""
         base, _ = self._split(queue_name)
-        if not await self.store.queue_exists(QueueKeys(self.prefix, base)):
+        keys = QueueKeys(self.prefix, base)
+        if not await self.store.queue_exists(keys, keys.dlq):
             raise DeadLetterQueueNotFoundError(
                 f"queue {base!r} has no dead-letter queue under prefix {self.prefix!r}; "
                 f"create the pair with await mq.create_queue_pair({base!r})"
@@ -179,11 +187,19 @@ class LeanMQ:
         return self._queue_object(base, True)
 
     async def list_queues(self) -> list[QueueInfo]:
-        """Info on every created queue and its DLQ (two round trips in all)."""
+        """Info on every created queue and its DLQ (two round trips in all).
+
+        A main queue deleted with ``delete_queue(name, delete_dlq=False)`` is left out;
+        its dead-letter queue is still listed.
+        """
         bases = await self.store.registered_queues(self.prefix)
         queues = [self._queue_object(b, dlq) for b in bases for dlq in (False, True)]
         infos = await self.store.stream_infos([(q.stream, q.keys) for q in queues])
-        return [self._info_from(q, info) for q, info in zip(queues, infos, strict=True)]
+        return [
+            self._info_from(q, info)
+            for q, info in zip(queues, infos, strict=True)
+            if info.get("exists", True)
+        ]
 
     def _info_from(self, queue: Queue, info: dict[str, Any]) -> QueueInfo:
         pending = 0
@@ -213,8 +229,9 @@ class LeanMQ:
                 f"pass the main queue's name ({base!r}) to delete_queue; use delete_dlq to "
                 "choose whether its dead-letter queue goes too"
             )
-        return await self.store.delete_queue(self.prefix, QueueKeys(self.prefix, base),
-                                             delete_dlq) > 0
+        return (
+            await self.store.delete_queue(self.prefix, QueueKeys(self.prefix, base), delete_dlq) > 0
+        )
 
     # -- transactions and maintenance --------------------------------------------------
 

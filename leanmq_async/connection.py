@@ -75,6 +75,9 @@ def build_client(url: str, settings: ConnectionSettings, **extra: Any) -> aiored
         raise ConfigurationError(
             f"unsupported Redis URL {url!r}: use redis://, rediss:// (TLS) or unix://"
         )
+    if not url.startswith("unix://"):
+        # TCP only: a unix socket connection refuses the keyword (TypeError at first use).
+        extra.setdefault("socket_keepalive", True)
     try:
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
@@ -82,7 +85,6 @@ def build_client(url: str, settings: ConnectionSettings, **extra: Any) -> aiored
             timeout=settings.pool_timeout,
             socket_timeout=settings.socket_timeout,
             socket_connect_timeout=settings.socket_connect_timeout,
-            socket_keepalive=True,
             health_check_interval=settings.health_check_interval,
             retry=AsyncRetry(NoBackoff(), 0),
             decode_responses=False,
@@ -90,6 +92,11 @@ def build_client(url: str, settings: ConnectionSettings, **extra: Any) -> aiored
         )
     except ValueError as exc:
         raise ConfigurationError(f"invalid Redis URL {url!r}: {exc}") from exc
+    if pool.connection_kwargs.get("decode_responses"):
+        # URL query options override keywords in redis-py (`?decode_responses=true`).
+        raise ConfigurationError(
+            f"invalid Redis URL {url!r}: decode_responses must stay off (payloads are binary)"
+        )
     return aioredis.Redis.from_pool(pool)
 
 
@@ -103,7 +110,7 @@ def check_borrowed_client(client: Any) -> None:
         )
 
 
-class translate_errors:  # noqa: N801 - used like a function: `with translate_errors():`
+class translate_errors:  # used like a function: `with translate_errors():`
     """Translate redis-py exceptions raised inside the block into leanmq_async's own."""
 
     __slots__ = ("what",)
@@ -119,9 +126,11 @@ class translate_errors:  # noqa: N801 - used like a function: `with translate_er
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> None:
+        # Returns None (never swallows): a type checker then knows code after the block
+        # only runs when the block did not raise.
         if exc is None or not isinstance(exc, redis_errors.RedisError):
-            return False
+            return None
         if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
             raise LeanMQConnectionError(f"{self.what} failed: Redis unreachable ({exc})") from exc
         if isinstance(exc, redis_errors.ResponseError):

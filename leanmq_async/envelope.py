@@ -126,7 +126,13 @@ class Codec:
         mid = message_id if message_id is not None else str(uuid.uuid4())
         if not isinstance(mid, str) or not mid:
             raise ConfigurationError(f"message_id must be a non-empty string, got {mid!r}")
-        envelope = Envelope(id=mid, ts=time.time(), p=payload, h=dict(headers) if headers else {})
+        h = dict(headers) if headers else {}
+        for name, value in h.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                # A reader validates headers as str -> str: a message sent with other
+                # types would be dead-lettered as undecodable on its first read.
+                raise MessageEncodeError(f"headers must map str to str, got {name!r}: {value!r}")
+        envelope = Envelope(id=mid, ts=time.time(), p=payload, h=h)
         try:
             data = self._encode(envelope)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -192,6 +198,10 @@ def decode_entry(fields: Mapping[bytes, bytes] | None, max_size: int) -> Decoded
     except ValueError as exc:
         raise MessageDecodeError(f"bad attempts or expiry field: {exc}") from exc
     group_raw = fields.get(FIELD_GROUP)
+    try:
+        target_group = group_raw.decode() if group_raw is not None else None
+    except UnicodeDecodeError as exc:
+        raise MessageDecodeError(f"bad target group field: {exc}") from exc
     return DecodedEntry(
         message_id=env.id,
         timestamp=env.ts,
@@ -199,7 +209,7 @@ def decode_entry(fields: Mapping[bytes, bytes] | None, max_size: int) -> Decoded
         raw_payload=env.p,
         attempts=attempts,
         expires_at_ms=expires,
-        target_group=group_raw.decode() if group_raw is not None else None,
+        target_group=target_group,
         is_msgpack=decoder is _MSGPACK_ENVELOPE,
     )
 

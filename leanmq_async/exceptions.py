@@ -18,8 +18,8 @@ __all__ = [
     "MessageTooLargeError",
     "QueueError",
     "QueueNotFoundError",
-    "Reject",
     "RedisOperationError",
+    "Reject",
     "Retry",
     "TransactionError",
     "WrongQueueKindError",
@@ -82,7 +82,7 @@ class MessageDecodeError(MessageError, ValueError):
     """A stream entry is not a valid leanmq_async message, or its payload fails validation."""
 
 
-class Retry(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Retry(Exception):  # a control-flow signal, not an error
     """Raise from a handler to ask for another attempt, optionally after ``delay`` seconds.
 
     The attempt counts against ``max_retries``; when none are left the message is
@@ -97,7 +97,7 @@ class Retry(Exception):  # noqa: N818 - a control-flow signal, not an error
         self.reason = reason
 
 
-class Reject(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Reject(Exception):  # a control-flow signal, not an error
     """Raise from a handler to dead-letter the message at once, without retries."""
 
     def __init__(self, reason: str = "rejected by handler") -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -14,6 +15,8 @@ from leanmq_async.exceptions import (
     ConfigurationError,
     InvalidMessageIdError,
     MessageDecodeError,
+    QueueNotFoundError,
+    RedisOperationError,
     WrongQueueKindError,
 )
 from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, default_group
@@ -27,7 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Queue"]
 
-_STREAM_ID = re.compile(r"^\d+-\d+$")
+_STREAM_ID = re.compile(r"([0-9]+)-([0-9]+)")
+_MAX_ID_PART = 2**64 - 1
 # A blocking read never waits longer than this in one command, so a dead connection is
 # noticed within the socket timeout; longer waits are split into several reads.
 _MAX_BLOCK_CHUNK_MS = 5_000
@@ -37,14 +41,21 @@ F = TypeVar("F", bound="HandlerFunc")
 
 def validate_ids(ids: Iterable[str | bytes]) -> list[str]:
     """Normalise stream ids to str; raise :class:`InvalidMessageIdError` on a malformed one."""
+    if ids is None:
+        raise InvalidMessageIdError("pass a list of message ids, got None")
     if isinstance(ids, str | bytes):
         raise InvalidMessageIdError(
             f"pass a list of message ids, not a single id: [{ids!r}] instead of {ids!r}"
         )
     out = []
     for mid in ids:
-        sid = mid.decode() if isinstance(mid, bytes) else mid
-        if not isinstance(sid, str) or not _STREAM_ID.match(sid):
+        sid = mid.decode(errors="replace") if isinstance(mid, bytes) else mid
+        match = _STREAM_ID.fullmatch(sid) if isinstance(sid, str) else None
+        # Both parts are unsigned 64-bit in Redis: a larger one is refused by the server,
+        # possibly half-way through a script.
+        if match is None or any(
+            len(part) > 20 or int(part) > _MAX_ID_PART for part in match.groups()
+        ):
             raise InvalidMessageIdError(
                 f"{mid!r} is not a stream id like '1700000000000-0'; use Message.id "
                 "(not Message.message_id)"
@@ -57,7 +68,12 @@ def to_ms(seconds: float | None, what: str) -> int:
     """Seconds (None or > 0) to whole milliseconds, or :class:`ConfigurationError`."""
     if seconds is None:
         return 0
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or seconds <= 0
+    ):
         raise ConfigurationError(f"{what} must be a positive number of seconds, got {seconds!r}")
     return max(1, round(seconds * 1000))
 
@@ -159,6 +175,11 @@ class Queue:
         headers: Mapping[str, str] | None = None,
     ) -> list[str]:
         """Send many messages in one round trip, atomically; return their stream ids."""
+        if isinstance(items, str | bytes | bytearray | Mapping):
+            raise ConfigurationError(
+                f"send_messages takes an iterable of payloads, not a single "
+                f"{type(items).__name__}: send_messages([data]) or send_message(data)"
+            )
         ops = [self._send_op(data, None, ttl, delay, headers)[0] for data in items]
         if not ops:
             return []
@@ -177,7 +198,8 @@ class Queue:
         Blocks up to ``block_for_seconds`` when none are waiting (None: do not block).
         Messages stay pending until acknowledged, deleted or moved to the DLQ. Entries that
         cannot be decoded are moved to the DLQ with their reason; expired ones are
-        acknowledged and not returned.
+        acknowledged and not returned. A read that yields only such entries is followed
+        by another, so an empty result means no message was waiting (or the wait ended).
         """
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigurationError(f"count must be a positive integer, got {count!r}")
@@ -187,15 +209,31 @@ class Queue:
         deadline = anyio.current_time() + wait_ms / 1000
         while True:
             block = min(wait_ms, _MAX_BLOCK_CHUNK_MS) if wait_ms else None
-            raw = await store.read_group(self.stream, self.consumer_group, consumer, count, block)
-            if raw or not wait_ms:
-                break
-            wait_ms = int((deadline - anyio.current_time()) * 1000)
-            if wait_ms <= 0:
-                break
-        if self.is_dlq:
-            return self._dlq_messages(raw)
-        return await self._sort_out(raw, consumer)
+            try:
+                raw = await store.read_group(
+                    self.stream, self.consumer_group, consumer, count, block
+                )
+            except RedisOperationError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                raise QueueNotFoundError(
+                    f"queue {self.name!r} has no consumer group {self.consumer_group!r} "
+                    f"under prefix {self._mq.prefix!r}; create it with "
+                    f"await mq.create_queue_pair({self.base_name!r})"
+                ) from exc
+            if raw:
+                if self.is_dlq:
+                    return self._dlq_messages(raw)
+                messages = await self._sort_out(raw, consumer)
+                if messages:
+                    return messages
+                # Only expired, foreign or bad entries: they are settled; read on.
+            elif not wait_ms:
+                return []
+            if wait_ms:
+                wait_ms = int((deadline - anyio.current_time()) * 1000)
+                if wait_ms <= 0:
+                    return []
 
     async def _sort_out(self, raw: list[RawEntry], consumer: str) -> list[Message[Any]]:
         store = self._mq.store
@@ -211,7 +249,8 @@ class Queue:
             messages.append(to_message(sid, entry, payload, self.name))
         if sorted_.expired or sorted_.foreign:
             await store.ack(self.stream, self.consumer_group, sorted_.expired + sorted_.foreign)
-            self._mq.log.info("expired", queue=self.name, count=len(sorted_.expired))
+            if sorted_.expired:
+                self._mq.log.info("expired", queue=self.name, count=len(sorted_.expired))
         if sorted_.bad:
             items = [(sid, reason, "MessageDecodeError", "", 0) for sid, reason in sorted_.bad]
             await store.dead_letter(self.keys, self.consumer_group, consumer, self.name, items)
@@ -227,8 +266,13 @@ class Queue:
                 payload = decode_payload(entry)
             except MessageDecodeError:
                 out.append(
-                    Message(id=raw_id.decode(), data=None, timestamp=0.0, queue=self.name,
-                            dead_letter=info)
+                    Message(
+                        id=raw_id.decode(),
+                        data=None,
+                        timestamp=0.0,
+                        queue=self.name,
+                        dead_letter=info,
+                    )
                 )
                 continue
             out.append(to_message(raw_id.decode(), entry, payload, self.name, 1, info))
@@ -262,7 +306,9 @@ class Queue:
         ids = validate_ids(message_ids)
         if not ids:
             return 0
-        return await self._mq.store.delete_messages(self.keys, self.stream, self.consumer_group, ids)
+        return await self._mq.store.delete_messages(
+            self.keys, self.stream, self.consumer_group, ids
+        )
 
     async def move_to_dlq(
         self, message_ids: Sequence[str], reason: str, dlq: Queue | None = None
@@ -271,8 +317,8 @@ class Queue:
         self._require_main("move_to_dlq")
         if dlq is not None and (not dlq.is_dlq or dlq.base_name != self.base_name):
             raise WrongQueueKindError(
-                f"move_to_dlq needs this queue's dead-letter queue ({self.base_name + DLQ_SUFFIX!r})"
-                f", got {dlq.name!r}"
+                "move_to_dlq needs this queue's dead-letter queue "
+                f"({self.base_name + DLQ_SUFFIX!r}), got {dlq.name!r}"
             )
         ids = validate_ids(message_ids)
         if not ids:
@@ -318,9 +364,7 @@ class Queue:
     def handler(self, func: F, /) -> F: ...
 
     @overload
-    def handler(
-        self, func: None = None, /, **options: Any
-    ) -> Callable[[F], F]: ...
+    def handler(self, func: None = None, /, **options: Any) -> Callable[[F], F]: ...
 
     def handler(self, func: F | None = None, /, **options: Any) -> F | Callable[[F], F]:
         """Register a coroutine function as this queue's handler (no I/O).

@@ -81,7 +81,7 @@ def dead_letter_info(fields: Mapping[bytes, bytes] | None) -> DeadLetterInfo | N
     if not fields:
         return None
     meta = {
-        k[len(DLQ_FIELD_PREFIX) :].decode(): v.decode(errors="replace")
+        k[len(DLQ_FIELD_PREFIX) :].decode(errors="replace"): v.decode(errors="replace")
         for k, v in fields.items()
         if k.startswith(DLQ_FIELD_PREFIX)
     }

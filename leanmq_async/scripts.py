@@ -40,6 +40,11 @@ local function owned_by(stream, group, id, consumer)
   local p = redis.call('XPENDING', stream, group, id, id, 1)
   return p[1] ~= nil and p[1][2] == consumer
 end
+local function pending_in(stream, group, id)
+  -- pcall: a missing stream or group means nothing is pending (XPENDING would fail).
+  local ok, p = pcall(redis.call, 'XPENDING', stream, group, id, id, 1)
+  return ok and p[1] ~= nil
+end
 local function id_parts(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -48,6 +53,17 @@ local function id_less(a, b)
   local am, as = id_parts(a)
   local bm, bs = id_parts(b)
   return am < bm or (am == bm and as < bs)
+end
+-- Checked before the first write: a script that fails half-way keeps what it wrote,
+-- so a wrong-typed key must stop it while nothing has changed yet.
+local function check_types(keys, types)
+  for i, key in ipairs(keys) do
+    local t = redis.call('TYPE', key)['ok']
+    if t ~= 'none' and t ~= types[i] then
+      return 'WRONGTYPE key ' .. key .. ' holds a ' .. t .. ', not a ' .. types[i]
+    end
+  end
+  return nil
 end
 local function groups_of(stream)
   if redis.call('EXISTS', stream) == 0 then return {} end
@@ -65,6 +81,8 @@ end
 # ARGV: n_ops, then per op: queue index (1-based), ttl_ms, delay_ms, field, body, member
 # Every key's type is checked before anything is written, so a batch (a transaction, or
 # send_messages) is written whole or not at all. Returns the stream ids (or delayed members).
+# A delayed member is prefixed with the send time and the op's index: entries due at the
+# same millisecond sort by member, so this keeps them in the order they were sent.
 SEND: Final = (
     _PRELUDE
     + r"""
@@ -89,7 +107,7 @@ for op = 0, n - 1 do
     fields[4] = tostring(now + ttl)
   end
   if delay > 0 then
-    local member = ARGV[b + 5]
+    local member = string.format('%015.0f%06d|', now, op) .. ARGV[b + 5]
     redis.call('ZADD', KEYS[base + 3], now + delay, member)
     redis.call('HSET', KEYS[base + 4], member, cmsgpack.pack(fields))
     out[#out + 1] = member
@@ -109,6 +127,8 @@ return out
 MOVE_DUE: Final = (
     _PRELUDE
     + r"""
+local bad = check_types(KEYS, {'stream', 'zset', 'hash', 'zset'})
+if bad then return redis.error_reply(bad) end
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local moved = 0
@@ -140,6 +160,8 @@ RETRY: Final = (
     _PRELUDE
     + r"""
 local stream, group, consumer, id = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local bad = check_types(KEYS, {'stream', 'zset', 'hash', 'zset'})
+if bad then return redis.error_reply(bad) end
 if not owned_by(stream, group, id, consumer) then return -1 end
 local entry = redis.call('XRANGE', stream, id, id)
 if entry[1] == nil or entry[1][2] == nil then
@@ -176,12 +198,15 @@ return 1
 # ARGV: group, consumer ('' = no ownership check), source queue name, n,
 #       then per id: id, reason, error_type, traceback, attempts
 # Copies each entry to the DLQ with its failure metadata and acks it, together.
-# An entry already gone from the stream leaves a tombstone (dlq.missing = 1): the loss is
-# recorded, never hidden. Returns the number moved.
+# An entry already gone from the stream but still pending in the group (delivered, then
+# deleted) leaves a tombstone (dlq.missing = 1): the loss is recorded, never hidden. An id
+# that is neither in the stream nor pending is skipped. Returns the number moved.
 DEAD_LETTER: Final = (
     _PRELUDE
     + r"""
 local stream, dlq, group, consumer = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+local bad = check_types(KEYS, {'stream', 'stream'})
+if bad then return redis.error_reply(bad) end
 local t = redis.call('TIME')
 local at = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 local moved = 0
@@ -190,20 +215,22 @@ for k = 0, tonumber(ARGV[4]) - 1 do
   local id = ARGV[b]
   if consumer == '' or owned_by(stream, group, id, consumer) then
     local entry = redis.call('XRANGE', stream, id, id)
-    local fields = {}
+    local fields = nil
     if entry[1] ~= nil and entry[1][2] ~= nil then
+      fields = {}
       for i, v in ipairs(entry[1][2]) do fields[i] = v end
-    else
-      fields[1] = 'dlq.missing'
-      fields[2] = '1'
+    elseif consumer ~= '' or pending_in(stream, group, id) then
+      fields = {'dlq.missing', '1'}
     end
-    local meta = {'dlq.reason', ARGV[b + 1], 'dlq.error', ARGV[b + 2], 'dlq.traceback',
-      ARGV[b + 3], 'dlq.attempts', ARGV[b + 4], 'dlq.at', at, 'dlq.queue', ARGV[3],
-      'dlq.id', id, 'dlq.group', group}
-    for _, v in ipairs(meta) do fields[#fields + 1] = v end
-    redis.call('XADD', dlq, '*', unpack(fields))
-    redis.call('XACK', stream, group, id)
-    moved = moved + 1
+    if fields then
+      local meta = {'dlq.reason', ARGV[b + 1], 'dlq.error', ARGV[b + 2], 'dlq.traceback',
+        ARGV[b + 3], 'dlq.attempts', ARGV[b + 4], 'dlq.at', at, 'dlq.queue', ARGV[3],
+        'dlq.id', id, 'dlq.group', group}
+      for _, v in ipairs(meta) do fields[#fields + 1] = v end
+      redis.call('XADD', dlq, '*', unpack(fields))
+      redis.call('XACK', stream, group, id)
+      moved = moved + 1
+    end
   end
 end
 return moved
@@ -212,10 +239,13 @@ return moved
 
 # KEYS: dlq, stream, expiry    ARGV: dlq_group, ids...
 # Moves entries from the DLQ back to the main stream (metadata, attempts and expiry
-# dropped; targeted at the group that failed them) and removes them from the DLQ.
+# dropped; targeted at the group that failed them, if one did) and removes them from the
+# DLQ. A tombstone (nothing but dlq.* fields) has nothing to requeue and stays in the DLQ.
 REQUEUE: Final = (
     _PRELUDE
     + r"""
+local bad = check_types({KEYS[1], KEYS[2]}, {'stream', 'stream'})
+if bad then return redis.error_reply(bad) end
 local moved = 0
 for k = 2, #ARGV do
   local id = ARGV[k]
@@ -231,15 +261,16 @@ for k = 2, #ARGV do
       end
     end
     if #fields > 0 then
-      if target then
+      -- '' (expired entries) means no group failed it: every group gets it again.
+      if target and target ~= '' then
         fields[#fields + 1] = 'g'
         fields[#fields + 1] = target
       end
       redis.call('XADD', KEYS[2], '*', unpack(fields))
+      redis.call('XACK', KEYS[1], ARGV[1], id)
+      redis.call('XDEL', KEYS[1], id)
       moved = moved + 1
     end
-    redis.call('XACK', KEYS[1], ARGV[1], id)
-    redis.call('XDEL', KEYS[1], id)
   end
 end
 return moved
@@ -247,34 +278,54 @@ return moved
 )
 
 # KEYS: stream, expiry, dlq    ARGV: limit, policy ('drop' | 'dlq'), source queue name
-# Removes expired entries: acked in every group and deleted (or, with policy 'dlq',
-# dead-lettered first). Returns the number of entries expired.
+# Removes expired entries: acked in every group and deleted. With policy 'dlq', an entry
+# some group has not handled yet (not delivered to it, or pending in it) is dead-lettered
+# first; one every group has acked (processed, or skipped by a reader as expired) is only
+# deleted, never dead-lettered. Returns the number of entries removed from the stream.
 EXPIRE: Final = (
     _PRELUDE
     + r"""
+local to_dlq = ARGV[2] == 'dlq'
+local bad = check_types(to_dlq and KEYS or {KEYS[1], KEYS[2]}, {'stream', 'zset', 'stream'})
+if bad then return redis.error_reply(bad) end
 local now = now_ms()
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 if #ids == 0 then return 0 end
 local groups = groups_of(KEYS[1])
-local t = redis.call('TIME')
-local at = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-local n = 0
-for _, id in ipairs(ids) do
-  if ARGV[2] == 'dlq' then
-    local entry = redis.call('XRANGE', KEYS[1], id, id)
-    if entry[1] ~= nil and entry[1][2] ~= nil then
-      local fields = {}
-      for i, v in ipairs(entry[1][2]) do fields[i] = v end
-      local meta = {'dlq.reason', 'expired', 'dlq.error', 'Expired', 'dlq.traceback', '',
-        'dlq.attempts', '0', 'dlq.at', at, 'dlq.queue', ARGV[3], 'dlq.id', id, 'dlq.group', ''}
-      for _, v in ipairs(meta) do fields[#fields + 1] = v end
-      redis.call('XADD', KEYS[3], '*', unpack(fields))
+local function unhandled(id)
+  if #groups == 0 then return true end
+  for _, g in ipairs(groups) do
+    if id_less(g['last-delivered-id'], id) then return true end
+    if redis.call('XPENDING', KEYS[1], g['name'], id, id, 1)[1] ~= nil then return true end
+  end
+  return false
+end
+-- Every copy to the DLQ is written before anything is removed: if a write fails,
+-- the script stops with the stream untouched.
+if to_dlq then
+  local t = redis.call('TIME')
+  local at = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+  for _, id in ipairs(ids) do
+    if unhandled(id) then
+      local entry = redis.call('XRANGE', KEYS[1], id, id)
+      if entry[1] ~= nil and entry[1][2] ~= nil then
+        local fields = {}
+        for i, v in ipairs(entry[1][2]) do fields[i] = v end
+        local meta = {'dlq.reason', 'expired', 'dlq.error', 'Expired', 'dlq.traceback', '',
+          'dlq.attempts', '0', 'dlq.at', at, 'dlq.queue', ARGV[3], 'dlq.id', id,
+          'dlq.group', ''}
+        for _, v in ipairs(meta) do fields[#fields + 1] = v end
+        redis.call('XADD', KEYS[3], '*', unpack(fields))
+      end
     end
   end
+end
+local n = 0
+for _, id in ipairs(ids) do
   for _, g in ipairs(groups) do redis.call('XACK', KEYS[1], g['name'], id) end
   n = n + redis.call('XDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
 end
-redis.call('ZREM', KEYS[2], unpack(ids))
 return n
 """
 )
@@ -341,7 +392,9 @@ for k = 3, #ARGV do
   end
 end
 if #mine > 0 then
-  redis.call('XCLAIM', stream, group, consumer, 0, 'JUSTID', unpack(mine))
+  -- XCLAIM takes its options after the ids: key group consumer min-idle id... JUSTID
+  mine[#mine + 1] = 'JUSTID'
+  redis.call('XCLAIM', stream, group, consumer, 0, unpack(mine))
 end
 return lost
 """
@@ -392,12 +445,24 @@ return n
 
 # KEYS: streams...    ARGV: group per stream
 # Creates each consumer group (and its stream) if missing, reading from the start so no
-# message sent before the group existed is skipped. Returns the number created.
+# message sent before the group existed is skipped. Returns the number created. A key
+# that is not a stream is an error (checked before any group is created).
 CREATE_GROUPS: Final = r"""
+for i = 1, #KEYS do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= 'stream' then
+    return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a stream')
+  end
+end
 local created = 0
 for i = 1, #KEYS do
-  local ok = pcall(redis.call, 'XGROUP', 'CREATE', KEYS[i], ARGV[i], '0', 'MKSTREAM')
-  if ok then created = created + 1 end
+  local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', KEYS[i], ARGV[i], '0', 'MKSTREAM')
+  if ok then
+    created = created + 1
+  else
+    local msg = type(err) == 'table' and err.err or tostring(err)
+    if not string.find(msg, 'BUSYGROUP', 1, true) then return redis.error_reply(msg) end
+  end
 end
 return created
 """

@@ -110,15 +110,15 @@ class Store:
 
     # -- queues --------------------------------------------------------------------------
 
-    async def create_queue(
-        self, prefix: str, keys: QueueKeys, group: str, dlq_group: str
-    ) -> None:
-        """Create both streams with their groups, the metadata and the registry entry."""
+    async def create_queue(self, prefix: str, keys: QueueKeys, group: str, dlq_group: str) -> None:
+        """Create both streams with their groups, the metadata and the registry entry.
+
+        Two round trips: the groups first, so a key of the wrong type fails the call
+        before the queue is registered.
+        """
         with translate_errors("create queue"):
+            await self._create_groups(keys=[keys.stream, keys.dlq], args=[group, dlq_group])
             async with self.client.pipeline(transaction=False) as pipe:
-                await self._create_groups(
-                    keys=[keys.stream, keys.dlq], args=[group, dlq_group], client=pipe
-                )
                 pipe.hsetnx(keys.meta, "created_at", repr(time.time()))
                 pipe.hsetnx(keys.meta, "consumer_group", group)
                 pipe.hsetnx(keys.meta, "dlq_group", dlq_group)
@@ -130,18 +130,25 @@ class Store:
         with translate_errors("XGROUP CREATE"):
             return int(await self._create_groups(keys=list(streams), args=list(groups)))
 
-    async def queue_exists(self, keys: QueueKeys) -> bool:
+    async def queue_exists(self, keys: QueueKeys, stream: str | None = None) -> bool:
+        """Was the pair created (its metadata exists), and does ``stream`` exist if given?"""
         with translate_errors("EXISTS"):
-            return bool(await self.client.exists(keys.meta))
+            if stream is None:
+                return bool(await self.client.exists(keys.meta))
+            return int(await self.client.exists(keys.meta, stream)) == 2
 
     async def registered_queues(self, prefix: str) -> list[str]:
         with translate_errors("SMEMBERS"):
             names = await self.client.smembers(registry_key(prefix))
-        return sorted(n.decode() for n in names)
+        return sorted(n.decode() if isinstance(n, bytes) else str(n) for n in names)
 
     async def delete_queue(self, prefix: str, keys: QueueKeys, delete_dlq: bool) -> int:
-        """Delete a queue's keys (and its DLQ's); return the number of keys removed."""
-        doomed = [k for k in keys.all() if delete_dlq or k != keys.dlq]
+        """Delete a queue's keys (and its DLQ's); return the number of keys removed.
+
+        Without ``delete_dlq`` the metadata and registry entry stay, for the DLQ's sake.
+        """
+        kept = () if delete_dlq else (keys.dlq, keys.meta)
+        doomed = [k for k in keys.all() if k not in kept]
         with translate_errors("delete queue"):
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.delete(*doomed)
@@ -170,6 +177,8 @@ class Store:
             out.append(
                 {
                     "length": int(length),
+                    # XLEN answered, so an XINFO error means the stream does not exist.
+                    "exists": not isinstance(groups, redis_errors.ResponseError),
                     "groups": [] if isinstance(groups, redis_errors.ResponseError) else groups,
                     "meta": {k.decode(): v.decode() for k, v in meta.items()},
                     "delayed": int(delayed),
@@ -223,7 +232,7 @@ class Store:
     ) -> list[RawEntry]:
         """XREADGROUP: new entries (``start='>'``) or this consumer's pending ones (``'0'``)."""
         with translate_errors("XREADGROUP"):
-            reply = await self.client.xreadgroup(
+            reply: Any = await self.client.xreadgroup(
                 group, consumer, {stream: start}, count=count, block=block_ms
             )
         if not reply:
@@ -284,7 +293,8 @@ class Store:
         self, stream: str, start: str = "-", end: str = "+", count: int | None = None
     ) -> list[RawEntry]:
         with translate_errors("XRANGE"):
-            return list(await self.client.xrange(stream, start, end, count=count))
+            reply: Any = await self.client.xrange(stream, start, end, count=count)
+        return list(reply)
 
     # -- atomic moves --------------------------------------------------------------------
 
@@ -358,7 +368,7 @@ class Store:
                 keys=[stream], args=[group, consumer, min_idle_ms, count, start, owner]
             )
         deliveries = {counts[i]: int(counts[i + 1]) for i in range(0, len(counts), 2)}
-        raw = [(e[0], _pairs_to_dict(e[1])) for e in entries]
+        raw: list[RawEntry] = [(e[0], _pairs_to_dict(e[1])) for e in entries]
         return ReclaimResult(raw, deliveries, list(missing), nxt.decode() if nxt else "")
 
     async def extend_leases(

@@ -22,7 +22,7 @@ __all__ = ["RedisServer", "find_redis_server", "free_port"]
 
 
 def find_redis_server() -> str:
-    """The path of a ``redis-server`` binary, or raise ``FileNotFoundError`` saying how to get one."""
+    """The path of a ``redis-server`` binary; ``FileNotFoundError`` says how to get one."""
     explicit = os.environ.get("LEANMQ_REDIS_SERVER")
     if explicit:
         return explicit
@@ -116,7 +116,9 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                # A server started with --requirepass (or without a default user) answers
+                # NOAUTH: it is up, it only wants a password.
+                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from leanmq_async.exceptions import LeanMQError, TransactionError
+from leanmq_async.exceptions import LeanMQConnectionError, LeanMQError, TransactionError
 from leanmq_async.store import SendOp
 
 if TYPE_CHECKING:
@@ -62,6 +62,13 @@ class Transaction:
             return []
         try:
             self.stream_ids = await self._store.send(self._ops)
+        except LeanMQConnectionError as exc:
+            raise TransactionError(
+                f"transaction outcome unknown: the connection broke during commit ({exc}); "
+                "it was written whole or not at all"
+            ) from exc
         except LeanMQError as exc:
-            raise TransactionError(f"transaction not committed, nothing was written: {exc}") from exc
+            raise TransactionError(
+                f"transaction not committed, nothing was written: {exc}"
+            ) from exc
         return self.stream_ids

@@ -11,9 +11,7 @@ Backoff = Callable[[int], float]
 """A function of the retry number (1 for the first retry) returning seconds to wait."""
 
 
-def make_exponential_backoff(
-    base: float = 1.0, cap: float = 60.0, jitter: float = 0.5
-) -> Backoff:
+def make_exponential_backoff(base: float = 1.0, cap: float = 60.0, jitter: float = 0.5) -> Backoff:
     """``base * 2**(n-1)`` seconds capped at ``cap``; up to ``jitter`` of it taken off at random.
 
     With the defaults: about 1, 2, 4, 8 … 60 s, each between 50 % and 100 % of that, so
@@ -23,8 +21,8 @@ def make_exponential_backoff(
         raise ValueError("base and cap must be >= 0 and jitter within [0, 1]")
 
     def backoff(retry: int) -> float:
-        delay = min(cap, base * 2 ** max(0, retry - 1))
-        return delay * (1 - jitter * random.random())  # noqa: S311 - jitter, not crypto
+        delay = min(cap, base * 2.0 ** max(0, retry - 1))
+        return float(delay * (1 - jitter * random.random()))
 
     return backoff
 

@@ -132,7 +132,7 @@ def _argument_kind(func: HandlerFunc) -> tuple[Any, bool]:
         )
     try:
         hints = typing.get_type_hints(func)
-    except Exception as exc:  # noqa: BLE001 - any failure to resolve hints is reported as one
+    except Exception as exc:
         raise ConfigurationError(
             f"cannot resolve the annotations of handler {func.__qualname__}: {exc}"
         ) from exc

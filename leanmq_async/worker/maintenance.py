@@ -11,6 +11,7 @@ Every step is one script per queue and tolerates Redis being away for a while.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -77,14 +78,15 @@ class Maintenance:
             sleep_ms = cap_ms if wait_ms < 0 else min(max(wait_ms, 1), cap_ms)
             await anyio.sleep(sleep_ms / 1000)
 
-    async def _every(self, interval: float, step: object) -> None:
-        assert callable(step)
+    async def _every(self, interval: float, step: Callable[[], Awaitable[object]]) -> None:
         while True:
             await anyio.sleep(interval)
             try:
                 await step()
             except LeanMQError as exc:
-                self.log.warning("maintenance_failed", step=step.__name__, error=str(exc))
+                self.log.warning(
+                    "maintenance_failed", step=getattr(step, "__name__", "?"), error=str(exc)
+                )
 
     async def expire_once(self) -> int:
         """Remove (or dead-letter) expired messages of every queue; return how many."""

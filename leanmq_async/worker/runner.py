@@ -16,6 +16,7 @@ never start, and a message whose settling failed simply stays pending for reclai
 from __future__ import annotations
 
 import logging
+import math
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,9 +37,11 @@ from leanmq_async.exceptions import (
     Retry,
 )
 from leanmq_async.reading import to_message
+from leanmq_async.worker.backoff import exponential_backoff
 
 if TYPE_CHECKING:
     from leanmq_async.envelope import DecodedEntry
+    from leanmq_async.store import RawEntry
     from leanmq_async.worker.handler import Handler
     from leanmq_async.worker.supervisor import WorkerSettings
 
@@ -93,10 +96,14 @@ class HandlerRunner:
         self.lease_ms = int(handler.options.visibility_timeout * 1000)
         self.max_size = queue.mq.codec.max_message_size
         self.stats = RunnerStats()
+        # In burst mode a short block: an empty read is how the drain's end is noticed.
+        self._block_ms = min(settings.block_ms, 100) if settings.burst else settings.block_ms
         self.log = get_logger("leanmq_async.worker", queue=queue.name, group=self.group)
         self._debug = logging.getLogger("leanmq_async.worker").isEnabledFor(logging.DEBUG)
         self._free = self.concurrency
         self._slot_freed = anyio.Event()
+        self._reclaim_waiting = False
+        self._read_scope: anyio.CancelScope | None = None
         self._stop = anyio.Event()
         self._in_flight: set[bytes] = set()
         self._acks: list[bytes] = []
@@ -104,7 +111,7 @@ class HandlerRunner:
         self._processors: anyio.CancelScope | None = None
         self._redis_down = False
         self.drained = anyio.Event()
-        self.idle_in_burst = False
+        self.burst_done = anyio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -140,9 +147,16 @@ class HandlerRunner:
             services.cancel_scope.cancel()
 
     def stop_fetching(self) -> None:
-        """Phase one of shutdown: read nothing more; held messages are still handled."""
+        """Phase one of shutdown: read nothing more; held messages are still handled.
+
+        A blocking read under way is abandoned (its connection is closed), so nothing that
+        arrives after this call is read. Should Redis have answered it at that very moment,
+        those entries stay pending for this consumer and are reclaimed after the lease.
+        """
         self._stop.set()
         self._slot_freed.set()
+        if self._read_scope is not None:
+            self._read_scope.cancel()
 
     def cancel_processors(self) -> None:
         """Phase two: cancel handlers still running; their messages stay pending."""
@@ -157,11 +171,25 @@ class HandlerRunner:
 
     # -- slots ---------------------------------------------------------------------------
 
-    async def _reserve(self) -> int:
-        """Wait for free slots and reserve all of them; 0 when shutting down."""
-        while self._free == 0 and not self._stop.is_set():
-            self._slot_freed = anyio.Event()
-            await self._slot_freed.wait()
+    async def _reserve(self, *, reclaiming: bool = False) -> int:
+        """Wait for free slots and reserve all of them; 0 when shutting down.
+
+        Every waiter waits on the same event (it is only replaced once set), so a release
+        wakes them all. The reclaim loop goes first: the fetch loop gives its slots back
+        after each read and would otherwise take them again at once, starving reclaims.
+        """
+        if reclaiming:
+            self._reclaim_waiting = True
+        try:
+            while not self._stop.is_set() and (
+                self._free == 0 or (self._reclaim_waiting and not reclaiming)
+            ):
+                if self._slot_freed.is_set():
+                    self._slot_freed = anyio.Event()
+                await self._slot_freed.wait()
+        finally:
+            if reclaiming:
+                self._reclaim_waiting = False
         if self._stop.is_set():
             return 0
         n, self._free = self._free, 0
@@ -212,15 +240,23 @@ class HandlerRunner:
                 n = await self._reserve()
                 if n == 0:
                     return
+                entries: list[RawEntry] = []
                 try:
-                    entries = await self.store.read_group(
-                        self.stream, self.group, self.consumer, n, self.settings.block_ms
-                    )
+                    # Cancelled by stop_fetching: no read outlives the decision to stop.
+                    with anyio.CancelScope() as self._read_scope:
+                        entries = await self.store.read_group(
+                            self.stream, self.group, self.consumer, n, self._block_ms
+                        )
                 except LeanMQError as exc:
                     self._release(n)
                     failures += 1
                     await self._on_redis_error(exc, failures)
                     continue
+                finally:
+                    scope, self._read_scope = self._read_scope, None
+                if scope is not None and scope.cancel_called and not entries:
+                    self._release(n)
+                    return
                 if failures or self._redis_down:
                     failures = 0
                     self._on_redis_back()
@@ -229,16 +265,24 @@ class HandlerRunner:
                 for sid, fields in entries:
                     await self._dispatch(send, sid, fields, 1)
                 if not entries and self.settings.burst and await self._burst_done():
-                    self.idle_in_burst = True
+                    self.burst_done.set()
                     return
 
     async def _burst_done(self) -> bool:
-        """In burst mode: is there nothing left in flight, pending or scheduled?"""
+        """In burst mode: is there nothing left in flight, pending, scheduled or unread?
+
+        Unread too: a retry the mover put into the stream just after a read came back
+        empty is neither pending nor delayed any more, but still to be handled.
+        """
         if self._free != self.concurrency or self._acks:
             return False
         (info,) = await self.store.stream_infos([(self.stream, self.queue.keys)])
-        pending = sum(int(g["pending"]) for g in info["groups"] if g["name"].decode() == self.group)
-        return pending == 0 and info["delayed"] == 0
+        mine = [g for g in info["groups"] if g["name"].decode() == self.group]
+        if not mine or int(mine[0]["pending"]) or info["delayed"]:
+            return False
+        last = mine[0]["last-delivered-id"]
+        last = last.decode() if isinstance(last, bytes) else str(last)
+        return not await self.store.range(self.stream, f"({last}", "+", 1)
 
     async def _reclaim_loop(self, send: MemoryObjectSendStream[_Work]) -> None:
         interval = self.settings.reclaim_interval or min(5.0, self.lease_ms / 2000)
@@ -248,7 +292,7 @@ class HandlerRunner:
                 await self._pause(interval)
                 if self._stop.is_set():
                     return
-                n = await self._reserve()
+                n = await self._reserve(reclaiming=True)
                 if n == 0:
                     return
                 try:
@@ -260,12 +304,15 @@ class HandlerRunner:
                     self.log.warning("reclaim_failed", error=str(exc))
                     continue
                 start = found.next_start or "-"
-                self._release(n - len(found.entries))
+                # An entry this worker is still handling (its lease ran out while Redis was
+                # slow to answer the extension) is now ours again: do not run it twice.
+                claimed = [e for e in found.entries if e[0] not in self._in_flight]
+                self._release(n - len(claimed))
                 self._report_missing(found.missing)
-                if found.entries:
-                    self.stats.reclaimed += len(found.entries)
-                    self.log.info("reclaimed", count=len(found.entries))
-                for sid, fields in found.entries:
+                if claimed:
+                    self.stats.reclaimed += len(claimed)
+                    self.log.info("reclaimed", count=len(claimed))
+                for sid, fields in claimed:
                     await self._dispatch(send, sid, fields, found.deliveries.get(sid, 2))
 
     def _report_missing(self, missing: list[bytes]) -> None:
@@ -279,9 +326,12 @@ class HandlerRunner:
             )
 
     async def _on_redis_error(self, exc: LeanMQError, failures: int) -> None:
-        if isinstance(exc, RedisOperationError) and "NOGROUP" in str(exc):
+        # NOGROUP: the group (or stream) is missing. UNBLOCKED: the stream was deleted
+        # while this worker's read waited on it.
+        missing = "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc)
+        if isinstance(exc, RedisOperationError) and missing:
             try:
-                created = await self.store.ensure_groups([self.stream], [self.group])
+                created = await self._recreate_queue()
             except LeanMQError:
                 created = 0
             if created:
@@ -293,6 +343,23 @@ class HandlerRunner:
         elif not isinstance(exc, LeanMQConnectionError):
             self.log.error("fetch_failed", error=str(exc))
         await self._pause(min(5.0, 0.05 * 2 ** min(failures, 7)))
+
+    async def _recreate_queue(self) -> int:
+        """The stream (or the whole database) is gone: create the queue again, whole.
+
+        The group this handler reads (the return value: 1 if it was created), and what the
+        worker creates at start: the DLQ and its group, the metadata and the registry
+        entry, without which the DLQ could not be opened or listed.
+        """
+        queue = self.queue
+        created = await self.store.ensure_groups([self.stream], [self.group])
+        await self.store.create_queue(
+            queue.mq.prefix,
+            queue.keys,
+            queue.consumer_group,
+            queue.dead_letter_queue().consumer_group,
+        )
+        return created
 
     def _on_redis_back(self) -> None:
         if self._redis_down:
@@ -330,7 +397,8 @@ class HandlerRunner:
         if entry.target_group is not None and entry.target_group != self.group:
             self._ack(work.sid)
             return
-        if entry.expires_at_ms is not None and entry.expires_at_ms <= await self.store.redis_now_ms():
+        expires = entry.expires_at_ms
+        if expires is not None and expires <= await self.store.redis_now_ms():
             await self._expire(work.sid, sid)
             return
         try:
@@ -347,8 +415,8 @@ class HandlerRunner:
         if self._debug:
             self.log.debug("received", message_id=entry.message_id, id=sid, attempt=attempt)
         started = anyio.current_time()
+        timeout = handler.options.timeout
         try:
-            timeout = handler.options.timeout
             if timeout is None:
                 await handler.func(arg)
             else:
@@ -362,8 +430,16 @@ class HandlerRunner:
             await self._fail(sid, entry, attempt, exc, exc.delay)
         except Exception as exc:  # noqa: BLE001 - every handler failure is retried or dead-lettered
             self.stats.failed += 1
-            if isinstance(exc, TimeoutError) and timeout is not None:
-                exc = TimeoutError(f"handler exceeded its timeout of {timeout}s")
+            # Only our deadline is reported as the handler's timeout, not a TimeoutError the
+            # handler raised itself (an HTTP client's, say); the original stays chained.
+            if (
+                isinstance(exc, TimeoutError)
+                and timeout is not None
+                and anyio.current_time() >= started + timeout
+            ):
+                timed_out = TimeoutError(f"handler exceeded its timeout of {timeout}s")
+                timed_out.__cause__ = exc
+                exc = timed_out
             await self._fail(sid, entry, attempt, exc, None)
         else:
             self._ack(work.sid)
@@ -388,7 +464,7 @@ class HandlerRunner:
         handler = self.handler
         error_type = type(exc).__name__
         if attempt <= handler.max_retries:
-            seconds = delay if delay is not None else handler.options.backoff(attempt)
+            seconds = delay if delay is not None else self._backoff(attempt)
             result = await self._settle(
                 lambda: self.store.retry(
                     self.queue.keys, self.group, self.consumer, sid, int(seconds * 1000), attempt
@@ -396,6 +472,13 @@ class HandlerRunner:
             )
             if result == -1:
                 self.log.warning("lease_lost", id=sid, message_id=entry.message_id)
+            elif result == 0:
+                self.log.warning(
+                    "retry_skipped",
+                    id=sid,
+                    message_id=entry.message_id,
+                    reason="entry deleted from the stream (expired or trimmed) while handled",
+                )
             elif result is not None:
                 self.stats.retried += 1
                 self.log.info(
@@ -416,6 +499,23 @@ class HandlerRunner:
             attempt,
             entry.message_id,
         )
+
+    def _backoff(self, attempt: int) -> float:
+        """The handler's backoff for retry ``attempt``; the default one if it misbehaves.
+
+        A backoff function that raises or returns something other than a finite number
+        >= 0 must not kill the worker (nor lose the message): it is logged, and retried
+        after the default exponential backoff.
+        """
+        try:
+            seconds = float(self.handler.options.backoff(attempt))
+        except Exception as exc:  # noqa: BLE001 - user code; reported, never fatal
+            self.log.error("backoff_failed", attempt=attempt, error=repr(exc))
+            return exponential_backoff(attempt)
+        if not math.isfinite(seconds) or seconds < 0:
+            self.log.error("backoff_failed", attempt=attempt, error=f"returned {seconds!r}")
+            return exponential_backoff(attempt)
+        return seconds
 
     async def _dead_letter(
         self,

@@ -67,10 +67,16 @@ class WorkerSettings:
     concurrency: int | None = None
 
     def __post_init__(self) -> None:
-        if not 1 <= self.block_ms:
+        if self.block_ms < 1:
             raise ConfigurationError("block_ms must be >= 1")
-        for name in ("grace_period", "settle_timeout", "maintenance_interval",
-                     "expire_interval", "trim_interval", "dead_consumer_idle"):
+        for name in (
+            "grace_period",
+            "settle_timeout",
+            "maintenance_interval",
+            "expire_interval",
+            "trim_interval",
+            "dead_consumer_idle",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigurationError(f"worker setting {name} must be >= 0")
         if self.concurrency is not None and self.concurrency < 1:
@@ -124,9 +130,16 @@ class Worker:
                 setattr(total, f.name, getattr(total, f.name) + getattr(runner.stats, f.name))
         return total
 
-    def stop(self) -> None:
-        """Begin a graceful shutdown (safe to call more than once, and from any task)."""
+    def stop(self, *, force: bool = False) -> None:
+        """Begin a graceful shutdown (safe to call more than once, and from any task).
+
+        ``force=True`` skips the grace period: running handlers are cancelled now and
+        their messages stay pending for another worker.
+        """
         self._stop.set()
+        if force:
+            for runner in self.runners:
+                runner.cancel_processors()
 
     async def health(self) -> dict[str, Any]:
         """Redis reachability plus this worker's state and counters."""
@@ -184,6 +197,9 @@ class Worker:
         except LeanMQError as exc:
             self.log.error("worker_start_failed", error=str(exc))
             raise
+        if self._stop.is_set():
+            task_status.started(self)
+            return
         async with anyio.create_task_group() as tg:
             maintenance = anyio.CancelScope()
 
@@ -207,8 +223,8 @@ class Worker:
             maintenance.cancel()
 
     async def _stop_when_burst_done(self) -> None:
-        while not all(r.idle_in_burst for r in self.runners):
-            await anyio.sleep(0.05)
+        for runner in self.runners:
+            await runner.burst_done.wait()
         self.stop()
 
     async def _shutdown(self) -> None:

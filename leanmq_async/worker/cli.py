@@ -1,0 +1,485 @@
+"""``leanmq-worker``: run the handlers of an application from the command line.
+
+    leanmq-worker myapp.tasks:mq --concurrency 50 --log-format json
+
+The import string names a :class:`~leanmq_async.LeanMQ` client (all its handlers run), a
+:class:`~leanmq_async.Queue`, or a list/tuple of queues (only their handlers run). The
+CLI is the only part of leanmq_async that configures logging and installs signal
+handlers: the first SIGINT/SIGTERM stops the worker gracefully (no new reads, in-flight
+handlers get ``--grace-period`` seconds), a second one exits at once with code 128+N
+(handlers are cancelled; their messages stay pending for another worker).
+
+Exit codes: 0 clean shutdown (or healthy, with ``--check``); 1 runtime failure (or
+unhealthy); 2 command-line or application error; 128+N forced exit by signal N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+
+from leanmq_async._log import get_logger
+from leanmq_async._version import __version__
+from leanmq_async.exceptions import ConfigurationError, LeanMQError
+from leanmq_async.worker.importer import (
+    AppImportError,
+    handlers_of,
+    import_from_string,
+    resolve_target,
+    split_import_string,
+)
+from leanmq_async.worker.process import PARENT_PID_ENV, Reloader, WorkerPool
+from leanmq_async.worker.signals import SignalCapture
+from leanmq_async.worker.supervisor import WorkerSettings
+
+if TYPE_CHECKING:
+    from leanmq_async.client import LeanMQ
+    from leanmq_async.queue import Queue
+    from leanmq_async.worker.supervisor import Worker
+
+__all__ = ["build_parser", "configure_logging", "main"]
+
+PROG = "leanmq-worker"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+FORCE_EXIT_TIMEOUT = 3.0
+"""Seconds a forced shutdown may take (flushing acks of finished messages) before
+the process is ended without further cleanup."""
+
+ORPHAN_CHECK_INTERVAL = 1.0
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_EPILOG = """\
+The import string names a LeanMQ client (all its handlers run), a Queue, or a list or
+tuple of Queues (only their handlers run), e.g. "myapp.tasks:mq".
+
+signals: the first SIGINT/SIGTERM stops fetching and gives in-flight handlers
+--grace-period seconds; a second one exits at once (their messages stay pending).
+
+exit codes: 0 clean shutdown (--check: healthy), 1 runtime failure (--check: unhealthy),
+2 command-line or application error, 128+N forced exit by a second signal N.
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``leanmq-worker``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run the message handlers of a leanmq_async application.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("app", metavar="MODULE:ATTR", help="the LeanMQ client or queue(s) to run")
+    parser.add_argument(
+        "--url",
+        help="Redis URL, exported as LEANMQ_URL before the app is imported "
+        "(used by LeanMQ() when no url is passed)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        metavar="N",
+        help="messages handled at once per handler (overrides the handlers' concurrency)",
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=_seconds,
+        metavar="S",
+        help="seconds in-flight handlers get to finish at shutdown "
+        f"(default: {WorkerSettings().grace_period:g})",
+    )
+    parser.add_argument(
+        "--burst", action="store_true", help="handle what is queued (and its retries), then exit"
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="ping Redis, print a JSON health report, exit 0 if healthy, else 1",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="number of worker processes, supervised by this one (default: 1)",
+    )
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: restart the worker when a .py file under the current "
+        "directory (or --app-dir) changes",
+    )
+    parser.add_argument(
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="directory put first on sys.path to import the app from (default: .)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="level of leanmq_async's events (debug shows each message; default: info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
+        help="one line per event on stderr: key=value text, or a JSON object (default: console)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop (auto: uvloop when it is installed)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+# -- logging -----------------------------------------------------------------------------
+
+
+def _add_pid(_: Any, __: str, event_dict: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    event_dict.setdefault("pid", os.getpid())
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str = "console") -> None:
+    """Send every stdlib log record (the library's structlog events included) to stderr.
+
+    The library's events reach ``logging`` with their key-values in the record's
+    ``extra``; :class:`structlog.stdlib.ProcessorFormatter` puts them back into the event
+    and renders it as one console line or one JSON object per line.
+    """
+    renderer: structlog.typing.Processor
+    tail: list[structlog.typing.Processor] = []
+    if fmt == "json":
+        tail.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=_stderr_is_tty())
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(),
+            _add_pid,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *tail,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # --log-level debug is for leanmq_async's own debug events; other libraries (redis,
+    # asyncio) stay at info so their debug chatter does not drown them.
+    numeric = logging.getLevelName(level.upper())
+    root.setLevel(max(numeric, logging.INFO))
+    logging.getLogger("leanmq_async").setLevel(numeric)
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-exception groups (task groups wrap them)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _backend_options(loop: str) -> dict[str, Any]:
+    if loop == "asyncio":
+        return {}
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except ImportError:
+        if loop == "uvloop":
+            raise ConfigurationError(
+                "--loop uvloop: uvloop is not installed (pip install 'leanmq-async[uvloop]')"
+            ) from None
+        return {}
+    return {"use_uvloop": True}
+
+
+def _hard_exit(code: int) -> None:
+    """End the process now (a forced shutdown that did not finish in time)."""
+    logging.getLogger("leanmq_async.cli").error("forced_exit_timeout")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(code)
+
+
+def _warn_if_url_ignored(mq: LeanMQ, url: str | None) -> None:
+    if url is None or mq.url == url or mq.url == "<borrowed client>":
+        return
+    from leanmq_async.client import _redact
+
+    get_logger("leanmq_async.cli").warning(
+        "url_option_ignored",
+        detail="--url only sets LEANMQ_URL, used when the app's LeanMQ() gets no url",
+        option=_redact(url),
+        app_url=_redact(mq.url),
+    )
+
+
+def _child_argv(args: argparse.Namespace) -> list[str]:
+    """This command line for a child process (no --workers/--reload; --url is in env)."""
+    argv = [
+        args.app,
+        "--app-dir",
+        str(Path(args.app_dir).resolve()),
+        "--log-level",
+        args.log_level,
+        "--log-format",
+        args.log_format,
+        "--loop",
+        args.loop,
+    ]
+    if args.concurrency is not None:
+        argv += ["--concurrency", str(args.concurrency)]
+    if args.grace_period is not None:
+        argv += ["--grace-period", repr(args.grace_period)]
+    if args.burst:
+        argv.append("--burst")
+    return argv
+
+
+# -- running -----------------------------------------------------------------------------
+
+
+async def _check(mq: LeanMQ) -> dict[str, Any]:
+    async with mq:
+        return await mq.health()
+
+
+class _Shutdown:
+    """What the CLI does on signals, for one worker."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.log = get_logger("leanmq_async.cli")
+        self.exit_code = EXIT_OK
+        self._timer: threading.Timer | None = None
+
+    def graceful(self, sig: signal.Signals) -> None:
+        self.log.info(
+            "signal_received",
+            signal=sig.name,
+            action="graceful_stop",
+            grace_period=self.worker.settings.grace_period,
+            detail="send it again to exit at once",
+        )
+        self.worker.stop()
+
+    def force(self, sig: signal.Signals) -> None:
+        code = 128 + int(sig)
+        if self._timer is not None:  # a third signal: no more waiting
+            _hard_exit(code)
+            return
+        self.exit_code = code
+        in_flight = sum(r.in_flight for r in self.worker.runners)
+        self.log.warning(
+            "signal_received",
+            signal=sig.name,
+            action="exit_now",
+            cancelled=in_flight,
+            detail="cancelled handlers' messages stay pending for another worker",
+        )
+        self.worker.stop(force=True)
+        self._timer = threading.Timer(FORCE_EXIT_TIMEOUT, _hard_exit, (code,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def done(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+async def _stop_when_orphaned(worker: Worker, parent: int) -> None:
+    """In a child of ``--workers``/``--reload``: stop gracefully if the parent is gone."""
+    while True:  # polling: there is no event for "my parent died" without platform APIs
+        await anyio.sleep(ORPHAN_CHECK_INTERVAL)
+        if os.getppid() != parent:
+            break
+    get_logger("leanmq_async.cli").warning("parent_exited", parent_pid=parent)
+    worker.stop()
+
+
+async def _serve(mq: LeanMQ, queues: list[Queue] | None, settings: dict[str, Any]) -> int:
+    async with mq:
+        worker = mq.worker(queues=queues, **settings)
+        shutdown = _Shutdown(worker)
+        capture = SignalCapture(shutdown.graceful, shutdown.force)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(capture.run)
+                parent = os.environ.get(PARENT_PID_ENV, "")
+                if parent.isdigit():
+                    tg.start_soon(_stop_when_orphaned, worker, int(parent))
+                try:
+                    await worker.serve()
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            shutdown.done()
+    return shutdown.exit_code
+
+
+def _load(spec: str) -> tuple[LeanMQ, list[Queue] | None]:
+    return resolve_target(import_from_string(spec), spec)
+
+
+def _run_single(args: argparse.Namespace) -> int:
+    log = get_logger("leanmq_async.cli")
+    try:
+        mq, queues = _load(args.app)
+        options = _backend_options(args.loop)
+    except (AppImportError, ConfigurationError) as exc:
+        return _error(str(exc))
+    _warn_if_url_ignored(mq, args.url)
+    if args.check:
+        report = anyio.run(_check, mq, backend="asyncio", backend_options=options)
+        print(json.dumps(report, default=str))
+        return EXIT_OK if report.get("status") == "ok" else EXIT_FAILURE
+    if not handlers_of(mq, queues):
+        where = "on the queues given" if queues is not None else "on this client"
+        return _error(
+            f'no handlers registered {where} ("{args.app}"): decorate async functions with '
+            "@queue.handler in the imported module"
+        )
+    settings: dict[str, Any] = {"burst": args.burst}
+    if args.concurrency is not None:
+        settings["concurrency"] = args.concurrency
+    if args.grace_period is not None:
+        settings["grace_period"] = args.grace_period
+    try:
+        return anyio.run(
+            functools.partial(_serve, mq, queues, settings),
+            backend="asyncio",
+            backend_options=options,
+        )
+    except BaseException as raised:
+        error = _unwrap(raised)
+        if isinstance(error, ConfigurationError):
+            return _error(str(error))
+        if isinstance(error, LeanMQError):
+            # Already logged by the worker (worker_start_failed) when it happened at start.
+            log.error("worker_failed", error=str(error), error_type=type(error).__name__)
+            return EXIT_FAILURE
+        if isinstance(error, KeyboardInterrupt):
+            return 128 + signal.SIGINT
+        if isinstance(error, Exception):
+            log.error("worker_crashed", exc_info=error)
+            return EXIT_FAILURE
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
+    app_dir = Path(args.app_dir)
+    if not app_dir.is_dir():
+        return _error(f"--app-dir {args.app_dir!r} is not a directory")
+    sys.path.insert(0, str(app_dir.resolve()))
+    if args.url is not None:
+        os.environ["LEANMQ_URL"] = args.url
+    try:
+        split_import_string(args.app)
+    except AppImportError as exc:
+        return _error(str(exc))
+    if args.reload and args.workers > 1:
+        return _error("--reload runs one worker process; it cannot be combined with --workers")
+    if args.check and (args.reload or args.workers > 1 or args.burst):
+        return _error("--check cannot be combined with --burst, --reload or --workers")
+    if args.reload:
+        roots = [Path.cwd()]
+        if not app_dir.resolve().is_relative_to(Path.cwd()):
+            roots.append(app_dir.resolve())
+        return Reloader(_child_argv(args), roots).run()
+    if args.workers > 1:
+        try:  # fail here, once, rather than in every child
+            mq, queues = _load(args.app)
+        except (AppImportError, ConfigurationError) as exc:
+            return _error(str(exc))
+        if not handlers_of(mq, queues):
+            return _error(f'no handlers registered on "{args.app}"')
+        _warn_if_url_ignored(mq, args.url)
+        return WorkerPool(_child_argv(args), args.workers).run()
+    return _run_single(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``leanmq-worker`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    configure_logging(args.log_level, args.log_format)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl+C while importing the app, before signals are captured
+        return 128 + signal.SIGINT
+    except Exception:  # noqa: BLE001 - the app's own error: show its traceback, exit 1
+        traceback.print_exc()
+        print(
+            f"{PROG}: error: the application raised an exception (traceback above)", file=sys.stderr
+        )
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Round trips of the hot calls, as the store docstrings state them.
+
+Measured on a private redis-server (7.0) with ``INFO commandstats`` deltas (commands run
+inside a script are counted there too, so a script's inner commands are listed) and,
+for the number of network round trips, by counting the packed writes redis-py sends
+(one per command, one per pipeline). Measured numbers:
+
+    send_message (no ttl/delay)     1 round trip: XADD 1
+    send_message(ttl=...)           1 round trip: EVALSHA 1 (inside: TYPE 4, TIME 1, XADD 1, ZADD 1)
+    send_messages(100 items)        1 round trip: EVALSHA 1 (inside: TYPE 4, TIME 1, XADD 100)
+    transaction (2 queues, 10 sends) 1 round trip: EVALSHA 1 (inside: TYPE 8, TIME 1, XADD 10)
+    get_messages(count=100)         1 round trip: XREADGROUP 1 (+ TIME 1 on the client's first
+                                    read only: the Redis clock offset is re-measured once a
+                                    minute at most)
+    move_to_dlq(100 ids)            1 round trip: EVALSHA 1 (inside: TYPE 2, TIME 1, XRANGE 100,
+                                    XADD 100, XACK 100)
+    dlq.requeue_messages(100 ids)   1 round trip: EVALSHA 1 (inside: TYPE 2, XRANGE 100, XADD 100,
+                                    XACK 100, XDEL 100)
+    acknowledge_messages(100 ids)   1 round trip: XACK 1
+    delete_messages(100 ids)        1 round trip: MULTI, XACK, XDEL, ZREM, EXEC
+    get_info                        1 round trip: XLEN, XINFO GROUPS, HGETALL, ZCARD
+    list_queues (3 pairs)           2 round trips: SMEMBERS, then 6 x (XLEN, XINFO, HGETALL, ZCARD)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+
+from leanmq_async import LeanMQ, Queue
+from leanmq_async.testing import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def private_server() -> Iterator[RedisServer]:
+    """A server for this module alone, so no other client moves the counters."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def admin(private_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(private_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def pmq(private_server: RedisServer, prefix: str) -> AsyncIterator[LeanMQ]:
+    async with LeanMQ(private_server.url, prefix=prefix) as client:
+        await client.health()  # open the connection (HELLO, CLIENT SETINFO) beforehand
+        yield client
+
+
+class Meter:
+    """Counts round trips (packed writes) and the server's per-command calls in a block."""
+
+    def __init__(self, admin: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.admin = admin
+        self.trips = 0
+        original = AbstractConnection.send_packed_command
+
+        async def counting(conn: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+            self.trips += 1
+            await original(conn, *args, **kwargs)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+
+    async def _stats(self) -> dict[str, int]:
+        info = await self.admin.info("commandstats")
+        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
+
+    async def measure(self, call: Callable[[], Awaitable[Any]]) -> tuple[int, dict[str, int]]:
+        """Run ``call``; return ``(round trips, {command: calls})`` it caused."""
+        before = await self._stats()
+        self.trips = 0  # the admin client's INFO calls fall outside this window
+        await call()
+        trips = self.trips
+        after = await self._stats()
+        delta = {k: v - before.get(k, 0) for k, v in after.items()}
+        delta["info"] -= 1  # our own INFO
+        return trips, {k: v for k, v in delta.items() if v}
+
+
+@pytest.fixture
+def meter(admin: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> Meter:
+    return Meter(admin, monkeypatch)
+
+
+@pytest.fixture
+async def queue(pmq: LeanMQ) -> Queue:
+    queue, _ = await pmq.create_queue_pair("rt")
+    # Load the scripts once: the first EVALSHA of a script costs a SCRIPT LOAD.
+    await queue.send_messages([0], ttl=60)
+    (msg,) = await queue.get_messages()
+    await queue.move_to_dlq([msg.id], "warm-up")
+    dlq = queue.dead_letter_queue()
+    await dlq.requeue_messages([m.id for m in await dlq.get_messages()])
+    await queue.purge()
+    return queue
+
+
+async def test_send_message_is_one_xadd(meter: Meter, queue: Queue) -> None:
+    trips, calls = await meter.measure(lambda: queue.send_message({"n": 1}))
+    assert trips == 1
+    assert calls == {"xadd": 1}
+
+
+async def test_send_message_with_ttl_is_one_script(meter: Meter, queue: Queue) -> None:
+    trips, calls = await meter.measure(lambda: queue.send_message({"n": 1}, ttl=60))
+    assert trips == 1
+    assert calls == {"evalsha": 1, "type": 4, "time": 1, "xadd": 1, "zadd": 1}
+
+
+async def test_send_messages_100_is_one_evalsha(meter: Meter, queue: Queue) -> None:
+    trips, calls = await meter.measure(lambda: queue.send_messages(range(100)))
+    assert trips == 1
+    assert calls["evalsha"] == 1
+    assert calls["xadd"] == 100  # all inside the script
+    assert set(calls) == {"evalsha", "type", "time", "xadd"}
+    assert (await queue.get_info()).message_count == 100
+
+
+async def test_transaction_is_one_evalsha(meter: Meter, pmq: LeanMQ, queue: Queue) -> None:
+    other, _ = await pmq.create_queue_pair("rt-other")
+
+    async def run() -> None:
+        async with pmq.transaction() as tx:
+            for i in range(10):
+                tx.send_message(queue if i % 2 else other, i)
+
+    trips, calls = await meter.measure(run)
+    assert trips == 1
+    assert calls == {"evalsha": 1, "type": 8, "time": 1, "xadd": 10}
+
+
+async def test_get_messages_100_is_one_xreadgroup(
+    meter: Meter, private_server: RedisServer, prefix: str
+) -> None:
+    async with LeanMQ(private_server.url, prefix=prefix) as fresh:
+        queue, _ = await fresh.create_queue_pair("rt-read")
+        await queue.send_messages(range(200))
+        # A new client measures the Redis clock on its first read: one TIME more.
+        trips, calls = await meter.measure(lambda: queue.get_messages(count=100))
+        assert (trips, calls) == (2, {"xreadgroup": 1, "time": 1})
+        trips, calls = await meter.measure(lambda: queue.get_messages(count=100))
+        assert (trips, calls) == (1, {"xreadgroup": 1})
+        trips, calls = await meter.measure(lambda: queue.get_messages(count=100))
+        assert (trips, calls) == (1, {"xreadgroup": 1})  # nothing left: still one
+
+
+async def test_move_to_dlq_100_is_one_evalsha(meter: Meter, queue: Queue) -> None:
+    await queue.send_messages(range(100))
+    ids = [m.id for m in await queue.get_messages(count=100)]
+    trips, calls = await meter.measure(lambda: queue.move_to_dlq(ids, "bulk"))
+    assert trips == 1
+    assert calls["evalsha"] == 1
+    assert calls == {"evalsha": 1, "type": 2, "time": 1, "xrange": 100, "xadd": 100, "xack": 100}
+
+
+async def test_requeue_100_is_one_evalsha(meter: Meter, queue: Queue) -> None:
+    dlq = queue.dead_letter_queue()
+    await queue.send_messages(range(100))
+    await queue.move_to_dlq([m.id for m in await queue.get_messages(count=100)], "bulk")
+    ids = [m.id for m in await dlq.get_messages(count=100)]
+    trips, calls = await meter.measure(lambda: dlq.requeue_messages(ids))
+    assert trips == 1
+    assert calls == {
+        "evalsha": 1,
+        "type": 2,
+        "xrange": 100,
+        "xadd": 100,
+        "xack": 100,
+        "xdel": 100,
+    }
+
+
+async def test_settling_is_one_round_trip(meter: Meter, queue: Queue) -> None:
+    await queue.send_messages(range(200))
+    msgs = await queue.get_messages(count=200)
+    trips, calls = await meter.measure(
+        lambda: queue.acknowledge_messages([m.id for m in msgs[:100]])
+    )
+    assert (trips, calls) == (1, {"xack": 1})
+    trips, calls = await meter.measure(lambda: queue.delete_messages([m.id for m in msgs[100:]]))
+    assert trips == 1
+    assert calls == {"multi": 1, "xack": 1, "xdel": 1, "zrem": 1, "exec": 1}
+
+
+async def test_info_calls(meter: Meter, pmq: LeanMQ, queue: Queue) -> None:
+    trips, calls = await meter.measure(queue.get_info)
+    assert trips == 1
+    assert calls == {"xlen": 1, "xinfo|groups": 1, "hgetall": 1, "zcard": 1}
+    await pmq.create_queue_pair("rt-2")
+    await pmq.create_queue_pair("rt-3")
+    trips, calls = await meter.measure(pmq.list_queues)
+    assert trips == 2
+    assert calls == {"smembers": 1, "xlen": 6, "xinfo|groups": 6, "hgetall": 6, "zcard": 6}
