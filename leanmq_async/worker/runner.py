@@ -404,7 +404,13 @@ class HandlerRunner:
         try:
             payload = decode_payload(entry, handler.payload_type)
         except MessageDecodeError as exc:
-            await self._dead_letter(sid, str(exc), "MessageDecodeError", attempts=entry.attempts)
+            await self._dead_letter(
+                sid,
+                str(exc),
+                "MessageDecodeError",
+                attempts=entry.attempts,
+                message_id=entry.message_id,
+            )
             return
         attempt = entry.attempts + 1
         arg = (
