@@ -18,13 +18,12 @@ from __future__ import annotations
 import logging
 import math
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from leanmq_async._log import get_logger
 from leanmq_async.envelope import decode_entry, decode_payload
@@ -38,6 +37,7 @@ from leanmq_async.exceptions import (
 )
 from leanmq_async.reading import to_message
 from leanmq_async.worker.backoff import exponential_backoff
+from leanmq_async.worker.dispatch import WorkQueue
 
 if TYPE_CHECKING:
     from leanmq_async.envelope import DecodedEntry
@@ -50,6 +50,9 @@ __all__ = ["HandlerRunner", "RunnerStats"]
 T = TypeVar("T")
 
 _TRACEBACK_LIMIT = 4000
+# How long a busy worker waits to gather a batch of free slots before a read, and of
+# finished messages before an XACK: a few ms of delay buys batched round trips.
+_LINGER = 0.002
 
 
 @dataclass(slots=True)
@@ -96,6 +99,7 @@ class HandlerRunner:
         self.lease_ms = int(handler.options.visibility_timeout * 1000)
         self.max_size = queue.mq.codec.max_message_size
         self.stats = RunnerStats()
+        self._read_batch = max(1, min(self.concurrency // 4, 250))
         # In burst mode a short block: an empty read is how the drain's end is noticed.
         self._block_ms = min(settings.block_ms, 100) if settings.burst else settings.block_ms
         self.log = get_logger("leanmq_async.worker", queue=queue.name, group=self.group)
@@ -106,6 +110,7 @@ class HandlerRunner:
         self._read_scope: anyio.CancelScope | None = None
         self._stop = anyio.Event()
         self._in_flight: set[bytes] = set()
+        self._work: WorkQueue[_Work] = WorkQueue()
         self._acks: list[bytes] = []
         self._ack_wakeup = anyio.Event()
         self._processors: anyio.CancelScope | None = None
@@ -127,21 +132,21 @@ class HandlerRunner:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`stop_fetching` and the drain (or :meth:`cancel_processors`)."""
-        send, receive = anyio.create_memory_object_stream[_Work](self.concurrency)
         async with anyio.create_task_group() as services:
             services.start_soon(self._acker)
             services.start_soon(self._lease_keeper)
             async with anyio.create_task_group() as processors:
                 self._processors = processors.cancel_scope
-                async with receive:
-                    for _ in range(self.concurrency):
-                        processors.start_soon(self._processor, receive.clone())
-                async with send:
+                for _ in range(self.concurrency):
+                    processors.start_soon(self._processor)
+                try:
                     task_status.started()
-                    await self._recover_own_pending(send)
+                    await self._recover_own_pending()
                     async with anyio.create_task_group() as feeders:
-                        feeders.start_soon(self._fetch_loop, send.clone())
-                        feeders.start_soon(self._reclaim_loop, send.clone())
+                        feeders.start_soon(self._fetch_loop)
+                        feeders.start_soon(self._reclaim_loop)
+                finally:
+                    self._work.close()
             self.drained.set()
             await self._flush_acks()
             services.cancel_scope.cancel()
@@ -171,8 +176,12 @@ class HandlerRunner:
 
     # -- slots ---------------------------------------------------------------------------
 
-    async def _reserve(self, *, reclaiming: bool = False) -> int:
+    async def _reserve(self, *, reclaiming: bool = False, batch: int = 1) -> int:
         """Wait for free slots and reserve all of them; 0 when shutting down.
+
+        With ``batch`` > 1, once a slot is free wait up to ``_LINGER`` more for ``batch``
+        of them: a busy worker then reads in batches instead of one message per round
+        trip, and an idle one (all slots free) reads at once.
 
         Every waiter waits on the same event (it is only replaced once set), so a release
         wakes them all. The reclaim loop goes first: the fetch loop gives its slots back
@@ -190,6 +199,12 @@ class HandlerRunner:
         finally:
             if reclaiming:
                 self._reclaim_waiting = False
+        if self._free < batch and not self._stop.is_set():
+            with anyio.move_on_after(_LINGER):
+                while self._free < batch and not self._stop.is_set():
+                    if self._slot_freed.is_set():
+                        self._slot_freed = anyio.Event()
+                    await self._slot_freed.wait()
         if self._stop.is_set():
             return 0
         n, self._free = self._free, 0
@@ -200,15 +215,22 @@ class HandlerRunner:
             self._free += n
             self._slot_freed.set()
 
-    async def _dispatch(
-        self, send: MemoryObjectSendStream[_Work], sid: bytes, fields: Any, deliveries: int
+    def _dispatch(
+        self, entries: Iterable[tuple[bytes, Any]], deliveries: Mapping[bytes, int] | int
     ) -> None:
-        self._in_flight.add(sid)
-        await send.send(_Work(sid, fields, deliveries))
+        """Hand read or claimed entries to the processors (their slots are reserved)."""
+        works = [
+            _Work(
+                sid, fields, deliveries if isinstance(deliveries, int) else deliveries.get(sid, 2)
+            )
+            for sid, fields in entries
+        ]
+        self._in_flight.update(w.sid for w in works)
+        self._work.put_many(works)
 
     # -- feeding -------------------------------------------------------------------------
 
-    async def _recover_own_pending(self, send: MemoryObjectSendStream[_Work]) -> None:
+    async def _recover_own_pending(self) -> None:
         """At start, handle what this consumer name still holds from a previous run."""
         start = "-"
         while not self._stop.is_set():
@@ -225,48 +247,45 @@ class HandlerRunner:
                 return
             self._release(n - len(found.entries))
             self._report_missing(found.missing)
-            for sid, fields in found.entries:
-                await self._dispatch(send, sid, fields, found.deliveries.get(sid, 1))
+            self._dispatch(found.entries, found.deliveries)
             if found.entries:
                 self.log.info("recovered_pending", count=len(found.entries))
             if not found.next_start:
                 return
             start = found.next_start
 
-    async def _fetch_loop(self, send: MemoryObjectSendStream[_Work]) -> None:
-        async with send:
-            failures = 0
-            while True:
-                n = await self._reserve()
-                if n == 0:
-                    return
-                entries: list[RawEntry] = []
-                try:
-                    # Cancelled by stop_fetching: no read outlives the decision to stop.
-                    with anyio.CancelScope() as self._read_scope:
-                        entries = await self.store.read_group(
-                            self.stream, self.group, self.consumer, n, self._block_ms
-                        )
-                except LeanMQError as exc:
-                    self._release(n)
-                    failures += 1
-                    await self._on_redis_error(exc, failures)
-                    continue
-                finally:
-                    scope, self._read_scope = self._read_scope, None
-                if scope is not None and scope.cancel_called and not entries:
-                    self._release(n)
-                    return
-                if failures or self._redis_down:
-                    failures = 0
-                    self._on_redis_back()
-                self._release(n - len(entries))
-                self.stats.received += len(entries)
-                for sid, fields in entries:
-                    await self._dispatch(send, sid, fields, 1)
-                if not entries and self.settings.burst and await self._burst_done():
-                    self.burst_done.set()
-                    return
+    async def _fetch_loop(self) -> None:
+        failures = 0
+        while True:
+            n = await self._reserve(batch=self._read_batch)
+            if n == 0:
+                return
+            entries: list[RawEntry] = []
+            try:
+                # Cancelled by stop_fetching: no read outlives the decision to stop.
+                with anyio.CancelScope() as self._read_scope:
+                    entries = await self.store.read_group(
+                        self.stream, self.group, self.consumer, n, self._block_ms
+                    )
+            except LeanMQError as exc:
+                self._release(n)
+                failures += 1
+                await self._on_redis_error(exc, failures)
+                continue
+            finally:
+                scope, self._read_scope = self._read_scope, None
+            if scope is not None and scope.cancel_called and not entries:
+                self._release(n)
+                return
+            if failures or self._redis_down:
+                failures = 0
+                self._on_redis_back()
+            self._release(n - len(entries))
+            self.stats.received += len(entries)
+            self._dispatch(entries, 1)
+            if not entries and self.settings.burst and await self._burst_done():
+                self.burst_done.set()
+                return
 
     async def _burst_done(self) -> bool:
         """In burst mode: is there nothing left in flight, pending, scheduled or unread?
@@ -284,36 +303,34 @@ class HandlerRunner:
         last = last.decode() if isinstance(last, bytes) else str(last)
         return not await self.store.range(self.stream, f"({last}", "+", 1)
 
-    async def _reclaim_loop(self, send: MemoryObjectSendStream[_Work]) -> None:
+    async def _reclaim_loop(self) -> None:
         interval = self.settings.reclaim_interval or min(5.0, self.lease_ms / 2000)
-        async with send:
-            start = "-"
-            while True:
-                await self._pause(interval)
-                if self._stop.is_set():
-                    return
-                n = await self._reserve(reclaiming=True)
-                if n == 0:
-                    return
-                try:
-                    found = await self.store.reclaim(
-                        self.stream, self.group, self.consumer, self.lease_ms, n, start
-                    )
-                except LeanMQError as exc:
-                    self._release(n)
-                    self.log.warning("reclaim_failed", error=str(exc))
-                    continue
-                start = found.next_start or "-"
-                # An entry this worker is still handling (its lease ran out while Redis was
-                # slow to answer the extension) is now ours again: do not run it twice.
-                claimed = [e for e in found.entries if e[0] not in self._in_flight]
-                self._release(n - len(claimed))
-                self._report_missing(found.missing)
-                if claimed:
-                    self.stats.reclaimed += len(claimed)
-                    self.log.info("reclaimed", count=len(claimed))
-                for sid, fields in claimed:
-                    await self._dispatch(send, sid, fields, found.deliveries.get(sid, 2))
+        start = "-"
+        while True:
+            await self._pause(interval)
+            if self._stop.is_set():
+                return
+            n = await self._reserve(reclaiming=True)
+            if n == 0:
+                return
+            try:
+                found = await self.store.reclaim(
+                    self.stream, self.group, self.consumer, self.lease_ms, n, start
+                )
+            except LeanMQError as exc:
+                self._release(n)
+                self.log.warning("reclaim_failed", error=str(exc))
+                continue
+            start = found.next_start or "-"
+            # An entry this worker is still handling (its lease ran out while Redis was
+            # slow to answer the extension) is now ours again: do not run it twice.
+            claimed = [e for e in found.entries if e[0] not in self._in_flight]
+            self._release(n - len(claimed))
+            self._report_missing(found.missing)
+            if claimed:
+                self.stats.reclaimed += len(claimed)
+                self.log.info("reclaimed", count=len(claimed))
+            self._dispatch(claimed, found.deliveries)
 
     def _report_missing(self, missing: list[bytes]) -> None:
         if missing:
@@ -368,15 +385,15 @@ class HandlerRunner:
 
     # -- processing ----------------------------------------------------------------------
 
-    async def _processor(self, receive: MemoryObjectReceiveStream[_Work]) -> None:
-        async with receive:
-            async for work in receive:
-                try:
-                    await self._process(work)
-                finally:
-                    self._in_flight.discard(work.sid)
-                    self._free += 1
-                    self._slot_freed.set()
+    async def _processor(self) -> None:
+        work_queue = self._work
+        while (work := await work_queue.get()) is not None:
+            try:
+                await self._process(work)
+            finally:
+                self._in_flight.discard(work.sid)
+                self._free += 1
+                self._slot_freed.set()
 
     async def _process(self, work: _Work) -> None:
         handler = self.handler
@@ -479,11 +496,14 @@ class HandlerRunner:
             if result == -1:
                 self.log.warning("lease_lost", id=sid, message_id=entry.message_id)
             elif result == 0:
-                self.log.warning(
+                # Expiry acks before deleting (-1 above) and trimming spares unacked
+                # entries: this one was deleted (XDEL, XTRIM) under us. Counted, not hidden.
+                self.stats.lost += 1
+                self.log.error(
                     "retry_skipped",
                     id=sid,
                     message_id=entry.message_id,
-                    reason="entry deleted from the stream (expired or trimmed) while handled",
+                    reason="entry deleted from the stream while handled: it cannot be retried",
                 )
             elif result is not None:
                 self.stats.retried += 1
@@ -590,11 +610,17 @@ class HandlerRunner:
     async def _acker(self) -> None:
         while True:
             await self._ack_wakeup.wait()
+            # Let acks of messages finishing right now join this XACK.
+            await anyio.sleep(_LINGER)
             self._ack_wakeup = anyio.Event()
-            await self._flush_acks()
+            await self._flush_acks(drain=False)
 
-    async def _flush_acks(self) -> None:
-        """XACK everything buffered, shielded; on a broken connection keep and retry."""
+    async def _flush_acks(self, *, drain: bool = True) -> None:
+        """XACK what is buffered, shielded; on a broken connection keep and retry.
+
+        ``drain=False`` (the acker) sends one batch: acks arriving meanwhile wait for the
+        next linger, so they are coalesced instead of sent a few at a time.
+        """
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.settings.settle_timeout):
             pause = 0.05
             while self._acks:
@@ -605,9 +631,12 @@ class HandlerRunner:
                     self._acks = batch + self._acks
                     await anyio.sleep(pause)
                     pause = min(1.0, pause * 2)
+                    continue
                 except LeanMQError as exc:
                     self.log.error("ack_failed", error=str(exc), count=len(batch))
-        if self._acks:
+                if not drain:
+                    return
+        if drain and self._acks:
             self.log.error("ack_failed", error="Redis unreachable", count=len(self._acks))
 
     # -- leases --------------------------------------------------------------------------
