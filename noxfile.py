@@ -72,5 +72,5 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=None)
 def bench(session: nox.Session) -> None:
     """The benchmarks (``python -m benchmarks``); arguments after ``--`` go to it."""
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)

@@ -435,10 +435,11 @@ class HandlerRunner:
             if handler.wants_message
             else payload
         )
-        if self._debug:
-            self.log.debug("received", message_id=entry.message_id, id=sid, attempt=attempt)
-        started = anyio.current_time()
         timeout = handler.options.timeout
+        debug = self._debug
+        if debug:
+            self.log.debug("received", message_id=entry.message_id, id=sid, attempt=attempt)
+        started = anyio.current_time() if debug or timeout is not None else 0.0
         try:
             if timeout is None:
                 await handler.func(arg)
@@ -467,7 +468,7 @@ class HandlerRunner:
         else:
             self._ack(work.sid)
             self.stats.handled += 1
-            if self._debug:
+            if debug:
                 self.log.debug(
                     "handled",
                     message_id=entry.message_id,
