@@ -282,8 +282,12 @@ class HandlerRunner:
                 self._on_redis_back()
             self._release(n - len(entries))
             self.stats.received += len(entries)
-            self._dispatch(entries, 1)
-            if not entries and self.settings.burst and await self._burst_done():
+            if entries:
+                self._dispatch(entries, 1)
+                # Let the processors start on these before the next read is sent: it
+                # saves the handlers the time it takes to issue that read.
+                await anyio.lowlevel.checkpoint()
+            elif self.settings.burst and await self._burst_done():
                 self.burst_done.set()
                 return
 
