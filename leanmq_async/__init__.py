@@ -2,9 +2,11 @@
 
 from leanmq_async._version import __version__
 from leanmq_async.client import LeanMQ
+from leanmq_async.cluster import Durability, NotReplicatedError
 from leanmq_async.connection import ConnectionSettings
 from leanmq_async.exceptions import (
     ConfigurationError,
+    ConfirmationRequiredError,
     DeadLetterQueueNotFoundError,
     InvalidMessageIdError,
     LeanMQConnectionError,
@@ -28,9 +30,11 @@ from leanmq_async.webhook import LeanMQWebhook
 
 __all__ = [
     "ConfigurationError",
+    "ConfirmationRequiredError",
     "ConnectionSettings",
     "DeadLetterInfo",
     "DeadLetterQueueNotFoundError",
+    "Durability",
     "InvalidMessageIdError",
     "LeanMQ",
     "LeanMQConnectionError",
@@ -41,6 +45,7 @@ __all__ = [
     "MessageEncodeError",
     "MessageError",
     "MessageTooLargeError",
+    "NotReplicatedError",
     "Queue",
     "QueueError",
     "QueueInfo",

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from leanmq_async._log import get_logger
+from leanmq_async.cluster import Durability, build_redis_client, sentinel_url
 from leanmq_async.connection import (
     ConnectionSettings,
-    build_client,
     build_url,
     check_borrowed_client,
 )
@@ -48,8 +49,12 @@ class LeanMQ:
 
     Connect by URL (``redis://``, ``rediss://`` for TLS, ``unix://``; user and password in
     the URL for ACL), by LeanMQ's keywords (``redis_host``, ``redis_port``, ``redis_db``,
-    ``redis_password``), or pass your own ``redis.asyncio.Redis`` as ``client`` (it is
-    borrowed: never closed by LeanMQ). With neither ``url`` nor a keyword, the
+    ``redis_password``), or pass your own ``redis.asyncio.Redis`` (or ``RedisCluster``)
+    as ``client`` (it is borrowed: never closed by LeanMQ). Redis Cluster:
+    ``redis+cluster://host:port[,host:port...]`` or ``cluster=True``; Sentinel:
+    ``redis+sentinel://host:port[,host:port...]/service_name[/db]`` or ``sentinels=[(host,
+    port)], service_name=...``; ``durability=Durability(replicas=1)`` waits for replicas
+    after each send. See :mod:`leanmq_async.cluster`. With neither ``url`` nor a keyword, the
     ``LEANMQ_URL`` environment variable is used (``leanmq-worker --url`` sets it), then
     ``redis://localhost:6379/0``. No I/O happens until
     the first call.
@@ -68,12 +73,16 @@ class LeanMQ:
         redis_password: str | None = None,
         redis_username: str | None = None,
         ssl: bool = False,
-        client: aioredis.Redis | None = None,
+        client: aioredis.Redis | AsyncRedisCluster | None = None,
         serializer: Serializer = "json",
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_retries: int = 3,
         consumer_name: str | None = None,
         connection: ConnectionSettings | None = None,
+        cluster: bool = False,
+        sentinels: Sequence[tuple[str, int]] | None = None,
+        service_name: str | None = None,
+        durability: Durability | None = None,
     ) -> None:
         self.prefix = validate_prefix(prefix)
         self.codec = get_codec(serializer, max_message_size)
@@ -90,6 +99,17 @@ class LeanMQ:
             check_borrowed_client(client)
             self._owns_client = False
             self.url = "<borrowed client>"
+        elif sentinels is not None or service_name is not None:
+            if url is not None or cluster or redis_host is not None or redis_port is not None:
+                raise ConfigurationError(
+                    "sentinels/service_name replace url, cluster, redis_host and redis_port"
+                )
+            self.url = sentinel_url(
+                sentinels or [], service_name or "", redis_db or 0, redis_username,
+                redis_password, ssl,
+            )  # fmt: skip
+            client = build_redis_client(self.url, self.connection_settings)
+            self._owns_client = True
         else:
             self.url = (
                 url
@@ -103,10 +123,13 @@ class LeanMQ:
                     ssl,
                 )
             )
-            client = build_client(self.url, self.connection_settings)
+            client = build_redis_client(self.url, self.connection_settings, cluster=cluster)
             self._owns_client = True
+        if durability is not None:
+            durability.check(self.connection_settings)
         self.redis = client
         self.store = Store(client)
+        self.store.durability = durability
         self.log = get_logger("leanmq_async", prefix=prefix)
         self.handlers: list[Handler] = []
         self._queues: dict[tuple[str, bool], Queue] = {}
@@ -246,9 +269,18 @@ class LeanMQ:
     # -- transactions and maintenance --------------------------------------------------
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
-        """Send several messages atomically: all are written at the end of the block, or none."""
-        tx = Transaction(self.store)
+    async def transaction(
+        self, *, durability: Durability | None = None
+    ) -> AsyncIterator[Transaction]:
+        """Send several messages atomically: all are written at the end of the block, or none.
+
+        ``durability`` (default: the client's) waits for replicas after the commit; see
+        :mod:`leanmq_async.cluster`. On Redis Cluster every queue of one transaction must
+        be in one hash slot (in practice: one queue).
+        """
+        if durability is not None:
+            durability.check(self.connection_settings)
+        tx = Transaction(self.store, durability=durability)
         yield tx
         await tx.commit()
 

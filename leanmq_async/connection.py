@@ -19,6 +19,7 @@ redis-py's defaults are made for caches, not queues, so each one is chosen here:
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -69,6 +70,29 @@ def build_url(
     return f"{scheme}://{auth}{host}:{port}/{db}"
 
 
+class FairBlockingConnectionPool(aioredis.BlockingConnectionPool):
+    """redis-py's blocking pool, serving the tasks that wait for a connection in order.
+
+    In redis-py's pool a waiter woken by a release must retake a lock, and a task asking
+    at that moment takes the connection first; the waiter goes back to the end of the
+    line. With hundreds of handlers calling Redis in a loop, some callers (the worker's
+    fetch, lease and ack steps among them) then wait as long as the pressure lasts, up to
+    ``pool_timeout``. A first-come-first-served lock in front makes the line fair; the
+    whole wait stays bounded by ``pool_timeout``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._turnstile = asyncio.Lock()
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout), self._turnstile:
+                return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except TimeoutError as exc:
+            raise redis_errors.ConnectionError("No connection available.") from exc
+
+
 def build_client(url: str, settings: ConnectionSettings, **extra: Any) -> aioredis.Redis:
     """An owned ``redis.asyncio`` client for ``url`` (redis://, rediss://, unix://)."""
     if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -79,7 +103,7 @@ def build_client(url: str, settings: ConnectionSettings, **extra: Any) -> aiored
         # TCP only: a unix socket connection refuses the keyword (TypeError at first use).
         extra.setdefault("socket_keepalive", True)
     try:
-        pool = aioredis.BlockingConnectionPool.from_url(
+        pool = FairBlockingConnectionPool.from_url(
             url,
             max_connections=settings.max_connections,
             timeout=settings.pool_timeout,
@@ -102,7 +126,9 @@ def build_client(url: str, settings: ConnectionSettings, **extra: Any) -> aiored
 
 def check_borrowed_client(client: Any) -> None:
     """Refuse a user's client that cannot carry binary payloads."""
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if kwargs is None:  # a RedisCluster keeps its connection settings itself
+        kwargs = getattr(client, "connection_kwargs", {})
     if kwargs.get("decode_responses"):
         raise ConfigurationError(
             "the Redis client passed to LeanMQ decodes responses; create it with "
@@ -129,10 +155,56 @@ class translate_errors:  # used like a function: `with translate_errors():`
     ) -> None:
         # Returns None (never swallows): a type checker then knows code after the block
         # only runs when the block did not raise.
+        if isinstance(exc, redis_errors.RedisClusterException):  # not a RedisError
+            _translate_cluster_exception(self.what, exc)
         if exc is None or not isinstance(exc, redis_errors.RedisError):
             return None
         if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
             raise LeanMQConnectionError(f"{self.what} failed: Redis unreachable ({exc})") from exc
+        if _not_executed(exc):
+            # A refusal that means "not here, not now" (a demoted primary, a cluster
+            # failing over): nothing was executed, so it is retried like a broken connection.
+            raise LeanMQConnectionError(
+                f"{self.what} failed: Redis unavailable for writes ({exc})"
+            ) from exc
         if isinstance(exc, redis_errors.ResponseError):
             raise RedisOperationError(f"{self.what} failed: {exc}") from exc
         raise LeanMQError(f"{self.what} failed: {exc}") from exc
+
+
+# Error replies after which the command was not executed and may be retried elsewhere or
+# later: a primary demoted to a replica (READONLY; a blocked read it released with
+# UNBLOCKED), a replica cut off from its primary (MASTERDOWN), a cluster failing over or
+# resharding (CLUSTERDOWN, TRYAGAIN, a redirect redis-py gave up following).
+_NOT_EXECUTED_PREFIXES = ("READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK ")
+
+
+def _not_executed(exc: redis_errors.RedisError) -> bool:
+    if isinstance(
+        exc,
+        redis_errors.ReadOnlyError
+        | redis_errors.ClusterError
+        | redis_errors.TryAgainError
+        | redis_errors.AskError,
+    ):
+        return True
+    text = str(exc)
+    # Redis 7 keeps the error code of a failed call inside a script, after a prefix.
+    if text.startswith(_NOT_EXECUTED_PREFIXES) or "READONLY You can't write" in text:
+        return True
+    return text.startswith("UNBLOCKED") and "instance state changed" in text
+
+
+def _translate_cluster_exception(what: str, exc: redis_errors.RedisClusterException) -> None:
+    """redis-py's client-side cluster errors: topology trouble, or a cross-slot request."""
+    text = str(exc)
+    if isinstance(exc, redis_errors.SlotNotCoveredError) or text.startswith(
+        ("Redis Cluster cannot be connected", "All slots are not covered", "startup_nodes")
+    ):
+        raise LeanMQConnectionError(f"{what} failed: Redis Cluster unavailable ({exc})") from exc
+    cross_slot = "same" in text and "slot" in text
+    if isinstance(exc, redis_errors.CrossSlotTransactionError) or cross_slot:
+        raise ConfigurationError(
+            f"{what} failed: its keys are in different Redis Cluster slots ({exc})"
+        ) from exc
+    raise LeanMQError(f"{what} failed: {exc}") from exc

@@ -188,7 +188,8 @@ def decode_entry(fields: Mapping[bytes, bytes] | None, max_size: int) -> Decoded
         )
     try:
         env = decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    # RecursionError: nesting deeper than msgspec's limit (a 2 KB entry can do that).
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise MessageDecodeError(f"undecodable envelope: {exc}") from exc
     try:
         attempts_raw = fields.get(FIELD_ATTEMPTS)
@@ -234,5 +235,5 @@ def decode_payload(entry: DecodedEntry, payload_type: Any = Any) -> Any:
         return payload_decoder(payload_type, entry.is_msgpack).decode(entry.raw_payload)
     except msgspec.ValidationError as exc:
         raise MessageDecodeError(f"payload validation failed: {exc}") from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise MessageDecodeError(f"undecodable payload: {exc}") from exc

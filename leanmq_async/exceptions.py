@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "ConfirmationRequiredError",
     "DeadLetterQueueNotFoundError",
     "InvalidMessageIdError",
     "LeanMQConnectionError",
@@ -32,6 +33,10 @@ class LeanMQError(Exception):
 
 class ConfigurationError(LeanMQError, ValueError):
     """An argument or setting is invalid; the message says which and how to fix it."""
+
+
+class ConfirmationRequiredError(ConfigurationError):
+    """A destructive operation was called without ``confirm=True``."""
 
 
 class LeanMQConnectionError(LeanMQError, ConnectionError):

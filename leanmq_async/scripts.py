@@ -277,11 +277,14 @@ return moved
 """
 )
 
-# KEYS: stream, expiry, dlq    ARGV: limit, policy ('drop' | 'dlq'), source queue name
+# KEYS: stream, expiry, dlq
+# ARGV: limit, policy ('drop' | 'dlq'), source queue name, count ('removed' | 'unhandled')
 # Removes expired entries: acked in every group and deleted. With policy 'dlq', an entry
 # some group has not handled yet (not delivered to it, or pending in it) is dead-lettered
 # first; one every group has acked (processed, or skipped by a reader as expired) is only
-# deleted, never dead-lettered. Returns the number of entries removed from the stream.
+# deleted, never dead-lettered. Returns the number of entries removed from the stream, or
+# with count 'unhandled' only those some group had not handled (the ones that expired
+# unhandled: a message handled before its TTL ran out is not reported as expired).
 EXPIRE: Final = (
     _PRELUDE
     + r"""
@@ -320,10 +323,13 @@ if to_dlq then
     end
   end
 end
+local only_unhandled = ARGV[4] == 'unhandled'
 local n = 0
 for _, id in ipairs(ids) do
+  local counts = not only_unhandled or unhandled(id)
   for _, g in ipairs(groups) do redis.call('XACK', KEYS[1], g['name'], id) end
-  n = n + redis.call('XDEL', KEYS[1], id)
+  local removed = redis.call('XDEL', KEYS[1], id)
+  if counts then n = n + removed end
   redis.call('ZREM', KEYS[2], id)
 end
 return n

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
 from leanmq_async import scripts
+from leanmq_async.cluster import AnyRedis, Durability, check_one_slot, is_cluster, write_and_wait
 from leanmq_async.connection import translate_errors
 from leanmq_async.keys import QueueKeys, registry_key
 
@@ -72,8 +73,14 @@ def _pairs_to_dict(flat: Sequence[Any]) -> dict[bytes, bytes]:
 class Store:
     """Queue operations on one Redis client (owned or borrowed)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self.client = client
+    def __init__(self, client: AnyRedis) -> None:
+        # Typed as the single-node client: a RedisCluster offers the same commands, but
+        # keyless ones, scripts in pipelines and MULTI need one slot (see leanmq_async.cluster).
+        self.client = cast(aioredis.Redis, client)
+        # Redis Cluster: atomic multi-queue sends must stay in one slot.
+        self.cluster = is_cluster(client)
+        # Wait for replicas after producer sends (None: the fast path, no WAIT).
+        self.durability: Durability | None = None
         register = client.register_script
         self._send = register(scripts.SEND)
         self._move_due = register(scripts.MOVE_DUE)
@@ -201,11 +208,21 @@ class Store:
     async def xadd(self, stream: str, field: bytes, body: bytes) -> str:
         """The fast path: one plain XADD, for a message without TTL or delay."""
         with translate_errors("XADD"):
-            sid = await self.client.xadd(stream, {field: body})
+            if self.durability is not None:
+                command = ("XADD", stream, "*", field, body)
+                sid = await write_and_wait(self.client, stream, command, self.durability)
+            else:
+                sid = await self.client.xadd(stream, {field: body})
         return sid.decode() if isinstance(sid, bytes) else str(sid)
 
-    async def send(self, ops: Sequence[SendOp]) -> list[str]:
-        """Write ``ops`` with one script call: all of them, or none on any error."""
+    async def send(self, ops: Sequence[SendOp], durability: Durability | None = None) -> list[str]:
+        """Write ``ops`` with one script call: all of them, or none on any error.
+
+        ``durability`` (default: the store's) waits for replicas after the write.
+        """
+        if self.cluster:
+            check_one_slot(ops)
+        durability = durability or self.durability
         key_index: dict[str, int] = {}
         keys: list[str] = []
         args: list[Any] = [len(ops)]
@@ -216,7 +233,11 @@ class Store:
                 keys += [op.keys.stream, op.keys.expiry, op.keys.delayed, op.keys.delayed_data]
             args += [index, op.ttl_ms, op.delay_ms, op.field, op.body, op.member]
         with translate_errors("send"):
-            ids = await self._send(keys=keys, args=args)
+            if durability is not None:
+                command = ("EVALSHA", self._send.sha, len(keys), *keys, *args)
+                ids = await write_and_wait(self.client, keys[0], command, durability, self._send)
+            else:
+                ids = await self._send(keys=keys, args=args)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     # -- reading and acknowledging ------------------------------------------------------
@@ -344,11 +365,16 @@ class Store:
             )
         return int(moved), int(wait)
 
-    async def expire(self, keys: QueueKeys, source_name: str, policy: str, limit: int) -> int:
+    async def expire(
+        self, keys: QueueKeys, source_name: str, policy: str, limit: int, count: str = "removed"
+    ) -> int:
+        """Remove expired entries; return how many were removed (``count="unhandled"``:
+        how many of them no group had handled)."""
         with translate_errors("expire"):
             return int(
                 await self._expire(
-                    keys=[keys.stream, keys.expiry, keys.dlq], args=[limit, policy, source_name]
+                    keys=[keys.stream, keys.expiry, keys.dlq],
+                    args=[limit, policy, source_name, count],
                 )
             )
 
@@ -395,3 +421,163 @@ class Store:
     async def ping(self) -> bool:
         with translate_errors("PING"):
             return bool(await self.client.ping())
+
+    # -- operations (leanmq_async.ops): stats, DLQ tools, admin ---------------------------
+
+    async def stats_snapshot(
+        self, items: Sequence[QueueKeys]
+    ) -> tuple[list[dict[str, Any]], float]:
+        """What ``collect_stats`` needs for every queue pair, and the Redis clock (ms).
+
+        One round trip for any number of queues: per pair ``XINFO STREAM … FULL COUNT 1``
+        of the stream and of its DLQ (groups with lag and PEL count, the oldest pending
+        entry, consumers with their seen-time, the first entry), ``ZCARD`` of the delayed
+        set and ``HGETALL`` of the metadata; ``TIME`` last. ``"stream"``/``"dlq"`` are the
+        parsed XINFO replies (None for a missing stream); a key of the wrong type is
+        reported in ``"error"`` instead of failing the whole snapshot.
+        """
+        with translate_errors("stats"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for keys in items:
+                    for stream in (keys.stream, keys.dlq):
+                        pipe.execute_command("XINFO STREAM", stream, "FULL", "COUNT", 1, full=True)
+                    pipe.zcard(keys.delayed)
+                    pipe.hgetall(keys.meta)
+                pipe.time()
+                replies = await pipe.execute(raise_on_error=False)
+            *body, now = replies
+            if isinstance(now, Exception):
+                raise now
+            out: list[dict[str, Any]] = []
+            for i in range(len(items)):
+                replies_i = body[i * 4 : i * 4 + 4]
+                errors = [
+                    str(r)
+                    for r in replies_i
+                    if isinstance(r, Exception) and "no such key" not in str(r).lower()
+                ]
+                for r in replies_i:
+                    if isinstance(r, Exception) and not isinstance(r, redis_errors.ResponseError):
+                        raise r
+                main_info, dlq_info, delayed, meta = (
+                    None if isinstance(r, Exception) else r for r in replies_i
+                )
+                out.append(
+                    {
+                        "stream": main_info,
+                        "dlq": dlq_info,
+                        "delayed": int(delayed or 0),
+                        "meta": {
+                            k.decode(errors="replace"): v.decode(errors="replace")
+                            for k, v in (meta or {}).items()
+                        },
+                        "error": "; ".join(errors) or None,
+                    }
+                )
+        sec, usec = now
+        return out, int(sec) * 1000 + int(usec) / 1000
+
+    async def count_after(self, items: Sequence[tuple[str, str]], cap: int) -> list[int]:
+        """For each ``(stream, id)``: entries after ``id``, counted in Redis up to ``cap``.
+
+        One round trip (a pipeline of small EVALs; entries are paged inside Redis and never
+        sent back). Used when XINFO reports no lag (deleted entries after the group's
+        last-delivered id) to count what a group has still to read.
+        """
+        script = (
+            "local n, start, cap = 0, '(' .. ARGV[1], tonumber(ARGV[2]) "
+            "while n < cap do "
+            "local page = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', "
+            "math.min(1000, cap - n)) "
+            "if #page == 0 then break end "
+            "n = n + #page start = '(' .. page[#page][1] "
+            "end return n"
+        )
+        if not items:
+            return []
+        with translate_errors("count entries"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for stream, after in items:
+                    pipe.eval(script, 1, stream, after, cap)
+                replies = await pipe.execute()
+        return [int(r) for r in replies]
+
+    async def pending_range(
+        self, stream: str, group: str, count: int, min_idle_ms: int = 0, start: str = "-"
+    ) -> list[dict[str, Any]]:
+        """XPENDING (extended form, oldest first): id, consumer, idle ms and deliveries."""
+        with translate_errors("XPENDING"):
+            reply: Any = await self.client.xpending_range(
+                stream, group, start, "+", count, idle=min_idle_ms
+            )
+        return [
+            {
+                "id": self._text(row["message_id"]),
+                "consumer": self._text(row["consumer"]),
+                "idle_ms": int(row["time_since_delivered"]),
+                "deliveries": int(row["times_delivered"]),
+            }
+            for row in reply or []
+        ]
+
+    async def claim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, ids: Sequence[str]
+    ) -> list[RawEntry]:
+        """XCLAIM the entries still idle ``min_idle_ms`` for ``consumer``; deleted ones are
+        skipped (Redis 7 also drops them from the pending list)."""
+        if not ids:
+            return []
+        with translate_errors("XCLAIM"):
+            reply: Any = await self.client.xclaim(stream, group, consumer, min_idle_ms, list(ids))
+        return [(sid, fields) for sid, fields in reply if sid is not None]
+
+    async def redeliver(
+        self, keys: QueueKeys, group: str, consumer: str, items: Sequence[tuple[str, int]]
+    ) -> list[int]:
+        """Re-add each owned ``(id, attempts)`` at the tail for ``group`` and ack the original.
+
+        :data:`scripts.RETRY` with no delay, pipelined: per id 1 (redelivered), 0 (entry
+        gone from the stream: acked) or -1 (no longer owned by ``consumer``: untouched).
+        """
+        if not items:
+            return []
+        stream_keys = [keys.stream, keys.delayed, keys.delayed_data, keys.expiry]
+        with translate_errors("redeliver"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for sid, attempts in items:
+                    await self._retry(
+                        keys=stream_keys, args=[group, consumer, sid, 0, attempts], client=pipe
+                    )
+                replies = await pipe.execute()
+        return [int(r) for r in replies]
+
+    async def clear_queue(self, keys: QueueKeys, include_dlq: bool) -> tuple[int, int, int]:
+        """Empty a queue (stream, delayed and expiry index) and optionally its DLQ, in one
+        MULTI; groups are kept. Return ``(stream entries, delayed, DLQ entries)`` removed."""
+        with translate_errors("clear queue"):
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.zcard(keys.delayed)
+                await self._purge(
+                    keys=[keys.stream, keys.expiry, keys.delayed, keys.delayed_data],
+                    args=["1"],
+                    client=pipe,
+                )
+                if include_dlq:
+                    await self._purge(
+                        keys=[keys.dlq, f"{keys.dlq}:expiry", keys.delayed, keys.delayed_data],
+                        args=["0"],
+                        client=pipe,
+                    )
+                replies = await pipe.execute()
+        delayed, stream, *dlq = (int(r) for r in replies)
+        return stream, delayed, dlq[0] if dlq else 0
+
+    async def last_id(self, stream: str) -> str | None:
+        """The id of the newest entry of ``stream`` (None when it is empty or missing)."""
+        with translate_errors("XREVRANGE"):
+            reply: Any = await self.client.xrevrange(stream, "+", "-", count=1)
+        return self._text(reply[0][0]) if reply else None
+
+    @staticmethod
+    def _text(value: Any) -> str:
+        return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from leanmq_async.cluster import NotReplicatedError, check_one_slot
 from leanmq_async.exceptions import LeanMQConnectionError, LeanMQError, TransactionError
 from leanmq_async.store import SendOp
 
 if TYPE_CHECKING:
+    from leanmq_async.cluster import Durability
     from leanmq_async.queue import Queue
     from leanmq_async.store import Store
 
@@ -22,10 +24,16 @@ class Transaction:
     single script that checks every key first: all of it is written, or none of it. If
     the block raises, nothing is written. ``message_ids`` holds the producer ids at once;
     ``stream_ids`` holds the stream ids after commit.
+
+    On Redis Cluster the script runs in one hash slot: adding a send to a queue of
+    another slot than the first send's raises :class:`ConfigurationError` at once.
+    With ``durability``, :class:`~leanmq_async.cluster.NotReplicatedError` from
+    :meth:`commit` means it *was* written, but not confirmed by enough replicas.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, durability: Durability | None = None) -> None:
         self._store = store
+        self._durability = durability
         self._ops: list[SendOp] = []
         self.message_ids: list[str] = []
         self.stream_ids: list[str] = []
@@ -49,6 +57,8 @@ class Transaction:
         if self.committed:
             raise TransactionError("this transaction is already committed; start a new one")
         op, mid = queue._send_op(data, message_id, ttl, delay, headers)
+        if self._store.cluster and self._ops:
+            check_one_slot([self._ops[0], op])
         self._ops.append(op)
         self.message_ids.append(mid)
         return mid
@@ -61,7 +71,10 @@ class Transaction:
         if not self._ops:
             return []
         try:
-            self.stream_ids = await self._store.send(self._ops)
+            self.stream_ids = await self._store.send(self._ops, self._durability)
+        except NotReplicatedError as exc:
+            self.stream_ids = exc.stream_ids  # written whole, replication not confirmed
+            raise
         except LeanMQConnectionError as exc:
             raise TransactionError(
                 f"transaction outcome unknown: the connection broke during commit ({exc}); "

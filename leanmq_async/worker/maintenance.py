@@ -89,10 +89,15 @@ class Maintenance:
                 )
 
     async def expire_once(self) -> int:
-        """Remove (or dead-letter) expired messages of every queue; return how many."""
+        """Remove (or dead-letter) expired messages of every queue; return how many.
+
+        Counted: messages that expired unhandled. Handled ones (or ones a handler runner
+        already counted as expired) are removed too, but not reported again.
+        """
         total = 0
         for stream, queue in self.queues.items():
-            n = await self.store.expire(queue.keys, queue.name, self.expired_policy[stream], 1000)
+            policy = self.expired_policy[stream]
+            n = await self.store.expire(queue.keys, queue.name, policy, 1000, count="unhandled")
             if n:
                 self.log.info("expired", queue=queue.name, count=n)
             total += n

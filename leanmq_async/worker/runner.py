@@ -556,7 +556,8 @@ class HandlerRunner:
         details: str = "",
         attempts: int = 0,
         message_id: str = "",
-    ) -> None:
+    ) -> int | None:
+        """Move the entry to the DLQ if this consumer still holds it; 1 when moved."""
         moved = await self._settle(
             lambda: self.store.dead_letter(
                 self.queue.keys,
@@ -578,13 +579,17 @@ class HandlerRunner:
             )
         elif moved == 0:
             self.log.warning("lease_lost", id=sid, message_id=message_id)
+        return moved
 
     async def _expire(self, raw_sid: bytes, sid: str) -> None:
-        self.stats.expired += 1
+        # Counted by whoever takes it off the pending list, this runner or the upkeep
+        # pass (scripts.EXPIRE) racing with it, so no expired message is counted twice:
+        # hence an XACK of its own (whose reply says who won), not a batched one.
         if self.handler.options.expired == "dlq":
-            await self._dead_letter(sid, "expired before it was handled", "Expired")
-        else:
-            self._ack(raw_sid)
+            if await self._dead_letter(sid, "expired before it was handled", "Expired"):
+                self.stats.expired += 1
+        elif await self._settle(lambda: self.store.ack(self.stream, self.group, [raw_sid])):
+            self.stats.expired += 1
             self.log.info("expired", id=sid)
 
     async def _settle(self, step: Callable[[], Awaitable[T]]) -> T | None:
@@ -639,6 +644,11 @@ class HandlerRunner:
                     continue
                 except LeanMQError as exc:
                     self.log.error("ack_failed", error=str(exc), count=len(batch))
+                except BaseException:
+                    # settle_timeout ran out mid-XACK: keep the batch (counted below, and
+                    # sent with the next one) instead of forgetting it.
+                    self._acks = batch + self._acks
+                    raise
                 if not drain:
                     return
         if drain and self._acks:
