@@ -85,7 +85,16 @@ class FairBlockingConnectionPool(aioredis.BlockingConnectionPool):
         super().__init__(*args, **kwargs)
         self._turnstile = asyncio.Lock()
 
+    def _has_free_connection(self) -> bool:
+        return bool(self._available_connections) or (
+            len(self._in_use_connections) < self.max_connections
+        )
+
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._turnstile.locked() and self._has_free_connection():
+            # Nobody waits and a connection is free: the fast path, no timer of our own.
+            async with self._turnstile:
+                return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         try:
             async with asyncio.timeout(self.timeout), self._turnstile:
                 return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]

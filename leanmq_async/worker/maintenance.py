@@ -52,6 +52,7 @@ class Maintenance:
             )
         self.log = get_logger("leanmq_async.worker")
         self.moved = 0
+        self._wake: dict[str, anyio.Event] = {}
         self.expired = 0
         self.trimmed = 0
 
@@ -76,7 +77,16 @@ class Maintenance:
             if moved >= _MOVE_BATCH:
                 continue
             sleep_ms = cap_ms if wait_ms < 0 else min(max(wait_ms, 1), cap_ms)
-            await anyio.sleep(sleep_ms / 1000)
+            wake = self._wake[queue.stream] = anyio.Event()
+            with anyio.move_on_after(sleep_ms / 1000):
+                await wake.wait()
+
+    def nudge(self, stream: str) -> None:
+        """A retry or delay was just scheduled on ``stream``: re-plan the mover's sleep now,
+        so a short backoff is not stretched to ``maintenance_interval``."""
+        wake = self._wake.get(stream)
+        if wake is not None:
+            wake.set()
 
     async def _every(self, interval: float, step: Callable[[], Awaitable[object]]) -> None:
         while True:

@@ -116,6 +116,8 @@ class HandlerRunner:
         self._processors: anyio.CancelScope | None = None
         self._redis_down = False
         self.drained = anyio.Event()
+        # Called after a retry is scheduled (the worker wakes its delayed-message mover).
+        self.on_scheduled: Callable[[str], None] = lambda stream: None
         self.burst_done = anyio.Event()
 
     def __repr__(self) -> str:
@@ -512,6 +514,8 @@ class HandlerRunner:
                 )
             elif result is not None:
                 self.stats.retried += 1
+                if seconds > 0:
+                    self.on_scheduled(self.stream)
                 self.log.info(
                     "retried",
                     id=sid,

@@ -111,6 +111,8 @@ class Worker:
         consumer = mq.consumer_name
         self.runners = [HandlerRunner(h, self.settings, consumer) for h in self.handlers]
         self.maintenance = Maintenance(mq.store, self.handlers, self.settings)
+        for runner in self.runners:
+            runner.on_scheduled = self.maintenance.nudge
         self.log = get_logger("leanmq_async.worker", consumer=consumer)
         self._stop = anyio.Event()
         self._started = False
