@@ -24,6 +24,7 @@ from leanmq_async.exceptions import (
     WrongQueueKindError,
 )
 from leanmq_async.message import DeadLetterInfo, Message, QueueInfo
+from leanmq_async.partition import PartitionedQueue
 from leanmq_async.queue import Queue
 from leanmq_async.transaction import Transaction
 from leanmq_async.webhook import LeanMQWebhook
@@ -46,6 +47,7 @@ __all__ = [
     "MessageError",
     "MessageTooLargeError",
     "NotReplicatedError",
+    "PartitionedQueue",
     "Queue",
     "QueueError",
     "QueueInfo",

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -33,6 +33,7 @@ from leanmq_async.keys import (
     validate_queue_name,
 )
 from leanmq_async.message import QueueInfo
+from leanmq_async.partition import PartitionedQueue
 from leanmq_async.queue import Queue
 from leanmq_async.store import Store
 from leanmq_async.transaction import Transaction
@@ -41,7 +42,10 @@ if TYPE_CHECKING:
     from leanmq_async.worker.handler import Handler
     from leanmq_async.worker.supervisor import Worker
 
-__all__ = ["LeanMQ"]
+__all__ = ["HeaderProvider", "LeanMQ"]
+
+HeaderProvider = Callable[["Queue"], Mapping[str, str] | None]
+"""Called on every send with the target queue: headers to add (a send's own win)."""
 
 
 class LeanMQ:
@@ -58,6 +62,11 @@ class LeanMQ:
     ``LEANMQ_URL`` environment variable is used (``leanmq-worker --url`` sets it), then
     ``redis://localhost:6379/0``. No I/O happens until
     the first call.
+
+    ``header_providers``: callables consulted on every send (``send_message``,
+    ``send_messages``, transactions) with the target queue, each returning headers to add
+    to the message (headers given to the send win). Tracing uses one to propagate the
+    trace context: see :mod:`leanmq_async.ops.tracing`. Without any, sending pays nothing.
 
     Use as ``async with LeanMQ(...) as mq:``, or call :meth:`aclose` when done.
     """
@@ -83,8 +92,10 @@ class LeanMQ:
         sentinels: Sequence[tuple[str, int]] | None = None,
         service_name: str | None = None,
         durability: Durability | None = None,
+        header_providers: Iterable[HeaderProvider] | None = None,
     ) -> None:
         self.prefix = validate_prefix(prefix)
+        self.header_providers: list[HeaderProvider] = list(header_providers or ())
         self.codec = get_codec(serializer, max_message_size)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigurationError(f"max_retries must be an integer >= 0, got {max_retries!r}")
@@ -133,6 +144,7 @@ class LeanMQ:
         self.log = get_logger("leanmq_async", prefix=prefix)
         self.handlers: list[Handler] = []
         self._queues: dict[tuple[str, bool], Queue] = {}
+        self._partitioned: dict[str, PartitionedQueue] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -175,10 +187,19 @@ class LeanMQ:
             return name[: -len(DLQ_SUFFIX)], True
         return name, False
 
-    def queue(self, name: str) -> Queue:
+    @overload
+    def queue(self, name: str, partitions: None = None) -> Queue: ...
+
+    @overload
+    def queue(self, name: str, partitions: int) -> PartitionedQueue: ...
+
+    def queue(self, name: str, partitions: int | None = None) -> Queue | PartitionedQueue:
         """Declare a main queue without I/O (for ``@mq.queue("orders").handler`` at import).
 
         The worker creates its stream and group when it starts; sending needs no setup.
+        ``partitions=N`` declares a :class:`~leanmq_async.partition.PartitionedQueue`
+        stored as the queues ``<name>#0`` … ``<name>#<N-1>`` (cached: asking again with
+        another N raises :class:`ConfigurationError`).
         """
         base, is_dlq = self._split(name)
         if is_dlq:
@@ -186,7 +207,22 @@ class LeanMQ:
                 f"{name!r} names a dead-letter queue; declare the main queue {base!r} and use "
                 ".dead_letter_queue()"
             )
-        return self._queue_object(base, False)
+        declared = self._partitioned.get(base)
+        if partitions is None:
+            if declared is not None:
+                raise ConfigurationError(
+                    f"{base!r} is declared with partitions={len(declared)}; use "
+                    f"mq.queue({base!r}, partitions={len(declared)})"
+                )
+            return self._queue_object(base, False)
+        if declared is None:
+            declared = self._partitioned[base] = PartitionedQueue(self, base, partitions)
+        elif len(declared) != partitions:
+            raise ConfigurationError(
+                f"{base!r} is already declared with partitions={len(declared)}, not "
+                f"{partitions!r}: the key -> partition mapping depends on it"
+            )
+        return declared
 
     async def create_queue_pair(self, queue_name: str) -> tuple[Queue, Queue]:
         """Create a queue and its dead-letter queue (idempotent); return ``(queue, dlq)``."""

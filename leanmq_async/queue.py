@@ -140,11 +140,23 @@ class Queue:
         headers: Mapping[str, str] | None,
     ) -> tuple[SendOp, str]:
         self._require_main("sending")
+        if self._mq.header_providers:
+            headers = self._provided_headers(headers)
         codec = self._mq.codec
         mid, body = codec.encode(data, message_id, headers)
         ttl_ms, delay_ms = to_ms(ttl, "ttl"), to_ms(delay, "delay")
         member = f"{mid}|{uuid.uuid4().hex}" if delay_ms else ""
         return SendOp(self.keys, codec.field, body, ttl_ms, delay_ms, member), mid
+
+    def _provided_headers(self, headers: Mapping[str, str] | None) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for provider in self._mq.header_providers:
+            extra = provider(self)
+            if extra:
+                merged.update(extra)
+        if headers:
+            merged.update(headers)
+        return merged
 
     async def send_message(
         self,

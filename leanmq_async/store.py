@@ -15,7 +15,14 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
 from leanmq_async import scripts
-from leanmq_async.cluster import AnyRedis, Durability, check_one_slot, is_cluster, write_and_wait
+from leanmq_async.cluster import (
+    AnyRedis,
+    Durability,
+    check_one_slot,
+    is_cluster,
+    queue_slot,
+    write_and_wait,
+)
 from leanmq_async.connection import translate_errors
 from leanmq_async.keys import QueueKeys, registry_key
 
@@ -133,9 +140,21 @@ class Store:
                 await pipe.execute()
 
     async def ensure_groups(self, streams: Sequence[str], groups: Sequence[str]) -> int:
-        """Create missing consumer groups (reading from the start); return how many."""
+        """Create missing consumer groups (reading from the start); return how many.
+
+        On a cluster one script call per hash slot (a script's keys share one slot).
+        """
+        batches: dict[int, tuple[list[str], list[str]]] = {}
+        for stream, group in zip(streams, groups, strict=True):
+            slot = queue_slot(stream) if self.cluster else 0
+            batch = batches.setdefault(slot, ([], []))
+            batch[0].append(stream)
+            batch[1].append(group)
+        created = 0
         with translate_errors("XGROUP CREATE"):
-            return int(await self._create_groups(keys=list(streams), args=list(groups)))
+            for keys, args in batches.values():
+                created += int(await self._create_groups(keys=keys, args=args))
+        return created
 
     async def queue_exists(self, keys: QueueKeys, stream: str | None = None) -> bool:
         """Was the pair created (its metadata exists), and does ``stream`` exist if given?"""

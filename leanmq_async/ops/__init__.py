@@ -9,6 +9,12 @@ Library functions (all take a :class:`~leanmq_async.LeanMQ` client)::
 
 Command line: ``leanmq --help``. HTTP: ``app.mount("/admin", admin_app(mq, token=...))``
 (ASGI) or ``aiohttp_admin_app(mq)``; both serve a dashboard at their root.
+
+Optional extras: :mod:`leanmq_async.ops.metrics` (``[metrics]``: Prometheus counters,
+histogram and queue gauges; ``admin_app(mq, metrics=...)`` adds ``/metrics``) and
+:mod:`leanmq_async.ops.tracing` (``[tracing]``: OpenTelemetry trace propagation through
+message headers and CONSUMER spans around handlers). Both are worker observers
+(``mq.worker(observers=[...])``, see :mod:`leanmq_async.worker.observer`).
 """
 
 from leanmq_async.ops.dlq_tools import (

@@ -14,6 +14,8 @@ GET       ``/``                            the dashboard (static HTML, polls ``/
 GET       ``/health``                      health report; HTTP 200 ok/warning, 503 critical
 GET       ``/stats``                       stats of every queue, with rates
 GET       ``/queues``                      ``list_queues()``
+GET       ``/metrics``                     Prometheus text format, with ``metrics=`` given
+                                           (queue gauges refreshed on each scrape)
 GET       ``/dlq/{queue}``                 DLQ messages (``?count=50&start=<id>``)
 GET       ``/dlq/{queue}/{id}``            one DLQ message (404 if absent)
 POST      ``/dlq/{queue}/requeue``         body ``{"ids": [...]}`` or ``{"all": true}``;
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from leanmq_async.client import LeanMQ
+    from leanmq_async.ops.metrics import PrometheusMetrics
 
 __all__ = ["AdminAPI", "admin_app", "aiohttp_admin_app"]
 
@@ -159,7 +162,9 @@ class AdminAPI:
     """The admin endpoints over one client; an ASGI application (``await api(scope, …)``).
 
     The stats sampler lives here, so ``/stats`` reports rates from the second request on
-    (over ``window`` seconds). The client is borrowed: close it yourself.
+    (over ``window`` seconds). The client is borrowed: close it yourself. With
+    ``metrics`` (a :class:`~leanmq_async.ops.metrics.PrometheusMetrics`), ``/metrics``
+    serves its registry, queue gauges refreshed first.
     """
 
     def __init__(
@@ -169,6 +174,7 @@ class AdminAPI:
         *,
         thresholds: HealthThresholds | None = None,
         window: float = 60.0,
+        metrics: PrometheusMetrics | None = None,
     ) -> None:
         if token is not None and (not isinstance(token, str) or not token):
             raise ConfigurationError("token must be a non-empty string (or None)")
@@ -176,6 +182,7 @@ class AdminAPI:
         self.token = token
         self.thresholds = thresholds or HealthThresholds()
         self.sampler = StatsSampler(mq, window=window)
+        self.metrics = metrics
         self._page: bytes | None = None
 
     def __repr__(self) -> str:
@@ -236,7 +243,7 @@ class AdminAPI:
             )
         self._authorize(r)
         head, rest = seg[0], seg[1:]
-        if head in ("health", "stats", "queues", "cleanup") and rest:
+        if head in ("health", "stats", "queues", "cleanup", "metrics") and rest:
             raise _HTTPError(404, f"no such endpoint: /{'/'.join(seg)}")
         if head == "health":
             self._allow(r, "GET")
@@ -248,6 +255,18 @@ class AdminAPI:
         if head == "queues":
             self._allow(r, "GET")
             return _json(200, await self.mq.list_queues())
+        if head == "metrics":
+            self._allow(r, "GET")
+            if self.metrics is None:
+                raise _HTTPError(404, "no metrics: pass metrics=PrometheusMetrics(...)")
+            await self.metrics.collect(self.mq)
+            from leanmq_async.ops.metrics import CONTENT_TYPE_LATEST
+
+            return Response(
+                200,
+                self.metrics.exposition(),
+                {"content-type": CONTENT_TYPE_LATEST, "cache-control": "no-store"},
+            )
         if head == "cleanup":
             self._allow(r, "POST")
             hours = r.number("max_age_hours")
@@ -429,9 +448,10 @@ def admin_app(
     *,
     thresholds: HealthThresholds | None = None,
     window: float = 60.0,
+    metrics: PrometheusMetrics | None = None,
 ) -> AdminAPI:
     """The admin API as an ASGI app: ``app.mount("/admin", admin_app(mq))``."""
-    return AdminAPI(mq, token, thresholds=thresholds, window=window)
+    return AdminAPI(mq, token, thresholds=thresholds, window=window, metrics=metrics)
 
 
 def aiohttp_admin_app(
@@ -440,11 +460,12 @@ def aiohttp_admin_app(
     *,
     thresholds: HealthThresholds | None = None,
     window: float = 60.0,
+    metrics: PrometheusMetrics | None = None,
 ) -> web.Application:
     """The admin API as an aiohttp application: ``app.add_subapp("/admin", ...)``."""
     from aiohttp import web
 
-    api = AdminAPI(mq, token, thresholds=thresholds, window=window)
+    api = AdminAPI(mq, token, thresholds=thresholds, window=window, metrics=metrics)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await request.read()

@@ -19,6 +19,7 @@ import logging
 import math
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,6 +39,7 @@ from leanmq_async.exceptions import (
 from leanmq_async.reading import to_message
 from leanmq_async.worker.backoff import exponential_backoff
 from leanmq_async.worker.dispatch import WorkQueue
+from leanmq_async.worker.observer import has_handler_context
 
 if TYPE_CHECKING:
     from leanmq_async.envelope import DecodedEntry
@@ -104,6 +106,11 @@ class HandlerRunner:
         self._block_ms = min(settings.block_ms, 100) if settings.burst else settings.block_ms
         self.log = get_logger("leanmq_async.worker", queue=queue.name, group=self.group)
         self._debug = logging.getLogger("leanmq_async.worker").isEnabledFor(logging.DEBUG)
+        # Instrumentation (worker/observer.py): without observers, the hot path only
+        # tests these for truth.
+        self._observers: tuple[Any, ...] = settings.observers
+        self._contexts = tuple(o for o in self._observers if has_handler_context(o))
+        self._timed = self._debug or bool(self._observers)
         self._free = self.concurrency
         self._slot_freed = anyio.Event()
         self._reclaim_waiting = False
@@ -336,6 +343,8 @@ class HandlerRunner:
             if claimed:
                 self.stats.reclaimed += len(claimed)
                 self.log.info("reclaimed", count=len(claimed))
+                if self._observers:
+                    self._notify("on_reclaimed", len(claimed))
             self._dispatch(claimed, found.deliveries)
 
     def _report_missing(self, missing: list[bytes]) -> None:
@@ -422,7 +431,7 @@ class HandlerRunner:
             return
         expires = entry.expires_at_ms
         if expires is not None and expires <= await self.store.redis_now_ms():
-            await self._expire(work.sid, sid)
+            await self._expire(work.sid, sid, entry.message_id)
             return
         try:
             payload = decode_payload(entry, handler.payload_type)
@@ -445,18 +454,26 @@ class HandlerRunner:
         debug = self._debug
         if debug:
             self.log.debug("received", message_id=entry.message_id, id=sid, attempt=attempt)
-        started = anyio.current_time() if debug or timeout is not None else 0.0
+        started = anyio.current_time() if self._timed or timeout is not None else 0.0
         try:
-            if timeout is None:
+            if self._contexts:
+                await self._call_observed(arg, sid, entry, payload, work.deliveries)
+            elif timeout is None:
                 await handler.func(arg)
             else:
                 with anyio.fail_after(timeout):
                     await handler.func(arg)
         except Reject as exc:
             self.stats.failed += 1
-            await self._dead_letter(sid, exc.reason, "Reject", attempts=attempt)
+            if self._observers:
+                self._notify("on_failed", entry.message_id, exc, anyio.current_time() - started)
+            await self._dead_letter(
+                sid, exc.reason, "Reject", attempts=attempt, message_id=entry.message_id
+            )
         except Retry as exc:
             self.stats.failed += 1
+            if self._observers:
+                self._notify("on_failed", entry.message_id, exc, anyio.current_time() - started)
             await self._fail(sid, entry, attempt, exc, exc.delay)
         except Exception as exc:  # noqa: BLE001 - every handler failure is retried or dead-lettered
             self.stats.failed += 1
@@ -470,10 +487,14 @@ class HandlerRunner:
                 timed_out = TimeoutError(f"handler exceeded its timeout of {timeout}s")
                 timed_out.__cause__ = exc
                 exc = timed_out
+            if self._observers:
+                self._notify("on_failed", entry.message_id, exc, anyio.current_time() - started)
             await self._fail(sid, entry, attempt, exc, None)
         else:
             self._ack(work.sid)
             self.stats.handled += 1
+            if self._observers:
+                self._notify("on_handled", entry.message_id, anyio.current_time() - started)
             if debug:
                 self.log.debug(
                     "handled",
@@ -481,6 +502,49 @@ class HandlerRunner:
                     id=sid,
                     attempt=attempt,
                     duration=anyio.current_time() - started,
+                )
+
+    async def _call_observed(
+        self, arg: Any, sid: str, entry: DecodedEntry, payload: Any, deliveries: int
+    ) -> None:
+        """Call the handler inside the observers' ``handler_context`` (tracing spans)."""
+        handler = self.handler
+        message = (
+            arg
+            if handler.wants_message
+            else to_message(sid, entry, payload, self.queue.name, deliveries)
+        )
+        async with AsyncExitStack() as stack:
+            for observer in self._contexts:
+                try:
+                    context = observer.handler_context(self, message)
+                    if context is not None:
+                        await stack.enter_async_context(context)
+                except Exception as exc:  # noqa: BLE001 - instrumentation never fails a message
+                    self.log.error(
+                        "observer_failed",
+                        hook="handler_context",
+                        observer=type(observer).__name__,
+                        error=repr(exc),
+                    )
+            timeout = handler.options.timeout
+            if timeout is None:
+                await handler.func(arg)
+            else:
+                with anyio.fail_after(timeout):
+                    await handler.func(arg)
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` on every observer that has it; a hook that raises is logged."""
+        for observer in self._observers:
+            method = getattr(observer, hook, None)
+            if method is None:
+                continue
+            try:
+                method(self, *args)
+            except Exception as exc:  # noqa: BLE001 - instrumentation never fails a message
+                self.log.error(
+                    "observer_failed", hook=hook, observer=type(observer).__name__, error=repr(exc)
                 )
 
     async def _fail(
@@ -514,6 +578,8 @@ class HandlerRunner:
                 )
             elif result is not None:
                 self.stats.retried += 1
+                if self._observers:
+                    self._notify("on_retried", entry.message_id, attempt, seconds)
                 if seconds > 0:
                     self.on_scheduled(self.stream)
                 self.log.info(
@@ -573,6 +639,8 @@ class HandlerRunner:
         )
         if moved:
             self.stats.dead_lettered += 1
+            if self._observers:
+                self._notify("on_dead_lettered", message_id, reason, error_type)
             self.log.warning(
                 "dead_lettered",
                 id=sid,
@@ -585,16 +653,22 @@ class HandlerRunner:
             self.log.warning("lease_lost", id=sid, message_id=message_id)
         return moved
 
-    async def _expire(self, raw_sid: bytes, sid: str) -> None:
+    async def _expire(self, raw_sid: bytes, sid: str, message_id: str = "") -> None:
         # Counted by whoever takes it off the pending list, this runner or the upkeep
         # pass (scripts.EXPIRE) racing with it, so no expired message is counted twice:
         # hence an XACK of its own (whose reply says who won), not a batched one.
         if self.handler.options.expired == "dlq":
-            if await self._dead_letter(sid, "expired before it was handled", "Expired"):
+            if await self._dead_letter(
+                sid, "expired before it was handled", "Expired", message_id=message_id
+            ):
                 self.stats.expired += 1
+                if self._observers:
+                    self._notify("on_expired", message_id)
         elif await self._settle(lambda: self.store.ack(self.stream, self.group, [raw_sid])):
             self.stats.expired += 1
             self.log.info("expired", id=sid)
+            if self._observers:
+                self._notify("on_expired", message_id)
 
     async def _settle(self, step: Callable[[], Awaitable[T]]) -> T | None:
         """Run a settling step shielded from cancellation, retrying connection errors.

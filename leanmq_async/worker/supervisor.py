@@ -52,6 +52,8 @@ class WorkerSettings:
     dead_consumer_idle: seconds after which an idle consumer holding nothing is removed.
     burst: handle what is there (including retries), then stop.
     concurrency: overrides every handler's concurrency (the CLI's ``--concurrency``).
+    observers: instrumentation told about every settled message (metrics, tracing); see
+        :mod:`leanmq_async.worker.observer`. Empty: no cost.
     """
 
     block_ms: int = 2000
@@ -65,8 +67,14 @@ class WorkerSettings:
     dead_consumer_idle: float = 3600.0
     burst: bool = False
     concurrency: int | None = None
+    observers: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
+        observers: Any = self.observers  # a list is accepted too: stored as a tuple
+        if not isinstance(observers, tuple):
+            if isinstance(observers, str | bytes) or not hasattr(observers, "__iter__"):
+                raise ConfigurationError("observers must be a list or tuple of observers")
+            object.__setattr__(self, "observers", tuple(observers))
         if self.block_ms < 1:
             raise ConfigurationError("block_ms must be >= 1")
         for name in (
