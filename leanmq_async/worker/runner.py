@@ -119,6 +119,7 @@ class HandlerRunner:
         self._in_flight: set[bytes] = set()
         self._work: WorkQueue[_Work] = WorkQueue()
         self._acks: list[bytes] = []
+        self._acking: list[bytes] = []  # the batch an XACK under way carries
         self._ack_wakeup = anyio.Event()
         self._processors: anyio.CancelScope | None = None
         self._redis_down = False
@@ -337,7 +338,14 @@ class HandlerRunner:
             start = found.next_start or "-"
             # An entry this worker is still handling (its lease ran out while Redis was
             # slow to answer the extension) is now ours again: do not run it twice.
-            claimed = [e for e in found.entries if e[0] not in self._in_flight]
+            # One it handled whose ack could not be written yet (Redis was away longer than
+            # settle_timeout) is done: send that ack rather than run it again.
+            unacked = {*self._acks, *self._acking}
+            claimed = [
+                e for e in found.entries if e[0] not in self._in_flight and e[0] not in unacked
+            ]
+            if unacked and len(claimed) < len(found.entries):
+                self._ack_wakeup.set()
             self._release(n - len(claimed))
             self._report_missing(found.missing)
             if claimed:
@@ -713,6 +721,7 @@ class HandlerRunner:
             pause = 0.05
             while self._acks:
                 batch, self._acks = self._acks, []
+                self._acking = batch
                 try:
                     await self.store.ack(self.stream, self.group, batch)
                 except LeanMQConnectionError:
@@ -727,6 +736,8 @@ class HandlerRunner:
                     # sent with the next one) instead of forgetting it.
                     self._acks = batch + self._acks
                     raise
+                finally:
+                    self._acking = []
                 if not drain:
                     return
         if drain and self._acks:

@@ -174,9 +174,11 @@ async def black_hole_then_heal(
     mode: str,
     seconds: float,
     settings: ConnectionSettings | None,
+    settle_timeout: float = 10.0,
 ) -> None:
     """``settings``: the worker's connection settings (None: the library's defaults, whose
-    30 s socket timeout outlasts the 10 s settle timeout)."""
+    30 s socket timeout outlasts the 10 s settle timeout). A black hole longer than
+    ``settle_timeout`` makes the worker give up writing acks for a while."""
 
     async def behave(message: Message[dict[str, Any]]) -> None:
         if message.data["mid"].startswith("c6slow"):
@@ -192,7 +194,7 @@ async def black_hole_then_heal(
         slow = Producer(sender.queue("work"), "c6slow")
         try:
             with capture_events() as events:
-                worker = mq.worker(**{**FAST, "block_ms": 500})
+                worker = mq.worker(**{**FAST, "block_ms": 500, "settle_timeout": settle_timeout})
                 async with anyio.create_task_group() as tg:
                     await tg.start(worker.serve)
                     first = await producer.send(100)
@@ -228,6 +230,7 @@ async def black_hole_then_heal(
                 mode=mode,
                 seconds=seconds,
                 timeouts="short" if settings else "default",
+                settle_timeout=settle_timeout,
                 in_flight_at_hole=len(held),
                 sent_during=len(during),
                 redis_unavailable=events.count("redis_unavailable"),
@@ -252,7 +255,7 @@ async def black_hole_then_heal(
 async def test_case06_network_black_hole_then_heal(
     private_redis: RedisServer, prefix: str, ledger: Ledger, mode: str
 ) -> None:
-    await black_hole_then_heal(private_redis, prefix, ledger, mode, 5.0, SHORT_TIMEOUTS)
+    await black_hole_then_heal(private_redis, prefix, ledger, mode, 5.0, SHORT_TIMEOUTS, 2.0)
 
 
 @pytest.mark.slow
