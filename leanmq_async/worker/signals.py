@@ -15,11 +15,12 @@ calling the CLI's ``main()`` from another program leaves that program's handlers
 from __future__ import annotations
 
 import signal
-import sys
 from collections.abc import Callable, Sequence
 
 import anyio
 from anyio.abc import TaskStatus
+
+from leanmq_async._log import get_logger
 
 __all__ = ["HANDLED_SIGNALS", "SignalCapture"]
 
@@ -68,10 +69,10 @@ class SignalCapture:
                 async for signum in receiver:
                     self.deliver(signum)
         except NotImplementedError:  # pragma: no cover - event loops without signal support
-            print(  # noqa: T201 - no logger is guaranteed here, and this is for a terminal
-                "leanmq-worker: warning: this event loop cannot capture signals; "
-                "Ctrl+C stops the worker without a grace period",
-                file=sys.stderr,
+            get_logger("leanmq_async.worker").warning(
+                "signals_unavailable",
+                detail="this event loop cannot capture signals; Ctrl+C stops the worker "
+                "without a grace period",
             )
             task_status.started()
             await anyio.sleep_forever()
