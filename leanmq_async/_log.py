@@ -4,7 +4,7 @@ Events go through the standard library logger ``leanmq_async`` (so levels, handl
 filters are the application's), with stable short event names and key-value context:
 ``received``, ``handled``, ``retried``, ``dead_lettered``, ``reclaimed``, ``expired``,
 ``lease_extended``, ``lease_lost``, ``group_created``, ``redis_unavailable``, ``shutdown``…
-The library never calls ``logging.basicConfig`` or ``structlog.configure``.
+The library never sets up handlers or structlog configuration: only the CLI does.
 """
 
 from __future__ import annotations

@@ -84,7 +84,12 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
-from leanmq_async.connection import ConnectionSettings, FairBlockingConnectionPool, build_client
+from leanmq_async.connection import (
+    ConnectionSettings,
+    FairBlockingConnectionPool,
+    build_client,
+    url_auth,
+)
 from leanmq_async.exceptions import ConfigurationError, LeanMQError
 
 if TYPE_CHECKING:
@@ -326,9 +331,7 @@ def sentinel_url(
         raise ConfigurationError("sentinels must list at least one (host, port)")
     if not service_name:
         raise ConfigurationError("service_name is required with sentinels")
-    auth = ""
-    if password is not None or username is not None:
-        auth = f"{quote(username or '', safe='')}:{quote(password or '', safe='')}@"
+    auth = url_auth(username, password)
     hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in sentinels)
     scheme = "rediss+sentinel" if ssl else "redis+sentinel"
     return f"{scheme}://{auth}{hosts}/{quote(service_name, safe='')}/{db}"

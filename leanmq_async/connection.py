@@ -57,15 +57,20 @@ class ConnectionSettings:
             raise ConfigurationError("max_connections must be at least 2 (reads block one)")
 
 
+def url_auth(username: str | None, password: str | None) -> str:
+    """The ``user:password@`` part of a Redis URL (quoted), or "" without credentials."""
+    from urllib.parse import quote
+
+    if password is None and username is None:
+        return ""
+    return f"{quote(username or '', safe='')}:{quote(password or '', safe='')}@"
+
+
 def build_url(
     host: str, port: int, db: int, password: str | None, username: str | None, ssl: bool
 ) -> str:
     """A redis URL from LeanMQ's keyword arguments."""
-    from urllib.parse import quote
-
-    auth = ""
-    if password is not None or username is not None:
-        auth = f"{quote(username or '', safe='')}:{quote(password or '', safe='')}@"
+    auth = url_auth(username, password)
     scheme = "rediss" if ssl else "redis"
     return f"{scheme}://{auth}{host}:{port}/{db}"
 

@@ -105,6 +105,14 @@ class QueueKeys:
         return f"{self.tag}:expiry"
 
     @property
+    def dlq_expiry(self) -> str:
+        return f"{self.dlq}:expiry"
+
+    def expiry_of(self, stream: str) -> str:
+        """The expiry index of ``stream`` (the main stream's or the DLQ's)."""
+        return self.expiry if stream == self.stream else self.dlq_expiry
+
+    @property
     def meta(self) -> str:
         return f"{self.tag}:meta"
 

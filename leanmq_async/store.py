@@ -213,7 +213,7 @@ class Store:
         return out
 
     async def purge(self, keys: QueueKeys, stream: str, include_delayed: bool) -> int:
-        expiry = keys.expiry if stream == keys.stream else f"{stream}:expiry"
+        expiry = keys.expiry_of(stream)
         with translate_errors("purge"):
             return int(
                 await self._purge(
@@ -311,7 +311,7 @@ class Store:
         self, keys: QueueKeys, stream: str, group: str, ids: Sequence[str]
     ) -> int:
         """XACK + XDEL + expiry cleanup in one MULTI; return the number deleted."""
-        expiry = keys.expiry if stream == keys.stream else f"{stream}:expiry"
+        expiry = keys.expiry_of(stream)
         with translate_errors("delete messages"):
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.xack(stream, group, *ids)
@@ -583,7 +583,7 @@ class Store:
                 )
                 if include_dlq:
                     await self._purge(
-                        keys=[keys.dlq, f"{keys.dlq}:expiry", keys.delayed, keys.delayed_data],
+                        keys=[keys.dlq, keys.dlq_expiry, keys.delayed, keys.delayed_data],
                         args=["0"],
                         client=pipe,
                     )
