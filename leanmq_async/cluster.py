@@ -86,8 +86,9 @@ from redis.crc import key_slot
 
 from leanmq_async.connection import (
     ConnectionSettings,
-    FairBlockingConnectionPool,
+    FairConnectionPool,
     build_client,
+    client_identity,
     url_auth,
 )
 from leanmq_async.exceptions import ConfigurationError, LeanMQError
@@ -460,13 +461,14 @@ def build_cluster_client(
         socket_keepalive=True,
         health_check_interval=settings.health_check_interval,
         decode_responses=False,
+        **client_identity(),
         username=username,
         password=password,
         ssl=ssl,
     )
 
 
-class _FairSentinelPool(SentinelConnectionPool, FairBlockingConnectionPool):
+class _FairSentinelPool(SentinelConnectionPool, FairConnectionPool):
     """Sentinel's pool (asks the sentinels where the primary is) that waits its turn."""
 
 
@@ -507,6 +509,7 @@ def build_sentinel_client(address: SentinelAddress, settings: ConnectionSettings
         health_check_interval=settings.health_check_interval,
         retry=AsyncRetry(*_NO_RETRY),
         decode_responses=False,
+        **client_identity(),
         db=address.db,
         username=address.username,
         password=address.password,

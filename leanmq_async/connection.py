@@ -20,15 +20,20 @@ redis-py's defaults are made for caches, not queues, so each one is chosen here:
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import functools
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
+from leanmq_async._version import __version__
 from leanmq_async.exceptions import (
     ConfigurationError,
     LeanMQConnectionError,
@@ -75,36 +80,84 @@ def build_url(
     return f"{scheme}://{auth}{host}:{port}/{db}"
 
 
-class FairBlockingConnectionPool(aioredis.BlockingConnectionPool):
-    """redis-py's blocking pool, serving the tasks that wait for a connection in order.
+class FairConnectionPool(aioredis.ConnectionPool):
+    """A connection pool that waits for a free connection and serves waiters in order.
 
-    In redis-py's pool a waiter woken by a release must retake a lock, and a task asking
-    at that moment takes the connection first; the waiter goes back to the end of the
-    line. With hundreds of handlers calling Redis in a loop, some callers (the worker's
-    fetch, lease and ack steps among them) then wait as long as the pressure lasts, up to
-    ``pool_timeout``. A first-come-first-served lock in front makes the line fair; the
-    whole wait stays bounded by ``pool_timeout``.
+    redis-py's ``BlockingConnectionPool`` wakes a waiter through a condition that it must
+    retake, and a task asking at that moment takes the connection first: with hundreds of
+    handlers calling Redis in a loop, some callers (the worker's fetch, lease and ack steps
+    among them) wait as long as the pressure lasts. Here a released connection is handed
+    straight to the oldest waiter, and nobody jumps the line. The common case (nobody
+    waits, a connection is free) takes no lock and arms no timer; the wait is bounded by
+    ``timeout`` seconds (``pool_timeout``), then ``ConnectionError("No connection
+    available.")`` as in redis-py.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, timeout: float | None = 20.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._turnstile = asyncio.Lock()
-
-    def _has_free_connection(self) -> bool:
-        return bool(self._available_connections) or (
-            len(self._in_use_connections) < self.max_connections
-        )
+        self.timeout = timeout
+        self._waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        if not self._turnstile.locked() and self._has_free_connection():
-            # Nobody waits and a connection is free: the fast path, no timer of our own.
-            async with self._turnstile:
-                return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        if not self._waiters and (
+            self._available_connections or len(self._in_use_connections) < self.max_connections
+        ):
+            connection = self.get_available_connection()  # type: ignore[no-untyped-call]
+        else:
+            connection = await self._wait_for_connection()
         try:
-            async with asyncio.timeout(self.timeout), self._turnstile:
-                return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except TimeoutError as exc:
-            raise redis_errors.ConnectionError("No connection available.") from exc
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+    async def _wait_for_connection(self) -> Any:
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                # Handed a connection just as the wait ended: pass it on, never drop it.
+                await self.release(waiter.result())
+            else:
+                waiter.cancel()
+            if isinstance(exc, TimeoutError):
+                raise redis_errors.ConnectionError("No connection available.") from exc
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    async def release(self, connection: Any) -> None:
+        self._in_use_connections.discard(connection)
+        if connection.should_reconnect():
+            await connection.disconnect()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._in_use_connections.add(connection)
+                waiter.set_result(connection)
+                return
+        self._available_connections.append(connection)
+
+
+@functools.cache
+def client_identity() -> dict[str, Any]:
+    """How our connections name themselves (``CLIENT SETINFO``), computed once.
+
+    Without it, redis-py reads its package metadata from disk for every new connection
+    (~1 ms each): felt when a burst of failures grows the pool by dozens of connections.
+    Servers show ``redis-py(leanmq-async_v…)`` in ``CLIENT LIST``.
+    """
+    try:
+        from redis import DriverInfo
+    except ImportError:  # redis-py < 7.2: the older keyword (deprecated since)
+        return {"lib_version": redis.__version__}
+    identity = DriverInfo(lib_version=redis.__version__)
+    return {"driver_info": identity.add_upstream_driver("leanmq-async", __version__)}
 
 
 def build_client(url: str, settings: ConnectionSettings, **extra: Any) -> aioredis.Redis:
@@ -117,7 +170,7 @@ def build_client(url: str, settings: ConnectionSettings, **extra: Any) -> aiored
         # TCP only: a unix socket connection refuses the keyword (TypeError at first use).
         extra.setdefault("socket_keepalive", True)
     try:
-        pool = FairBlockingConnectionPool.from_url(
+        pool = FairConnectionPool.from_url(
             url,
             max_connections=settings.max_connections,
             timeout=settings.pool_timeout,
@@ -126,6 +179,7 @@ def build_client(url: str, settings: ConnectionSettings, **extra: Any) -> aiored
             health_check_interval=settings.health_check_interval,
             retry=AsyncRetry(NoBackoff(), 0),
             decode_responses=False,
+            **client_identity(),
             **extra,
         )
     except ValueError as exc:

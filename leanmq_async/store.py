@@ -104,6 +104,30 @@ class Store:
         self._clock_offset_ms = 0.0
         self._clock_synced_at = -1e18
 
+    async def load_scripts(self) -> None:
+        """Load every script now (on every primary of a cluster).
+
+        Not needed for correctness (a script call that meets NOSCRIPT loads it and
+        retries), but a worker that starts with hundreds of handlers failing at once would
+        otherwise send each first call three times (EVALSHA, SCRIPT LOAD, EVALSHA).
+        """
+        with translate_errors("SCRIPT LOAD"):
+            for script in (
+                self._send,
+                self._move_due,
+                self._retry,
+                self._dead_letter,
+                self._requeue,
+                self._expire,
+                self._reclaim,
+                self._extend,
+                self._trim,
+                self._purge,
+                self._create_groups,
+                self._delete_idle_consumer,
+            ):
+                await self.client.script_load(script.script)
+
     # -- clock ---------------------------------------------------------------------------
 
     async def sync_clock(self) -> None:

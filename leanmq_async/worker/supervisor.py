@@ -200,6 +200,7 @@ class Worker:
             [h.queue.stream for h in self.handlers], [h.group for h in self.handlers]
         )
         await mq.store.sync_clock()
+        await mq.store.load_scripts()
 
     async def _run(self, task_status: TaskStatus[Worker]) -> None:
         try:
