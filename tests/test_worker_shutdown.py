@@ -149,6 +149,34 @@ async def test_burst_mode_drains_everything_then_stops(mq: LeanMQ, raw: aioredis
     assert await raw.zcard(queue.keys.delayed) == 0
 
 
+async def test_a_burst_worker_stopped_before_its_drain_ends_still_stops(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    # Leaving `async with mq.worker(burst=True)` early used to hang: the supervisor kept
+    # waiting for the end of a drain that the stop had cut short.
+    queue = mq.queue("burst-early")
+    handled: list[int] = []
+    ten = anyio.Event()
+
+    @queue.handler(concurrency=2)
+    async def handle(data: int) -> None:
+        handled.append(data)
+        if len(handled) == 10:
+            ten.set()
+        await anyio.sleep(0.01)
+
+    await queue.send_messages(list(range(200)))
+    with anyio.fail_after(15):  # a hang guard, not a timing check
+        async with mq.worker(burst=True, block_ms=50) as worker:
+            await ten.wait()
+    assert 10 <= len(handled) < 200
+    assert worker.stats.handled == len(handled)
+    # What was not handled is still there for the next worker, nothing left pending.
+    info = await raw.xinfo_groups(queue.stream)
+    assert info[0]["pending"] == 0
+    assert info[0]["lag"] == 200 - len(handled)
+
+
 async def test_burst_is_not_done_while_anything_is_unread_pending_or_delayed(
     mq: LeanMQ, raw: aioredis.Redis
 ) -> None:

@@ -227,16 +227,21 @@ class Worker:
                 handlers=len(self.runners),
             )
             task_status.started(self)
+            burst_watch = anyio.CancelScope()
             if self.settings.burst:
-                tg.start_soon(self._stop_when_burst_done)
+                tg.start_soon(self._stop_when_burst_done, burst_watch)
             await self._stop.wait()
             await self._shutdown()
             maintenance.cancel()
+            burst_watch.cancel()
 
-    async def _stop_when_burst_done(self) -> None:
-        for runner in self.runners:
-            await runner.burst_done.wait()
-        self.stop()
+    async def _stop_when_burst_done(self, scope: anyio.CancelScope) -> None:
+        # In `scope`, cancelled once shut down: a burst worker stopped (stop(), or the
+        # `async with` block ending) before its drain is done must not wait for that.
+        with scope:
+            for runner in self.runners:
+                await runner.burst_done.wait()
+            self.stop()
 
     async def _shutdown(self) -> None:
         in_flight = sum(r.in_flight for r in self.runners)
