@@ -10,7 +10,8 @@ Connecting
   the client starts while one is down). ``LeanMQ(url, cluster=True)`` reads a plain
   ``redis://host:port`` URL the same way; ``client=`` takes your own
   ``redis.asyncio.cluster.RedisCluster`` (borrowed, never closed by LeanMQ; it keeps the
-  retry settings you gave it).
+  retry settings you gave it, and redis-py's behaviour: ``await client.initialize()``
+  before its first commands run concurrently).
 * ``redis+sentinel://[user[:password]@]host:port[,host:port...]/service_name[/db]``
   (``rediss+sentinel://`` for TLS to the sentinels and the data nodes): the primary of
   ``service_name`` as the listed sentinels report it (default sentinel port 26379).
@@ -24,10 +25,11 @@ retried ``XADD`` whose reply was lost writes twice), a socket timeout longer tha
 blocking read, a bounded wait for a free connection, health checks, binary payloads.
 What they still do by themselves, because nothing was executed:
 
-* the cluster client follows ``MOVED`` and ``ASK`` redirects (a redirect is a refusal),
-  and after a connection error re-reads the topology before the next command, so once a
-  replica is promoted the library's own retries (the worker's fetch loop, its settling
-  steps, with backoff) reach the new primary;
+* the cluster client follows ``MOVED`` and ``ASK`` redirects (a redirect is a refusal;
+  a ``MOVED`` updates the one slot it names, without closing the connections other
+  commands are using), and after a connection error re-reads the topology before the
+  next command, so once a replica is promoted the library's own retries (the worker's
+  fetch loop, its settling steps, with backoff) reach the new primary;
 * the sentinel client asks the sentinels for the primary's address whenever it opens a
   connection, and drops a connection that answers ``READONLY`` (a demoted primary).
 
@@ -107,6 +109,7 @@ __all__ = [
     "build_redis_client",
     "build_sentinel_client",
     "check_one_slot",
+    "check_wait_support",
     "is_cluster",
     "parse_cluster_url",
     "parse_sentinel_url",
@@ -410,6 +413,11 @@ class LeanMQRedisCluster(AsyncRedisCluster):
     ``max_connections`` slots instead, like the blocking pool of a single-node client.
     After a connection or cluster error (also in a pipeline, where redis-py does not do
     it) the topology is re-read before the next command, so a promoted replica is found.
+
+    Every command waits until the layout is known before it is routed: redis-py (seen
+    with 8.1) sends one issued before then to a random node, and a new client's first
+    commands, sent concurrently, met ``MOVED`` replies (see ``reinitialize_steps=0`` in
+    :func:`build_cluster_client` for what those did to the other tasks' commands).
     """
 
     def __init__(self, *args: Any, pool_timeout: float = 30.0, **kwargs: Any) -> None:
@@ -420,6 +428,9 @@ class LeanMQRedisCluster(AsyncRedisCluster):
         self._initialize = True
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:
+            # Once, under redis-py's lock (the others wait for it, then skip it).
+            await self.initialize()
         acquired = await self._limiter.acquire()
         try:
             return await super().execute_command(*args, **kwargs)
@@ -452,6 +463,10 @@ def build_cluster_client(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],
         # No command retries after connection errors; MOVED/ASK are still followed.
         retry=AsyncRetry(*_NO_RETRY),
+        # A MOVED updates its slot. With redis-py's default (5) every fifth MOVED closes
+        # every connection of every node, failing the commands other tasks have in
+        # flight (after a failover, or a resharding, under concurrent load).
+        reinitialize_steps=0,
         # One shard down must not stop the queues of the others.
         require_full_coverage=False,
         max_connections=settings.max_connections,
@@ -560,6 +575,16 @@ async def _server_version(client: AnyRedis) -> tuple[int, ...]:
     return cached
 
 
+async def check_wait_support(client: AnyRedis, durability: Durability) -> None:
+    """Refuse ``aof=True`` on a server without ``WAITAOF`` (Redis < 7.2), writing nothing."""
+    if durability.aof and await _server_version(client) < (7, 2):
+        version = ".".join(map(str, await _server_version(client)))
+        raise ConfigurationError(
+            f"Durability(aof=True) needs WAITAOF (Redis >= 7.2); the server is {version}. "
+            "Use Durability(aof=False) (WAIT for replicas) instead; nothing was written"
+        )
+
+
 def _wait_command(durability: Durability) -> tuple[Any, ...]:
     if durability.aof:
         return ("WAITAOF", 1, durability.replicas, durability.timeout_ms)
@@ -592,12 +617,7 @@ async def write_and_wait(
     retried a few times. Returns the write's reply, or raises :class:`NotReplicatedError`
     (the write happened) when too few confirmed. Other Redis errors propagate.
     """
-    if durability.aof and await _server_version(client) < (7, 2):
-        version = ".".join(map(str, await _server_version(client)))
-        raise ConfigurationError(
-            f"Durability(aof=True) needs WAITAOF (Redis >= 7.2); the server is {version}. "
-            "Use Durability(aof=False) (WAIT for replicas) instead; nothing was written"
-        )
+    await check_wait_support(client, durability)
     wait = _wait_command(durability)
     for _ in range(5):
         if isinstance(client, AsyncRedisCluster):
@@ -631,21 +651,28 @@ async def write_and_wait(
         ids = _ids(reply)
         if isinstance(waited, Exception):
             raise NotReplicatedError(
-                f"written to the primary, but {wait[0]} failed ({waited}): replication "
-                "not confirmed",
+                f"{_written(ids)} to the primary, but {wait[0]} failed ({waited}): "
+                "replication not confirmed",
                 ids,
                 0,
             ) from waited
         enough, count, what = _confirmed(waited, durability)
         if not enough:
             raise NotReplicatedError(
-                f"written to the primary, but only {what} within {durability.timeout_ms} ms "
-                f"(wanted {durability.replicas}): it may be lost if the primary fails now",
+                f"{_written(ids)} to the primary, but only {what} within "
+                f"{durability.timeout_ms} ms (wanted {durability.replicas}): the write may be "
+                "lost if the primary fails now",
                 ids,
                 count,
             )
         return reply
     raise redis_errors.ConnectionError(f"{command[0]} kept being redirected; nothing was written")
+
+
+def _written(ids: Sequence[str]) -> str:
+    """``written 2 message(s) (1-0, 1-1)``: what a NotReplicatedError reports (ids elided)."""
+    shown = ", ".join(ids[:3]) + (f", ... {ids[-1]}" if len(ids) > 3 else "")
+    return f"written {len(ids)} message(s) ({shown})"
 
 
 def _ids(reply: Any) -> list[str]:

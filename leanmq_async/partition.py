@@ -37,8 +37,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
+from leanmq_async.cluster import Durability, NotReplicatedError, check_wait_support
 from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import ConfigurationError
 from leanmq_async.keys import validate_queue_name
@@ -110,12 +110,6 @@ class PartitionedQueue:
         if len(jobs) == 1:
             await jobs[0]()
             return
-        client = self._mq.redis
-        if isinstance(client, AsyncRedisCluster) and client._initialize:
-            # redis-py's cluster client can break connections when its first commands
-            # run concurrently (they race on discovering the layout): discover it first.
-            with translate_errors("cluster discovery"):
-                await client.initialize()
         async with anyio.create_task_group() as tg:
             for job in jobs:
                 tg.start_soon(job)
@@ -150,13 +144,17 @@ class PartitionedQueue:
         ttl: float | None = None,
         delay: float | None = None,
         headers: Mapping[str, str] | None = None,
+        durability: Durability | None = None,
     ) -> str:
         """Send one message to ``key``'s partition (round-robin without key); return its id.
 
         The id is the partition stream's id (the schedule handle when ``delay`` is given).
+        ``durability``: wait for replicas like this for this call (default: the client's).
         """
         queue = self._next() if key is None else self.partition_for(key)
-        return await queue.send_message(data, message_id, ttl, delay=delay, headers=headers)
+        return await queue.send_message(
+            data, message_id, ttl, delay=delay, headers=headers, durability=durability
+        )
 
     async def send_messages(
         self,
@@ -167,6 +165,7 @@ class PartitionedQueue:
         ttl: float | None = None,
         delay: float | None = None,
         headers: Mapping[str, str] | None = None,
+        durability: Durability | None = None,
     ) -> list[str]:
         """Send many messages; return their ids in the order of ``items``.
 
@@ -174,6 +173,10 @@ class PartitionedQueue:
         gives one key per item; without either they are spread round-robin. Messages are
         grouped per partition, keeping their order, and each group is written atomically
         with one script call, the groups concurrently: **atomic per partition only**.
+
+        ``durability``: wait for replicas like this for this call (default: the client's).
+        Every group finishes its wait; if any was not confirmed, one
+        :class:`~leanmq_async.cluster.NotReplicatedError` carries every id, in order.
         """
         if isinstance(items, str | bytes | bytearray | Mapping):
             raise ConfigurationError(
@@ -199,17 +202,44 @@ class PartitionedQueue:
         index_of = {id(q): i for i, q in enumerate(self._partitions)}
         for position, queue in enumerate(targets):
             groups.setdefault(index_of[id(queue)], []).append(position)
+        if durability is not None:
+            durability.check(self._mq.connection_settings)
+        waiting = durability if durability is not None else self._mq.store.durability
+        if waiting is not None and len(groups) > 1:
+            # Refused here once, rather than by every group at the same time.
+            with translate_errors("INFO"):
+                await check_wait_support(self._mq.redis, waiting)
         ids: list[str] = [""] * len(payloads)
+        unconfirmed: list[tuple[int, NotReplicatedError]] = []
 
         async def send_group(part: int, positions: list[int]) -> None:
-            sent = await self._partitions[part].send_messages(
-                [payloads[p] for p in positions], ttl=ttl, delay=delay, headers=headers
-            )
+            try:
+                sent = await self._partitions[part].send_messages(
+                    [payloads[p] for p in positions],
+                    ttl=ttl,
+                    delay=delay,
+                    headers=headers,
+                    durability=durability,
+                )
+            except NotReplicatedError as exc:
+                # Written all the same: keep the ids, let the other groups finish waiting.
+                sent = exc.stream_ids
+                unconfirmed.append((part, exc))
             for p, sid in zip(positions, sent, strict=True):
                 ids[p] = sid
 
         if groups:
             await self._concurrently([partial(send_group, *g) for g in groups.items()])
+        if unconfirmed:
+            unconfirmed.sort(key=lambda u: u[0])
+            names = ", ".join(self._partitions[i].name for i, _ in unconfirmed)
+            first = unconfirmed[0][1]
+            raise NotReplicatedError(
+                f"every message was written, but {len(unconfirmed)} of the {len(groups)} "
+                f"partitions written ({names}) were not confirmed: {first}",
+                ids,
+                min(exc.acknowledged for _, exc in unconfirmed),
+            ) from first
         return ids
 
     # -- inspecting ----------------------------------------------------------------------

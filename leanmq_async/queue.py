@@ -26,6 +26,7 @@ from leanmq_async.store import RawEntry, SendOp
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
+    from leanmq_async.cluster import Durability
     from leanmq_async.worker.handler import HandlerFunc, HandlerOptions
 
 __all__ = ["Queue"]
@@ -166,16 +167,20 @@ class Queue:
         *,
         delay: float | None = None,
         headers: Mapping[str, str] | None = None,
+        durability: Durability | None = None,
     ) -> str:
         """Send one message; return its stream id.
 
         ``ttl``: seconds until it expires unhandled. ``delay``: seconds before it becomes
         visible (then the return value is the schedule handle, not yet a stream id).
+        ``durability``: wait for replicas like this for this call (default: the client's).
         """
         op, _ = self._send_op(data, message_id, ttl, delay, headers)
+        if durability is not None:
+            durability.check(self._mq.connection_settings)
         if not op.ttl_ms and not op.delay_ms:
-            return await self._mq.store.xadd(self.stream, op.field, op.body)
-        (sid,) = await self._mq.store.send([op])
+            return await self._mq.store.xadd(self.stream, op.field, op.body, durability)
+        (sid,) = await self._mq.store.send([op], durability)
         return sid
 
     async def send_messages(
@@ -185,8 +190,12 @@ class Queue:
         ttl: float | None = None,
         delay: float | None = None,
         headers: Mapping[str, str] | None = None,
+        durability: Durability | None = None,
     ) -> list[str]:
-        """Send many messages in one round trip, atomically; return their stream ids."""
+        """Send many messages in one round trip, atomically; return their stream ids.
+
+        ``durability``: wait for replicas like this for this call (default: the client's).
+        """
         if isinstance(items, str | bytes | bytearray | Mapping):
             raise ConfigurationError(
                 f"send_messages takes an iterable of payloads, not a single "
@@ -195,7 +204,9 @@ class Queue:
         ops = [self._send_op(data, None, ttl, delay, headers)[0] for data in items]
         if not ops:
             return []
-        return await self._mq.store.send(ops)
+        if durability is not None:
+            durability.check(self._mq.connection_settings)
+        return await self._mq.store.send(ops, durability)
 
     # -- reading -------------------------------------------------------------------------
 

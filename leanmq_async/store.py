@@ -248,12 +248,19 @@ class Store:
 
     # -- sending -------------------------------------------------------------------------
 
-    async def xadd(self, stream: str, field: bytes, body: bytes) -> str:
-        """The fast path: one plain XADD, for a message without TTL or delay."""
+    async def xadd(
+        self, stream: str, field: bytes, body: bytes, durability: Durability | None = None
+    ) -> str:
+        """The fast path: one plain XADD, for a message without TTL or delay.
+
+        ``durability`` (default: the store's) waits for replicas after the write.
+        """
+        if durability is None:
+            durability = self.durability
         with translate_errors("XADD"):
-            if self.durability is not None:
+            if durability is not None:
                 command = ("XADD", stream, "*", field, body)
-                sid = await write_and_wait(self.client, stream, command, self.durability)
+                sid = await write_and_wait(self.client, stream, command, durability)
             else:
                 sid = await self.client.xadd(stream, {field: body})
         return sid.decode() if isinstance(sid, bytes) else str(sid)
@@ -265,7 +272,8 @@ class Store:
         """
         if self.cluster:
             check_one_slot(ops)
-        durability = durability or self.durability
+        if durability is None:
+            durability = self.durability
         key_index: dict[str, int] = {}
         keys: list[str] = []
         args: list[Any] = [len(ops)]

@@ -8,6 +8,7 @@ dead. Without ``redis-cli --cluster`` the cluster tests are skipped (the URL tes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -66,6 +67,19 @@ async def cmq(redis_cluster: RedisCluster, prefix: str) -> AsyncIterator[LeanMQ]
 def node_client(port: int) -> redis.Redis:
     """A plain client of one node (no redirects): to see where a key lives."""
     return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+
+
+def replica_ids(port: int, stream: str) -> list[str]:
+    """The ids of ``stream`` as the replica on ``port`` has them now (READONLY read)."""
+    with redis.Redis(port=port, socket_timeout=5, single_connection_client=True) as node:
+        node.execute_command("READONLY")  # a replica answers MOVED without it
+        return [sid.decode() for sid, _ in node.xrange(stream)]
+
+
+def server_version(cluster: RedisCluster) -> tuple[int, ...]:
+    with redis.Redis(port=cluster.nodes[0].port, socket_timeout=5) as node:
+        text = node.info("server")["redis_version"]
+    return tuple(int(x) for x in text.split(".")[:2])
 
 
 def same_slot_name(name: str) -> str:
@@ -127,6 +141,7 @@ def test_cluster_client_keeps_the_deliberate_settings() -> None:
     kwargs = client.connection_kwargs
     assert kwargs["decode_responses"] is False
     assert kwargs["socket_timeout"] == mq.connection_settings.socket_timeout
+    assert client.reinitialize_steps == 0  # a MOVED never closes every connection
     assert mq.store.cluster
     assert LeanMQ("redis://127.0.0.1:7000", cluster=True).store.cluster
 
@@ -299,6 +314,58 @@ async def test_busy_client_waits_for_a_connection_instead_of_failing(
         assert info.message_count == 40
 
 
+# -- a new client's first commands, concurrently ---------------------------------------
+
+
+@pytest.mark.anyio
+async def test_new_clients_first_sends_may_run_concurrently(
+    redis_cluster: RedisCluster, prefix: str
+) -> None:
+    """50 sends to 50 slots as a new client's very first commands: none may fail (redis-py
+    8.1 routed them before it knew the layout, and the MOVED replies made it close the
+    connections of the others), and each goes straight to its slot's primary."""
+    names = [f"race-{i}" for i in range(50)]
+    owners = redis_cluster.slot_owners()
+    assert len({owners[key_slot(name.encode())] for name in names}) == 3  # every primary
+    for attempt in range(3):
+        async with LeanMQ(redis_cluster.url, prefix=f"{prefix}{attempt}:") as mq:
+            queues = [mq.queue(name) for name in names]
+            results = await asyncio.gather(
+                *(q.send_message(q.name) for q in queues), return_exceptions=True
+            )
+            assert [r for r in results if isinstance(r, BaseException)] == []
+            assert isinstance(mq.redis, LeanMQRedisCluster)
+            assert mq.redis.reinitialize_counter == 0  # no MOVED: routed right the first time
+            for queue, sid in zip(queues, results, strict=True):
+                assert [(m.id, m.data) for m in await queue.peek_messages(5)] == [(sid, queue.name)]
+
+
+@pytest.mark.anyio
+async def test_new_clients_first_reads_may_run_concurrently(
+    redis_cluster: RedisCluster, prefix: str
+) -> None:
+    names = [f"race-{i}" for i in range(50)]
+    async with LeanMQ(redis_cluster.url, prefix=prefix) as setup:
+        for name in names:
+            queue, _ = await setup.create_queue_pair(name)
+            await queue.send_message(name)
+    for attempt in range(3):
+        consumer = f"reader-{attempt}"
+        async with LeanMQ(redis_cluster.url, prefix=prefix, consumer_name=consumer) as mq:
+            queues = [mq.queue(name) for name in names]
+            results = await asyncio.gather(
+                *(q.get_messages(count=5) for q in queues), return_exceptions=True
+            )
+            assert [r for r in results if isinstance(r, BaseException)] == []
+            assert isinstance(mq.redis, LeanMQRedisCluster)
+            assert mq.redis.reinitialize_counter == 0
+            expected = [[name] for name in names] if attempt == 0 else [[] for _ in names]
+            assert [[m.data for m in got] for got in results] == expected
+            # The first reader got every message: it holds them, the others got none.
+            for queue in queues:
+                assert (await queue.get_info()).pending_messages == 1
+
+
 # -- durability --------------------------------------------------------------------------
 
 
@@ -352,6 +419,79 @@ async def test_waitaof_needs_redis_7_2(redis_cluster: RedisCluster, prefix: str)
         with pytest.raises(ConfigurationError, match="WAITAOF"):
             await queue.send_message("x")
         assert (await queue.get_info()).message_count == 0  # refused before writing
+
+
+@pytest.mark.anyio
+async def test_per_call_durability_on_a_client_without_default(
+    redis_cluster: RedisCluster, cmq: LeanMQ
+) -> None:
+    queue, _ = await cmq.create_queue_pair("per-call")
+    durable = Durability(replicas=1, timeout_ms=1000)
+    first = await queue.send_message("one", durability=durable)
+    batch = await queue.send_messages(["two", "three"], ttl=60, durability=durable)
+    (replica,) = redis_cluster.replicas_of(redis_cluster.primary_for(queue.stream))
+    # Confirmed by the replica: it has the entries as soon as the calls returned.
+    assert replica_ids(replica.port, queue.stream) == [first, *batch]
+    assert replica.process is not None
+    os.kill(replica.process.pid, signal.SIGSTOP)
+    try:
+        plain = await queue.send_message("plain")  # no durability here: no wait
+        with pytest.raises(NotReplicatedError) as waited:
+            await queue.send_message("waited", durability=Durability(replicas=1, timeout_ms=200))
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+    assert waited.value.acknowledged == 0
+    ids = [first, *batch, plain, *waited.value.stream_ids]
+    assert [m.id for m in await queue.peek_messages(10)] == ids
+    await wait_until(
+        lambda: replica_ids(replica.port, queue.stream) == ids, within=10, what="replica back"
+    )
+
+
+@pytest.mark.anyio
+async def test_per_call_durability_reports_what_was_written(
+    redis_cluster: RedisCluster, cmq: LeanMQ, prefix: str
+) -> None:
+    """Asking for 2 replicas where each shard has 1: written, 1 acknowledged, reported."""
+    queue, _ = await cmq.create_queue_pair("two-replicas")
+    two = Durability(replicas=2, timeout_ms=200)
+    with pytest.raises(NotReplicatedError) as single:
+        await queue.send_message("one", durability=two)
+    with pytest.raises(NotReplicatedError) as batch:
+        await queue.send_messages(["two", "three"], delay=60, durability=two)
+    for exc, n in ((single.value, 1), (batch.value, 2)):
+        assert exc.acknowledged == 1 and len(exc.stream_ids) == n
+        text = str(exc)
+        assert f"written {n} message(s) ({', '.join(exc.stream_ids)}) to the primary" in text
+        assert "only 1 replica(s) acknowledged within 200 ms (wanted 2)" in text
+    assert [m.id for m in await queue.peek_messages(10)] == single.value.stream_ids
+    assert (await queue.get_info()).delayed_messages == 2  # the batch, as scheduled
+
+    # A per-call Durability replaces the client's default for that call.
+    one = Durability(replicas=1, timeout_ms=1000)
+    async with LeanMQ(redis_cluster.url, prefix=prefix, durability=one) as durable_mq:
+        other = durable_mq.queue("two-replicas")
+        await other.send_message("default")  # one replica: confirmed
+        with pytest.raises(NotReplicatedError, match="wanted 2"):
+            await other.send_message("asked for two", durability=two)
+    assert [m.data for m in await queue.peek_messages(10)][1:] == ["default", "asked for two"]
+
+
+@pytest.mark.anyio
+async def test_per_call_waitaof_needs_redis_7_2(redis_cluster: RedisCluster, cmq: LeanMQ) -> None:
+    if server_version(redis_cluster) >= (7, 2):
+        pytest.skip("this server has WAITAOF")
+    queue, _ = await cmq.create_queue_pair("aof-per-call")
+    aof = Durability(replicas=1, aof=True)
+    with pytest.raises(ConfigurationError, match=r"WAITAOF \(Redis >= 7.2\)"):
+        await queue.send_message("plain", durability=aof)
+    with pytest.raises(ConfigurationError, match="nothing was written"):
+        await queue.send_message("scripted", ttl=60, durability=aof)
+    with pytest.raises(ConfigurationError, match="WAITAOF"):
+        await queue.send_messages(["a", "b"], delay=60, durability=aof)
+    info = await queue.get_info()
+    assert (info.message_count, info.delayed_messages) == (0, 0)
+    assert await queue.peek_messages(10) == []
 
 
 # -- the worker --------------------------------------------------------------------------
@@ -478,6 +618,33 @@ async def test_moved_redirects_are_followed_after_a_manual_failover(
         got = await queue.get_messages(count=10)
         assert [m.data for m in got] == ["before", "durable before", "after", "durable after"]
         assert {first, second} <= {m.id for m in got}
+
+
+@pytest.mark.anyio
+async def test_concurrent_sends_follow_moved_without_breaking_each_other(
+    redis_cluster: RedisCluster, prefix: str
+) -> None:
+    """After a failover every command to a moved slot meets MOVED. redis-py 8.1 closed
+    every connection on each fifth one (its reinitialize_steps), failing the commands
+    other tasks had in flight; LeanMQ's client updates the slot and carries on."""
+    async with LeanMQ(redis_cluster.url, prefix=prefix) as mq:
+        queues = [mq.queue(f"moved-{i}") for i in range(60)]
+        for queue in queues:  # one by one: the client learns the layout
+            await queue.send_message("before")
+        owners = redis_cluster.slot_owners()
+        old = redis_cluster.node(owners[key_slot(queues[0].stream.encode())])
+        moving = [q for q in queues if owners[key_slot(q.stream.encode())] == old.port]
+        assert len(moving) >= 10
+        (replica,) = redis_cluster.replicas_of(old)
+        await anyio.to_thread.run_sync(redis_cluster.failover, replica)
+        results = await asyncio.gather(
+            *(q.send_message("after") for q in queues), return_exceptions=True
+        )
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert isinstance(mq.redis, LeanMQRedisCluster)
+        assert mq.redis.reinitialize_counter >= 5  # the MOVED replies did come
+        for queue in queues:
+            assert [m.data for m in await queue.peek_messages(5)] == ["before", "after"]
 
 
 def _heal(cluster: RedisCluster) -> None:

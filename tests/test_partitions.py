@@ -13,6 +13,7 @@ import redis
 from redis.crc import key_slot
 
 from leanmq_async import ConfigurationError, LeanMQ, Message, PartitionedQueue
+from leanmq_async.cluster import Durability, LeanMQRedisCluster, NotReplicatedError
 from leanmq_async.partition import partition_index
 from leanmq_async.testing_cluster import RedisCluster
 from tests.cluster_fixtures import scmq, small_cluster
@@ -271,3 +272,73 @@ async def _dead(orders: PartitionedQueue, n: int) -> bool:
     for dlq in orders.dead_letter_queues():
         total += (await dlq.get_info()).message_count
     return total == n
+
+
+async def test_a_new_clients_first_fan_out_needs_no_warm_up(
+    small_cluster: RedisCluster, prefix: str
+) -> None:
+    """create() and send_messages() on 6 partitions as a new client's first commands
+    (run concurrently, one per partition): each goes straight to its slot's primary."""
+    for attempt in range(3):
+        async with LeanMQ(small_cluster.url, prefix=f"{prefix}{attempt}:") as mq:
+            orders = mq.queue("fan-out", partitions=6)
+            ids = await orders.send_messages(list(range(60)))
+            assert isinstance(mq.redis, LeanMQRedisCluster)
+            assert mq.redis.reinitialize_counter == 0  # no MOVED: no command misrouted
+        async with LeanMQ(small_cluster.url, prefix=f"{prefix}{attempt}:") as mq:
+            assert len(await mq.queue("fan-out", partitions=6).create()) == 6
+            assert isinstance(mq.redis, LeanMQRedisCluster)
+            assert mq.redis.reinitialize_counter == 0
+            orders = mq.queue("fan-out", partitions=6)
+            for i, part in enumerate(orders.partitions):  # round-robin: item n in n % 6
+                stored = [(m.id, m.data) for m in await part.peek_messages(100)]
+                assert stored == [(ids[n], n) for n in range(i, 60, 6)]
+
+
+async def test_per_call_durability_on_partitions(small_cluster: RedisCluster, scmq: LeanMQ) -> None:
+    """The small cluster has no replica: a send that waits for one is written, then
+    reported unconfirmed; a batch over every partition reports once, with every id."""
+    orders = scmq.queue("durable", partitions=6)
+    await orders.create()
+    one = Durability(replicas=1, timeout_ms=50)
+    part = orders.partition_for("k")
+    plain = await orders.send_message("plain", key="k")  # no default: no wait
+    with pytest.raises(NotReplicatedError) as single:
+        await orders.send_message("waited", key="k", durability=one)
+    assert single.value.acknowledged == 0
+    assert [m.id for m in await part.peek_messages(10)] == [plain, *single.value.stream_ids]
+
+    with pytest.raises(NotReplicatedError) as batch:
+        await orders.send_messages(list(range(12)), durability=one)  # round-robin: 6 groups
+    exc = batch.value
+    assert "6 of the 6 partitions written (durable#0, durable#1," in str(exc)
+    assert exc.acknowledged == 0 and len(exc.stream_ids) == 12
+    # Every message was written; its id (in item order) is the one in its partition.
+    for i, part in enumerate(orders.partitions):  # round-robin: item n in n % 6
+        stored = [(m.id, m.data) for m in await part.peek_messages(100) if m.data in range(12)]
+        assert stored == [(exc.stream_ids[n], n) for n in (i, i + 6)]
+
+    with pytest.raises(NotReplicatedError, match="1 of the 1 partitions"):
+        await orders.send_messages(["a", "b"], key="k", durability=one)
+    assert (await orders.get_info()).message_count == 2 + 12 + 2
+
+
+async def test_per_call_waitaof_on_partitions_writes_nothing(
+    small_cluster: RedisCluster, scmq: LeanMQ
+) -> None:
+    node = redis.Redis(port=small_cluster.nodes[0].port, socket_timeout=5)
+    try:
+        version = str(node.info("server")["redis_version"])
+    finally:
+        node.close()
+    if tuple(int(x) for x in version.split(".")[:2]) >= (7, 2):
+        pytest.skip("this server has WAITAOF")
+    orders = scmq.queue("aof", partitions=6)
+    await orders.create()
+    aof = Durability(replicas=0, aof=True)
+    with pytest.raises(ConfigurationError, match="WAITAOF"):
+        await orders.send_message("one", durability=aof)
+    # One clear error, not one per partition in an exception group.
+    with pytest.raises(ConfigurationError, match="nothing was written"):
+        await orders.send_messages(list(range(12)), ttl=60, durability=aof)
+    assert (await orders.get_info()).message_count == 0

@@ -16,7 +16,14 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
-from leanmq_async import LeanMQ, LeanMQConnectionError, RedisOperationError
+from leanmq_async import (
+    ConfigurationError,
+    Durability,
+    LeanMQ,
+    LeanMQConnectionError,
+    NotReplicatedError,
+    RedisOperationError,
+)
 from leanmq_async.testing import find_redis_server
 from leanmq_async.testing_cluster import RedisSentinelSet
 from tests.worker_apps.common import wait_until
@@ -115,6 +122,34 @@ async def test_readonly_replica_is_a_connection_error(
                 pass
         assert group.value.subgroup(LeanMQConnectionError) is not None
     assert calls == []
+
+
+async def test_per_call_durability_waits_for_the_replica(
+    sentinel_set: RedisSentinelSet, smq: LeanMQ
+) -> None:
+    """A client without a default: each call says how long to wait, and for how many."""
+    queue, _ = await smq.create_queue_pair("durable")
+    primary = sentinel_set.current_primary()
+    (replica,) = [s for s in sentinel_set.servers if s is not primary]
+    one = Durability(replicas=1, timeout_ms=1000)
+    sid = await queue.send_message("one", durability=one)
+    ids = await queue.send_messages(["two", "three"], ttl=60, durability=one)
+    async with aioredis.Redis(port=replica.port) as node:
+        # Confirmed by the replica: it has the entries as soon as the calls returned.
+        assert [e[0].decode() for e in await node.xrange(queue.stream)] == [sid, *ids]
+
+    with pytest.raises(NotReplicatedError) as two:  # there is one replica
+        await queue.send_message("four", durability=Durability(replicas=2, timeout_ms=100))
+    assert two.value.acknowledged == 1
+    (written,) = two.value.stream_ids
+    assert f"written 1 message(s) ({written}) to the primary" in str(two.value)
+    assert "only 1 replica(s) acknowledged within 100 ms (wanted 2)" in str(two.value)
+
+    version = (await smq.redis.info("server"))["redis_version"]
+    if tuple(int(x) for x in version.split(".")[:2]) < (7, 2):
+        with pytest.raises(ConfigurationError, match="WAITAOF"):
+            await queue.send_message("five", durability=Durability(replicas=1, aof=True))
+    assert [m.id for m in await queue.peek_messages(10)] == [sid, *ids, written]
 
 
 async def _follow(
