@@ -11,8 +11,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
+import anyio
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
+from redis.commands.core import AsyncScript
 
 from leanmq_async import scripts
 from leanmq_async.cluster import (
@@ -24,9 +26,10 @@ from leanmq_async.cluster import (
     write_and_wait,
 )
 from leanmq_async.connection import translate_errors
+from leanmq_async.exceptions import LeanMQError
 from leanmq_async.keys import QueueKeys, registry_key
 
-__all__ = ["RawEntry", "ReclaimResult", "SendOp", "Store"]
+__all__ = ["RawEntry", "ReclaimResult", "SendOp", "SettleCall", "Store"]
 
 RawEntry = tuple[bytes, dict[bytes, bytes] | None]
 """A stream entry as Redis returns it: ``(stream id, fields)``; fields are None if deleted."""
@@ -70,6 +73,17 @@ class ReclaimResult:
         self.deliveries = deliveries
         self.missing = missing
         self.next_start = next_start
+
+
+class SettleCall:
+    """One settling script call (retry or dead-letter), to run in a batch."""
+
+    __slots__ = ("args", "keys", "script")
+
+    def __init__(self, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
+        self.script = script
+        self.keys = keys
+        self.args = args
 
 
 def _pairs_to_dict(flat: Sequence[Any]) -> dict[bytes, bytes]:
@@ -400,6 +414,79 @@ class Store:
                 )
             )
 
+    def retry_call(
+        self, keys: QueueKeys, group: str, consumer: str, sid: str, delay_ms: int, attempts: int
+    ) -> SettleCall:
+        """:meth:`retry` as one call of a :meth:`settle_many` batch."""
+        stream_keys = [keys.stream, keys.delayed, keys.delayed_data, keys.expiry]
+        return SettleCall(self._retry, stream_keys, [group, consumer, sid, delay_ms, attempts])
+
+    def dead_letter_call(
+        self,
+        keys: QueueKeys,
+        group: str,
+        consumer: str,
+        source_name: str,
+        item: tuple[str, str, str, str, int],
+    ) -> SettleCall:
+        """:meth:`dead_letter` of one item as one call of a :meth:`settle_many` batch."""
+        args = [group, consumer, source_name, 1, *item]
+        return SettleCall(self._dead_letter, [keys.stream, keys.dlq], args)
+
+    async def settle_many(self, calls: Sequence[SettleCall]) -> list[int | LeanMQError]:
+        """Run settling scripts in one pipeline; each call's reply, or its own error.
+
+        Plain EVALSHAs (a worker loads its scripts at start), so no ``SCRIPT EXISTS``
+        round trip and no extra ACL permission; calls that meet NOSCRIPT (Redis restarted
+        since) load their script and run again. A broken connection fails the whole batch
+        (:class:`LeanMQConnectionError`): the scripts check ownership first, so running a
+        batch again never repeats a move.
+        """
+        replies = await self._evalsha_pipeline(calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)]
+        if missing:
+            with translate_errors("SCRIPT LOAD"):
+                for script in {id(calls[i].script): calls[i].script for i in missing}.values():
+                    await self.client.script_load(script.script)
+            again = await self._evalsha_pipeline([calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        results: list[int | LeanMQError] = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                try:
+                    with translate_errors("settle"):
+                        raise reply
+                except LeanMQError as exc:
+                    results.append(exc)
+            else:
+                results.append(int(reply))
+        return results
+
+    async def _evalsha_pipeline(self, calls: Sequence[SettleCall]) -> list[Any]:
+        if self.cluster:
+            return await self._each_concurrently(calls)
+        with translate_errors("settle"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for call in calls:
+                    pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+                return list(await pipe.execute(raise_on_error=False))
+
+    async def _each_concurrently(self, calls: Sequence[SettleCall]) -> list[Any]:
+        """Cluster mode: redis-py refuses EVALSHA in a cluster pipeline, so one call each."""
+        replies: list[Any] = [None] * len(calls)
+
+        async def run(i: int, call: SettleCall) -> None:
+            try:
+                replies[i] = await call.script(keys=call.keys, args=call.args)
+            except (redis_errors.RedisError, redis_errors.RedisClusterException) as exc:
+                replies[i] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i, call in enumerate(calls):
+                tg.start_soon(run, i, call)
+        return replies
+
     async def requeue(self, keys: QueueKeys, dlq_group: str, ids: Sequence[str]) -> int:
         with translate_errors("requeue from DLQ"):
             return int(
@@ -590,17 +677,12 @@ class Store:
         :data:`scripts.RETRY` with no delay, pipelined: per id 1 (redelivered), 0 (entry
         gone from the stream: acked) or -1 (no longer owned by ``consumer``: untouched).
         """
-        if not items:
-            return []
-        stream_keys = [keys.stream, keys.delayed, keys.delayed_data, keys.expiry]
-        with translate_errors("redeliver"):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for sid, attempts in items:
-                    await self._retry(
-                        keys=stream_keys, args=[group, consumer, sid, 0, attempts], client=pipe
-                    )
-                replies = await pipe.execute()
-        return [int(r) for r in replies]
+        calls = [self.retry_call(keys, group, consumer, sid, 0, n) for sid, n in items]
+        results = await self.settle_many(calls) if calls else []
+        for result in results:
+            if isinstance(result, LeanMQError):
+                raise result
+        return cast(list[int], results)
 
     async def clear_queue(self, keys: QueueKeys, include_dlq: bool) -> tuple[int, int, int]:
         """Empty a queue (stream, delayed and expiry index) and optionally its DLQ, in one

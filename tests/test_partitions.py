@@ -168,6 +168,33 @@ async def test_worker_handles_every_partition_and_dead_letters_per_partition(
     assert (info.message_count, info.pending_messages) == (63, 0)
 
 
+async def test_a_backlog_on_one_partition_does_not_hold_back_another(mq: LeanMQ) -> None:
+    # Fair scheduling: each partition has its own fetch loop and its own share of the
+    # worker's capacity, so messages on a quiet partition are handled while a busy one
+    # still has hundreds waiting (not after them, as in one shared FIFO).
+    orders = mq.queue("fair", partitions=2)
+    busy_key = next(
+        k for k in (f"k{i}" for i in range(100)) if orders.partition_for(k).name.endswith("#0")
+    )
+    quiet_key = next(
+        k for k in (f"k{i}" for i in range(100)) if orders.partition_for(k).name.endswith("#1")
+    )
+    handled: list[str] = []
+
+    @orders.handler(concurrency=2)
+    async def handle(data: str) -> None:
+        handled.append(data)
+        await anyio.sleep(0.002)
+
+    await orders.send_messages(["busy"] * 300, key=busy_key)
+    await orders.send_messages(["quiet"] * 10, key=quiet_key)
+    with anyio.fail_after(60):
+        await mq.run_worker(burst=True, **FAST)
+    assert handled.count("busy") == 300 and handled.count("quiet") == 10
+    last_quiet = max(i for i, d in enumerate(handled) if d == "quiet")
+    assert handled[:last_quiet].count("busy") < 100
+
+
 async def test_get_info_sums_the_partitions(mq: LeanMQ) -> None:
     orders = mq.queue("info", partitions=3)
     pairs = await orders.create()
