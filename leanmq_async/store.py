@@ -315,12 +315,22 @@ class Store:
         count: int,
         block_ms: int | None,
         start: str = ">",
+        acks: Sequence[bytes] = (),
     ) -> list[RawEntry]:
-        """XREADGROUP: new entries (``start='>'``) or this consumer's pending ones (``'0'``)."""
+        """XREADGROUP: new entries (``start='>'``) or this consumer's pending ones (``'0'``).
+
+        ``acks``: XACK these first, in the same round trip (the worker's hot path).
+        """
         with translate_errors("XREADGROUP"):
-            reply: Any = await self.client.xreadgroup(
-                group, consumer, {stream: start}, count=count, block=block_ms
-            )
+            if acks:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    pipe.xack(stream, group, *acks)
+                    pipe.xreadgroup(group, consumer, {stream: start}, count=count, block=block_ms)
+                    _, reply = await pipe.execute()
+            else:
+                reply = await self.client.xreadgroup(
+                    group, consumer, {stream: start}, count=count, block=block_ms
+                )
         if not reply:
             return []
         # RESP2 returns [[stream, entries]]; RESP3 returns {stream: [entries]}.
@@ -331,27 +341,6 @@ class Store:
     async def ack(self, stream: str, group: str, ids: Sequence[bytes | str]) -> int:
         with translate_errors("XACK"):
             return int(await self.client.xack(stream, group, *ids))
-
-    async def ack_and_read(
-        self,
-        stream: str,
-        group: str,
-        ids: Sequence[bytes | str],
-        consumer: str,
-        count: int,
-        block_ms: int | None,
-    ) -> list[RawEntry]:
-        """Flush acks and read the next batch in one round trip (the worker's hot path)."""
-        with translate_errors("XACK+XREADGROUP"):
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.xack(stream, group, *ids)
-                pipe.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
-                _, reply = await pipe.execute()
-        if not reply:
-            return []
-        if isinstance(reply, dict):
-            return list(next(iter(reply.values()))[0])
-        return list(reply[0][1])
 
     async def delete_messages(
         self, keys: QueueKeys, stream: str, group: str, ids: Sequence[str]

@@ -20,6 +20,9 @@ for the number of network round trips, by counting the packed writes redis-py se
     delete_messages(100 ids)        1 round trip: MULTI, XACK, XDEL, ZREM, EXEC
     get_info                        1 round trip: XLEN, XINFO GROUPS, HGETALL, ZCARD
     list_queues (3 pairs)           2 round trips: SMEMBERS, then 6 x (XLEN, XINFO, HGETALL, ZCARD)
+    worker, messages one at a time  the acks of handled messages ride with the next XREADGROUP
+                                    (one pipeline); the acker sends only those that finish
+                                    while a read is blocked
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
@@ -202,3 +206,40 @@ async def test_info_calls(meter: Meter, pmq: LeanMQ, queue: Queue) -> None:
     trips, calls = await meter.measure(pmq.list_queues)
     assert trips == 2
     assert calls == {"smembers": 1, "xlen": 6, "xinfo|groups": 6, "hgetall": 6, "zcard": 6}
+
+
+async def test_a_worker_sends_its_acks_with_its_next_read(
+    pmq: LeanMQ, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Messages arriving one at a time: each handled message's XACK goes out in the same
+    # write as the XREADGROUP that follows it, not in a round trip of its own.
+    writes: list[list[bytes]] = []
+    original = AbstractConnection.send_packed_command
+
+    async def recording(conn: AbstractConnection, command: Any, *args: Any, **kw: Any) -> None:
+        chunks = [command] if isinstance(command, bytes | str) else list(command)
+        data = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+        names = (b"XACK", b"XREADGROUP")  # as command names, not inside a script's text
+        writes.append([n for n in names if b"$%d\r\n%s\r\n" % (len(n), n) in data])
+        await original(conn, command, *args, **kw)
+
+    handled: list[int] = []
+    handled_one = anyio.Event()
+
+    @queue.handler
+    async def handle(n: int) -> None:
+        handled.append(n)
+        handled_one.set()
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", recording)
+    with anyio.fail_after(20):
+        async with pmq.worker(block_ms=1000):
+            for n in range(10):
+                await queue.send_message(n)
+                await handled_one.wait()
+                handled_one = anyio.Event()
+                await anyio.sleep(0.01)  # past the acker's linger: it would have sent by now
+    assert handled == list(range(10))
+    with_read = sum(1 for w in writes if w == [b"XACK", b"XREADGROUP"])
+    alone = sum(1 for w in writes if w == [b"XACK"])
+    assert with_read >= 9 and alone <= 1, (with_read, alone)  # 1: the flush at shutdown

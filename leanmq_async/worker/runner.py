@@ -154,7 +154,7 @@ class HandlerRunner:
         self._work: WorkQueue[_Work] = WorkQueue()
         self._acks: list[bytes] = []
         self._batcher = SettleBatcher(self.store)
-        self._acking: list[bytes] = []  # the batch an XACK under way carries
+        self._acking: set[bytes] = set()  # acks an XACK under way carries
         self._ack_wakeup = anyio.Event()
         self._processors: anyio.CancelScope | None = None
         self._redis_down = False
@@ -306,12 +306,17 @@ class HandlerRunner:
             if n == 0:
                 return
             entries: list[RawEntry] = []
+            # Acks buffered so far ride with the read: no XACK round trip of their own.
+            acks, self._acks = self._acks, []
+            self._acking.update(acks)
+            read = False
             try:
                 # Cancelled by stop_fetching: no read outlives the decision to stop.
                 with anyio.CancelScope() as self._read_scope:
                     entries = await self.store.read_group(
-                        self.stream, self.group, self.consumer, n, self._block_ms
+                        self.stream, self.group, self.consumer, n, self._block_ms, acks=acks
                     )
+                    read = True
             except LeanMQError as exc:
                 self._release(n)
                 failures += 1
@@ -319,6 +324,10 @@ class HandlerRunner:
                 continue
             finally:
                 scope, self._read_scope = self._read_scope, None
+                self._acking.difference_update(acks)
+                if not read and acks:
+                    # Unknown whether the XACK ran (XACK again is harmless): keep them.
+                    self._acks = acks + self._acks
             if scope is not None and scope.cancel_called and not entries:
                 self._release(n)
                 return
@@ -754,7 +763,7 @@ class HandlerRunner:
             pause = 0.05
             while self._acks:
                 batch, self._acks = self._acks, []
-                self._acking = batch
+                self._acking.update(batch)
                 try:
                     await self.store.ack(self.stream, self.group, batch)
                 except LeanMQConnectionError:
@@ -770,7 +779,7 @@ class HandlerRunner:
                     self._acks = batch + self._acks
                     raise
                 finally:
-                    self._acking = []
+                    self._acking.difference_update(batch)
                 if not drain:
                     return
         if drain and self._acks:
