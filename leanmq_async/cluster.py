@@ -427,6 +427,20 @@ class LeanMQRedisCluster(AsyncRedisCluster):
     def _stale(self) -> None:
         self._initialize = True
 
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        # redis-py asks a node (COMMAND GETKEYS, a round trip) for the keys of a command
+        # whose keys move, as XREADGROUP's do: the worker's every read. They are the first
+        # half of what follows STREAMS.
+        if command.upper() == "XREADGROUP":
+            words = [a.upper() if isinstance(a, str | bytes) else a for a in args]
+            marker = next((w for w in (b"STREAMS", "STREAMS") if w in words), None)
+            if marker is not None:
+                rest = args[words.index(marker) + 1 :]
+                slots = {self.keyslot(key) for key in rest[: len(rest) // 2]}
+                if len(slots) == 1:
+                    return slots.pop()
+        return await super()._determine_slot(command, *args)
+
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         if self._initialize:
             # Once, under redis-py's lock (the others wait for it, then skip it).

@@ -10,8 +10,9 @@ redis-py's defaults are made for caches, not queues, so each one is chosen here:
 * **A socket timeout longer than any blocking read we issue** (redis-py's 5 s would kill
   a longer ``XREADGROUP BLOCK``): worker reads block at most ``block_ms`` and
   ``get_messages`` splits long waits into chunks, so a dead peer is still noticed.
-* **A blocking pool** that waits for a free connection (up to ``pool_timeout``) instead of
-  raising, so hundreds of concurrent handlers that call Redis queue up instead of failing.
+* **A blocking, first-come-first-served pool** (:class:`FairConnectionPool`) that waits
+  for a free connection (up to ``pool_timeout``) instead of raising, so hundreds of
+  concurrent handlers that call Redis queue up, in order, instead of failing.
 * **Health checks** on connections idle for ``health_check_interval`` seconds, so the first
   command after a long idle period does not fail on a connection a firewall dropped.
 * ``decode_responses=False``: payloads are bytes and stay binary-safe.

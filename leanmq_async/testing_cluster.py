@@ -331,13 +331,27 @@ class RedisCluster:
         return _wait_for(f"failover of slot {slot}", probe, timeout, interval=0.1)
 
     def failover(self, replica: RedisServer, timeout: float = 30.0) -> None:
-        """A manual, graceful ``CLUSTER FAILOVER`` on ``replica`` (no write is lost)."""
-        _call(replica.port, "CLUSTER", "FAILOVER")
+        """A manual, graceful ``CLUSTER FAILOVER`` on ``replica`` (no write is lost).
+
+        Redis abandons a manual failover that does not complete within 5 s (the primary
+        and the replica must agree on the replication offset), silently: it is asked
+        again until ``timeout``.
+        """
 
         def probe() -> bool | None:
             return True if _call(replica.port, "ROLE")[0] == "master" else None
 
-        _wait_for("manual failover", probe, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            if probe():  # a late success of the previous request
+                break
+            _call(replica.port, "CLUSTER", "FAILOVER")
+            try:
+                _wait_for("manual failover", probe, min(6.0, deadline - time.monotonic()))
+                break
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
         self.wait_stable(timeout)
 
     def restart(self, node: RedisServer, timeout: float = 30.0) -> None:

@@ -181,6 +181,41 @@ async def test_send_get_ack_on_queues_in_different_slots(
             assert node.exists(queue.stream, queue.keys.meta) == 2
 
 
+def _getkeys_calls(cluster: RedisCluster) -> int:
+    total = 0
+    for _, port in cluster.startup_nodes:
+        with node_client(port) as node:
+            stats = node.info("commandstats")
+            total += int(stats.get("cmdstat_command|getkeys", {}).get("calls", 0))
+    return total
+
+
+@pytest.mark.anyio
+async def test_reads_route_without_asking_a_node_for_their_keys(
+    redis_cluster: RedisCluster, cmq: LeanMQ
+) -> None:
+    # redis-py sends COMMAND GETKEYS before each XREADGROUP (its keys move); a worker
+    # reading in a loop would pay a round trip more per read.
+    queue, _ = await cmq.create_queue_pair("getkeys")
+    await queue.send_messages(list(range(20)))
+    before = _getkeys_calls(redis_cluster)
+    for _ in range(5):
+        got = await queue.get_messages(count=4)
+        assert len(got) == 4
+        await queue.acknowledge_messages([m.id for m in got])
+    handled: list[int] = []
+
+    @queue.handler
+    async def handle(n: int) -> None:
+        handled.append(n)
+
+    await queue.send_messages(list(range(10)))
+    with anyio.fail_after(30):
+        await cmq.run_worker(burst=True, block_ms=50)
+    assert sorted(handled) == list(range(10))
+    assert _getkeys_calls(redis_cluster) == before
+
+
 @pytest.mark.anyio
 async def test_move_to_dlq_and_requeue(cmq: LeanMQ) -> None:
     queue, dlq = await cmq.create_queue_pair("jobs")
