@@ -102,7 +102,13 @@ class Store:
         self.cluster = is_cluster(client)
         # Wait for replicas after producer sends (None: the fast path, no WAIT).
         self.durability: Durability | None = None
-        register = client.register_script
+        self._scripts: list[AsyncScript] = []
+
+        def register(text: str) -> AsyncScript:
+            script: AsyncScript = client.register_script(text)
+            self._scripts.append(script)
+            return script
+
         self._send = register(scripts.SEND)
         self._move_due = register(scripts.MOVE_DUE)
         self._retry = register(scripts.RETRY)
@@ -121,25 +127,12 @@ class Store:
     async def load_scripts(self) -> None:
         """Load every script now (on every primary of a cluster).
 
-        Not needed for correctness (a script call that meets NOSCRIPT loads it and
-        retries), but a worker that starts with hundreds of handlers failing at once would
-        otherwise send each first call three times (EVALSHA, SCRIPT LOAD, EVALSHA).
+        Not needed for correctness (a call that meets NOSCRIPT loads its script and runs
+        again), but a worker does it at start so that its first settling batch, maybe
+        hundreds of failures at once, does not pay for that.
         """
         with translate_errors("SCRIPT LOAD"):
-            for script in (
-                self._send,
-                self._move_due,
-                self._retry,
-                self._dead_letter,
-                self._requeue,
-                self._expire,
-                self._reclaim,
-                self._extend,
-                self._trim,
-                self._purge,
-                self._create_groups,
-                self._delete_idle_consumer,
-            ):
+            for script in self._scripts:
                 await self.client.script_load(script.script)
 
     # -- clock ---------------------------------------------------------------------------
@@ -391,22 +384,11 @@ class Store:
         with translate_errors("move to DLQ"):
             return int(await self._dead_letter(keys=[keys.stream, keys.dlq], args=args))
 
-    async def retry(
-        self, keys: QueueKeys, group: str, consumer: str, sid: str, delay_ms: int, attempts: int
-    ) -> int:
-        """Ack ``sid`` and schedule its retry in one step; see :data:`scripts.RETRY`."""
-        with translate_errors("schedule retry"):
-            return int(
-                await self._retry(
-                    keys=[keys.stream, keys.delayed, keys.delayed_data, keys.expiry],
-                    args=[group, consumer, sid, delay_ms, attempts],
-                )
-            )
-
     def retry_call(
         self, keys: QueueKeys, group: str, consumer: str, sid: str, delay_ms: int, attempts: int
     ) -> SettleCall:
-        """:meth:`retry` as one call of a :meth:`settle_many` batch."""
+        """Ack ``sid`` and schedule its retry in one step (:data:`scripts.RETRY`), as one
+        call of a :meth:`settle_many` batch: 1 done, 0 entry deleted (acked), -1 not owned."""
         stream_keys = [keys.stream, keys.delayed, keys.delayed_data, keys.expiry]
         return SettleCall(self._retry, stream_keys, [group, consumer, sid, delay_ms, attempts])
 

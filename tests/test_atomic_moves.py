@@ -278,14 +278,16 @@ async def test_retry_failure_keeps_the_message_pending(
     await queue.send_message("again")
     (msg,) = await queue.get_messages()
     await break_by_type(raw, getattr(queue.keys, broken))
-    with pytest.raises(RedisOperationError, match="retry"):
-        await mq.store.retry(queue.keys, queue.consumer_group, mq.consumer_name, msg.id, 1000, 1)
+    store, group, consumer = mq.store, queue.consumer_group, mq.consumer_name
+    (failed,) = await store.settle_many(
+        [store.retry_call(queue.keys, group, consumer, msg.id, 1000, 1)]
+    )
+    assert isinstance(failed, RedisOperationError)
     assert await pending(raw, queue) == {msg.id: mq.consumer_name}
     assert await raw.xlen(queue.stream) == 1
     await raw.delete(getattr(queue.keys, broken))
-    assert (
-        await mq.store.retry(queue.keys, queue.consumer_group, mq.consumer_name, msg.id, 0, 1) == 1
-    )
+    (done,) = await store.settle_many([store.retry_call(queue.keys, group, consumer, msg.id, 0, 1)])
+    assert done == 1
     assert await pending(raw, queue) == {}
     (again,) = await queue.get_messages()
     assert (again.data, again.attempt) == ("again", 2)
