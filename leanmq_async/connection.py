@@ -31,6 +31,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
+from redis import DriverInfo
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
@@ -153,10 +154,6 @@ def client_identity() -> dict[str, Any]:
     (~1 ms each): felt when a burst of failures grows the pool by dozens of connections.
     Servers show ``redis-py(leanmq-async_v…)`` in ``CLIENT LIST``.
     """
-    try:
-        from redis import DriverInfo
-    except ImportError:  # redis-py < 7.2: the older keyword (deprecated since)
-        return {"lib_version": redis.__version__}
     identity = DriverInfo(lib_version=redis.__version__)
     return {"driver_info": identity.add_upstream_driver("leanmq-async", __version__)}
 
