@@ -26,9 +26,11 @@ __all__ = [
 ]
 
 _PRELUDE = r"""
-local function now_ms()
+-- The Redis clock in ms. ``shift`` (an ARGV the script names; always 0 in production)
+-- moves it forward, so a test can let time pass without waiting (Store.clock_shift_ms).
+local function now_ms(shift)
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + (tonumber(shift) or 0)
 end
 local function field(fields, name)
   for i = 1, #fields, 2 do
@@ -78,7 +80,8 @@ end
 """
 
 # KEYS: per queue [stream, expiry, delayed, delayed_data]
-# ARGV: n_ops, then per op: queue index (1-based), ttl_ms, delay_ms, field, body, member
+# ARGV: n_ops, then per op: queue index (1-based), ttl_ms, delay_ms, field, body, member;
+#       last: clock shift (ms)
 # Every key's type is checked before anything is written, so a batch (a transaction, or
 # send_messages) is written whole or not at all. Returns the stream ids (or delayed members).
 # A delayed member is prefixed with the send time and the op's index: entries due at the
@@ -94,9 +97,9 @@ for i = 1, #KEYS do
     return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)
   end
 end
-local now = now_ms()
-local out = {}
 local n = tonumber(ARGV[1])
+local now = now_ms(ARGV[2 + n * 6])
+local out = {}
 for op = 0, n - 1 do
   local b = 2 + op * 6
   local base = (tonumber(ARGV[b]) - 1) * 4
@@ -121,7 +124,7 @@ return out
 """
 )
 
-# KEYS: stream, delayed, delayed_data, expiry    ARGV: limit
+# KEYS: stream, delayed, delayed_data, expiry    ARGV: limit, clock shift (ms)
 # Moves due delayed entries (delays and retries) into the stream.
 # Returns {moved, ms until the next due entry or -1}.
 MOVE_DUE: Final = (
@@ -129,7 +132,7 @@ MOVE_DUE: Final = (
     + r"""
 local bad = check_types(KEYS, {'stream', 'zset', 'hash', 'zset'})
 if bad then return redis.error_reply(bad) end
-local now = now_ms()
+local now = now_ms(ARGV[2])
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local moved = 0
 for _, member in ipairs(due) do
@@ -152,7 +155,7 @@ return {moved, wait}
 )
 
 # KEYS: stream, delayed, delayed_data, expiry
-# ARGV: group, consumer, id, delay_ms, attempts
+# ARGV: group, consumer, id, delay_ms, attempts, clock shift (ms)
 # Acks the entry and schedules a copy (with attempts set, targeted at this group) in one
 # step. Returns 1 when scheduled, 0 when the entry is gone (acked anyway), -1 when this
 # consumer no longer owns it (its lease was taken over: nothing is done).
@@ -182,7 +185,7 @@ fields[#fields + 1] = group
 local delay = tonumber(ARGV[4])
 if delay > 0 then
   local member = group .. '|' .. id
-  redis.call('ZADD', KEYS[2], now_ms() + delay, member)
+  redis.call('ZADD', KEYS[2], now_ms(ARGV[6]) + delay, member)
   redis.call('HSET', KEYS[3], member, cmsgpack.pack(fields))
 else
   local new = redis.call('XADD', stream, '*', unpack(fields))
@@ -278,7 +281,8 @@ return moved
 )
 
 # KEYS: stream, expiry, dlq
-# ARGV: limit, policy ('drop' | 'dlq'), source queue name, count ('removed' | 'unhandled')
+# ARGV: limit, policy ('drop' | 'dlq'), source queue name, count ('removed' | 'unhandled'),
+#       clock shift (ms)
 # Removes expired entries: acked in every group and deleted. With policy 'dlq', an entry
 # some group has not handled yet (not delivered to it, or pending in it) is dead-lettered
 # first; one every group has acked (processed, or skipped by a reader as expired) is only
@@ -291,7 +295,7 @@ EXPIRE: Final = (
 local to_dlq = ARGV[2] == 'dlq'
 local bad = check_types(to_dlq and KEYS or {KEYS[1], KEYS[2]}, {'stream', 'zset', 'stream'})
 if bad then return redis.error_reply(bad) end
-local now = now_ms()
+local now = now_ms(ARGV[5])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 if #ids == 0 then return 0 end
 local groups = groups_of(KEYS[1])
@@ -406,7 +410,7 @@ return lost
 """
 )
 
-# KEYS: stream    ARGV: max_age_ms
+# KEYS: stream    ARGV: max_age_ms, clock shift (ms)
 # Trims history that every group has acknowledged and that is older than max_age_ms.
 # An entry some group has not read or not acked is never removed. Returns entries trimmed.
 TRIM: Final = (
@@ -426,7 +430,7 @@ for _, g in ipairs(groups) do
   end
   if safe == nil or id_less(candidate, safe) then safe = candidate end
 end
-local cutoff = (now_ms() - tonumber(ARGV[1])) .. '-0'
+local cutoff = (now_ms(ARGV[2]) - tonumber(ARGV[1])) .. '-0'
 if id_less(cutoff, safe) then safe = cutoff end
 return redis.call('XTRIM', KEYS[1], 'MINID', safe)
 """

@@ -123,6 +123,9 @@ class Store:
         self._delete_idle_consumer = register(scripts.DELETE_IDLE_CONSUMER)
         self._clock_offset_ms = 0.0
         self._clock_synced_at = -1e18
+        # Moves the clock every time decision uses (the scripts' and redis_now_ms) forward
+        # by this many ms. Always 0 in production; a test sets it to let time pass at once.
+        self.clock_shift_ms = 0
 
     async def load_scripts(self) -> None:
         """Load every script now (on every primary of a cluster).
@@ -151,7 +154,7 @@ class Store:
         """The Redis clock in ms, estimated locally (re-measured every ``max_age`` s)."""
         if time.monotonic() - self._clock_synced_at > max_age:
             await self.sync_clock()
-        return time.time() * 1000 + self._clock_offset_ms
+        return time.time() * 1000 + self._clock_offset_ms + self.clock_shift_ms
 
     # -- queues --------------------------------------------------------------------------
 
@@ -290,6 +293,7 @@ class Store:
                 index = key_index[op.keys.base] = len(key_index) + 1
                 keys += [op.keys.stream, op.keys.expiry, op.keys.delayed, op.keys.delayed_data]
             args += [index, op.ttl_ms, op.delay_ms, op.field, op.body, op.member]
+        args.append(self.clock_shift_ms)
         with translate_errors("send"):
             if durability is not None:
                 command = ("EVALSHA", self._send.sha, len(keys), *keys, *args)
@@ -390,7 +394,8 @@ class Store:
         """Ack ``sid`` and schedule its retry in one step (:data:`scripts.RETRY`), as one
         call of a :meth:`settle_many` batch: 1 done, 0 entry deleted (acked), -1 not owned."""
         stream_keys = [keys.stream, keys.delayed, keys.delayed_data, keys.expiry]
-        return SettleCall(self._retry, stream_keys, [group, consumer, sid, delay_ms, attempts])
+        args = [group, consumer, sid, delay_ms, attempts, self.clock_shift_ms]
+        return SettleCall(self._retry, stream_keys, args)
 
     def dead_letter_call(
         self,
@@ -470,7 +475,8 @@ class Store:
         """Move due delayed entries into the stream; return ``(moved, ms to next or -1)``."""
         with translate_errors("move due"):
             moved, wait = await self._move_due(
-                keys=[keys.stream, keys.delayed, keys.delayed_data, keys.expiry], args=[limit]
+                keys=[keys.stream, keys.delayed, keys.delayed_data, keys.expiry],
+                args=[limit, self.clock_shift_ms],
             )
         return int(moved), int(wait)
 
@@ -483,7 +489,7 @@ class Store:
             return int(
                 await self._expire(
                     keys=[keys.stream, keys.expiry, keys.dlq],
-                    args=[limit, policy, source_name, count],
+                    args=[limit, policy, source_name, count, self.clock_shift_ms],
                 )
             )
 
@@ -515,7 +521,7 @@ class Store:
 
     async def trim(self, stream: str, max_age_ms: int) -> int:
         with translate_errors("trim"):
-            return int(await self._trim(keys=[stream], args=[max_age_ms]))
+            return int(await self._trim(keys=[stream], args=[max_age_ms, self.clock_shift_ms]))
 
     async def delete_consumer_if_idle(self, stream: str, group: str, consumer: str) -> bool:
         """Remove a consumer only if it holds no pending entries (never loses any)."""
