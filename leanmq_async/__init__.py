@@ -23,7 +23,7 @@ from leanmq_async.exceptions import (
     TransactionError,
     WrongQueueKindError,
 )
-from leanmq_async.message import DeadLetterInfo, Message, QueueInfo
+from leanmq_async.message import DeadLetterInfo, DeadLetterResult, Message, QueueInfo
 from leanmq_async.partition import PartitionedQueue
 from leanmq_async.queue import Queue
 from leanmq_async.transaction import Transaction
@@ -35,6 +35,7 @@ __all__ = [
     "ConnectionSettings",
     "DeadLetterInfo",
     "DeadLetterQueueNotFoundError",
+    "DeadLetterResult",
     "Durability",
     "InvalidMessageIdError",
     "LeanMQ",

@@ -20,7 +20,7 @@ from leanmq_async.exceptions import (
     WrongQueueKindError,
 )
 from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, default_group
-from leanmq_async.message import Message, QueueInfo
+from leanmq_async.message import DeadLetterResult, Message, QueueInfo
 from leanmq_async.reading import dead_letter_info, to_message, triage
 from leanmq_async.store import RawEntry, SendOp
 
@@ -335,18 +335,29 @@ class Queue:
 
     async def move_to_dlq(
         self, message_ids: Sequence[str], reason: str, dlq: Queue | None = None
-    ) -> int:
-        """Move messages to the DLQ with ``reason``, atomically (copy + ack in one script)."""
+    ) -> DeadLetterResult:
+        """Move messages pending in this queue's group to the DLQ with ``reason``.
+
+        Each move is atomic (copy + ack in one script). Only delivered, unacknowledged
+        messages move: an id never delivered or already acknowledged stays where it is.
+        The result lists the ids moved and, for the others, why not (``len(result)`` is
+        the number moved).
+        """
         self._require_main("move_to_dlq")
+        if not isinstance(reason, str):
+            raise ConfigurationError(
+                f"reason must be a str saying why the messages are dead-lettered, got "
+                f"{type(reason).__name__}: move_to_dlq(ids, str(reason))"
+            )
         if dlq is not None and (not dlq.is_dlq or dlq.base_name != self.base_name):
             raise WrongQueueKindError(
                 "move_to_dlq needs this queue's dead-letter queue "
                 f"({self.base_name + DLQ_SUFFIX!r}), got {dlq.name!r}"
             )
-        ids = validate_ids(message_ids)
+        ids = list(dict.fromkeys(validate_ids(message_ids)))  # each id once
         if not ids:
-            return 0
-        items = [(sid, str(reason), "", "", 0) for sid in ids]
+            return DeadLetterResult()
+        items = [(sid, reason, "", "", 0) for sid in ids]
         return await self._mq.store.dead_letter(
             self.keys, self.consumer_group, "", self.name, items
         )

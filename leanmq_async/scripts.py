@@ -198,12 +198,15 @@ return 1
 )
 
 # KEYS: stream, dlq
-# ARGV: group, consumer ('' = no ownership check), source queue name, n,
+# ARGV: group, consumer ('' = any consumer of the group), source queue name, n,
 #       then per id: id, reason, error_type, traceback, attempts
-# Copies each entry to the DLQ with its failure metadata and acks it, together.
-# An entry already gone from the stream but still pending in the group (delivered, then
-# deleted) leaves a tombstone (dlq.missing = 1): the loss is recorded, never hidden. An id
-# that is neither in the stream nor pending is skipped. Returns the number moved.
+# Copies each entry pending in the group (owned by ``consumer``, if given) to the DLQ with
+# its failure metadata and acks it, together: a move, never a copy of an entry the group
+# has not been delivered or has already acked. An entry already gone from the stream but
+# still pending (delivered, then deleted) leaves a tombstone (dlq.missing = 1): the loss is
+# recorded, never hidden. Reply: one status per id, in order: 'moved', 'not_owned' (held by
+# another consumer), 'not_pending' (in the stream, not pending in the group: never
+# delivered, or acked) or 'not_found' (neither in the stream nor pending).
 DEAD_LETTER: Final = (
     _PRELUDE
     + r"""
@@ -212,31 +215,34 @@ local bad = check_types(KEYS, {'stream', 'stream'})
 if bad then return redis.error_reply(bad) end
 local t = redis.call('TIME')
 local at = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-local moved = 0
+local out = {}
 for k = 0, tonumber(ARGV[4]) - 1 do
   local b = 5 + k * 5
   local id = ARGV[b]
-  if consumer == '' or owned_by(stream, group, id, consumer) then
-    local entry = redis.call('XRANGE', stream, id, id)
-    local fields = nil
-    if entry[1] ~= nil and entry[1][2] ~= nil then
+  local entry = redis.call('XRANGE', stream, id, id)
+  local exists = entry[1] ~= nil and entry[1][2] ~= nil
+  local status = 'moved'
+  if consumer ~= '' then
+    if not owned_by(stream, group, id, consumer) then status = 'not_owned' end
+  elseif not pending_in(stream, group, id) then
+    status = exists and 'not_pending' or 'not_found'
+  end
+  if status == 'moved' then
+    local fields = {'dlq.missing', '1'}
+    if exists then
       fields = {}
       for i, v in ipairs(entry[1][2]) do fields[i] = v end
-    elseif consumer ~= '' or pending_in(stream, group, id) then
-      fields = {'dlq.missing', '1'}
     end
-    if fields then
-      local meta = {'dlq.reason', ARGV[b + 1], 'dlq.error', ARGV[b + 2], 'dlq.traceback',
-        ARGV[b + 3], 'dlq.attempts', ARGV[b + 4], 'dlq.at', at, 'dlq.queue', ARGV[3],
-        'dlq.id', id, 'dlq.group', group}
-      for _, v in ipairs(meta) do fields[#fields + 1] = v end
-      redis.call('XADD', dlq, '*', unpack(fields))
-      redis.call('XACK', stream, group, id)
-      moved = moved + 1
-    end
+    local meta = {'dlq.reason', ARGV[b + 1], 'dlq.error', ARGV[b + 2], 'dlq.traceback',
+      ARGV[b + 3], 'dlq.attempts', ARGV[b + 4], 'dlq.at', at, 'dlq.queue', ARGV[3],
+      'dlq.id', id, 'dlq.group', group}
+    for _, v in ipairs(meta) do fields[#fields + 1] = v end
+    redis.call('XADD', dlq, '*', unpack(fields))
+    redis.call('XACK', stream, group, id)
   end
+  out[#out + 1] = status
 end
-return moved
+return out
 """
 )
 

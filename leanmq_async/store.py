@@ -8,7 +8,7 @@ Every redis-py error is translated by :func:`~leanmq_async.connection.translate_
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import anyio
@@ -28,6 +28,7 @@ from leanmq_async.cluster import (
 from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import LeanMQError
 from leanmq_async.keys import QueueKeys, registry_key
+from leanmq_async.message import DeadLetterResult
 
 __all__ = ["RawEntry", "ReclaimResult", "SendOp", "SettleCall", "Store"]
 
@@ -76,14 +77,24 @@ class ReclaimResult:
 
 
 class SettleCall:
-    """One settling script call (retry or dead-letter), to run in a batch."""
+    """One settling script call (retry or dead-letter), to run in a batch.
 
-    __slots__ = ("args", "keys", "script")
+    ``parse`` turns the script's reply into the call's result (default: ``int``).
+    """
 
-    def __init__(self, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
+    __slots__ = ("args", "keys", "parse", "script")
+
+    def __init__(
+        self,
+        script: AsyncScript,
+        keys: list[str],
+        args: list[Any],
+        parse: Callable[[Any], int] = int,
+    ) -> None:
         self.script = script
         self.keys = keys
         self.args = args
+        self.parse = parse
 
 
 def _pairs_to_dict(flat: Sequence[Any]) -> dict[bytes, bytes]:
@@ -377,16 +388,18 @@ class Store:
         consumer: str,
         source_name: str,
         items: Sequence[tuple[str, str, str, str, int]],
-    ) -> int:
+    ) -> DeadLetterResult:
         """Move ``(id, reason, error_type, traceback, attempts)`` items to the DLQ atomically.
 
-        With ``consumer`` set, only entries this consumer still owns are moved.
+        Only entries pending in ``group`` move; with ``consumer`` set, only those this
+        consumer still owns. The result says which ids moved and why the others did not.
         """
         args: list[Any] = [group, consumer, source_name, len(items)]
         for item in items:
             args.extend(item)
         with translate_errors("move to DLQ"):
-            return int(await self._dead_letter(keys=[keys.stream, keys.dlq], args=args))
+            reply = await self._dead_letter(keys=[keys.stream, keys.dlq], args=args)
+        return DeadLetterResult.from_reply([item[0] for item in items], reply)
 
     def retry_call(
         self, keys: QueueKeys, group: str, consumer: str, sid: str, delay_ms: int, attempts: int
@@ -405,9 +418,14 @@ class Store:
         source_name: str,
         item: tuple[str, str, str, str, int],
     ) -> SettleCall:
-        """:meth:`dead_letter` of one item as one call of a :meth:`settle_many` batch."""
+        """:meth:`dead_letter` of one item as one call of a :meth:`settle_many` batch:
+        1 moved, 0 not (no longer owned by ``consumer``)."""
         args = [group, consumer, source_name, 1, *item]
-        return SettleCall(self._dead_letter, [keys.stream, keys.dlq], args)
+
+        def parse(reply: Any) -> int:
+            return DeadLetterResult.from_reply([item[0]], reply).count
+
+        return SettleCall(self._dead_letter, [keys.stream, keys.dlq], args, parse)
 
     async def settle_many(self, calls: Sequence[SettleCall]) -> list[int | LeanMQError]:
         """Run settling scripts in one pipeline; each call's reply, or its own error.
@@ -428,7 +446,7 @@ class Store:
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         results: list[int | LeanMQError] = []
-        for reply in replies:
+        for call, reply in zip(calls, replies, strict=True):
             if isinstance(reply, Exception):
                 try:
                     with translate_errors("settle"):
@@ -436,7 +454,7 @@ class Store:
                 except LeanMQError as exc:
                     results.append(exc)
             else:
-                results.append(int(reply))
+                results.append(call.parse(reply))
         return results
 
     async def _evalsha_pipeline(self, calls: Sequence[SettleCall]) -> list[Any]:

@@ -13,7 +13,7 @@ for the number of network round trips, by counting the packed writes redis-py se
                                     read only: the Redis clock offset is re-measured once a
                                     minute at most)
     move_to_dlq(100 ids)            1 round trip: EVALSHA 1 (inside: TYPE 2, TIME 1, XRANGE 100,
-                                    XADD 100, XACK 100)
+                                    XPENDING 100, XADD 100, XACK 100)
     dlq.requeue_messages(100 ids)   1 round trip: EVALSHA 1 (inside: TYPE 2, XRANGE 100, XADD 100,
                                     XACK 100, XDEL 100)
     acknowledge_messages(100 ids)   1 round trip: XACK 1
@@ -165,7 +165,15 @@ async def test_move_to_dlq_100_is_one_evalsha(meter: Meter, queue: Queue) -> Non
     trips, calls = await meter.measure(lambda: queue.move_to_dlq(ids, "bulk"))
     assert trips == 1
     assert calls["evalsha"] == 1
-    assert calls == {"evalsha": 1, "type": 2, "time": 1, "xrange": 100, "xadd": 100, "xack": 100}
+    assert calls == {
+        "evalsha": 1,
+        "type": 2,
+        "time": 1,
+        "xrange": 100,
+        "xpending": 100,
+        "xadd": 100,
+        "xack": 100,
+    }
 
 
 async def test_requeue_100_is_one_evalsha(meter: Meter, queue: Queue) -> None:
