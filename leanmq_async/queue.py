@@ -230,12 +230,26 @@ class Queue:
         store = self._mq.store
         wait_ms = to_ms(block_for_seconds, "block_for_seconds") if block_for_seconds else 0
         deadline = anyio.current_time() + wait_ms / 1000
+        # Each read of a main queue first moves its due delayed messages into the stream
+        # and learns when the next one is due (-1: none waiting). The first read does not
+        # block, so that a blocking one wakes when the next delayed message comes due.
+        next_due_ms = -1
+        first = True
         while True:
-            block = min(wait_ms, _MAX_BLOCK_CHUNK_MS) if wait_ms else None
+            block = None
+            if wait_ms and not (first and not self.is_dlq):
+                block = min(wait_ms, _MAX_BLOCK_CHUNK_MS)
+                if next_due_ms >= 0:
+                    block = max(1, min(block, next_due_ms))
             try:
-                raw = await store.read_group(
-                    self.stream, self.consumer_group, consumer, count, block
-                )
+                if self.is_dlq:
+                    raw = await store.read_group(
+                        self.stream, self.consumer_group, consumer, count, block
+                    )
+                else:
+                    raw, next_due_ms = await store.read_after_due(
+                        self.keys, self.consumer_group, consumer, count, block
+                    )
             except RedisOperationError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -253,6 +267,7 @@ class Queue:
                 # Only expired, foreign or bad entries: they are settled; read on.
             elif not wait_ms:
                 return []
+            first = False
             if wait_ms:
                 wait_ms = int((deadline - anyio.current_time()) * 1000)
                 if wait_ms <= 0:

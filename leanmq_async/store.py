@@ -97,6 +97,20 @@ class SettleCall:
         self.parse = parse
 
 
+# Delayed entries moved per read_after_due call (more due ones: the next call moves them).
+_DUE_BATCH = 500
+
+
+def _read_entries(reply: Any) -> list[RawEntry]:
+    """The entries of an XREADGROUP reply for one stream."""
+    if not reply:
+        return []
+    # RESP2 returns [[stream, entries]]; RESP3 returns {stream: [entries]}.
+    if isinstance(reply, dict):
+        return list(next(iter(reply.values()))[0])
+    return list(reply[0][1])
+
+
 def _pairs_to_dict(flat: Sequence[Any]) -> dict[bytes, bytes]:
     it = iter(flat)
     return dict(zip(it, it, strict=True))
@@ -132,6 +146,7 @@ class Store:
         self._purge = register(scripts.PURGE)
         self._create_groups = register(scripts.CREATE_GROUPS)
         self._delete_idle_consumer = register(scripts.DELETE_IDLE_CONSUMER)
+        self._move_due_loaded = False
         self._clock_offset_ms = 0.0
         self._clock_synced_at = -1e18
         # Moves the clock every time decision uses (the scripts' and redis_now_ms) forward
@@ -339,12 +354,41 @@ class Store:
                 reply = await self.client.xreadgroup(
                     group, consumer, {stream: start}, count=count, block=block_ms
                 )
-        if not reply:
-            return []
-        # RESP2 returns [[stream, entries]]; RESP3 returns {stream: [entries]}.
-        if isinstance(reply, dict):
-            return list(next(iter(reply.values()))[0])
-        return list(reply[0][1])
+        return _read_entries(reply)
+
+    async def read_after_due(
+        self, keys: QueueKeys, group: str, consumer: str, count: int, block_ms: int | None
+    ) -> tuple[list[RawEntry], int]:
+        """Move due delayed entries into the stream, then XREADGROUP new entries.
+
+        One round trip (MOVE_DUE pipelined before the read; on a cluster, two), so a
+        reader without a worker sees delayed messages at their due time. Returns the
+        entries and the ms until the next delayed entry is due (-1: none is waiting).
+        """
+        move_keys = [keys.stream, keys.delayed, keys.delayed_data, keys.expiry]
+        move_args = [_DUE_BATCH, self.clock_shift_ms]
+        if self.cluster:
+            with translate_errors("move due"):
+                moved = await self._move_due(keys=move_keys, args=move_args)
+            entries = await self.read_group(keys.stream, group, consumer, count, block_ms)
+            return entries, int(moved[1])
+        with translate_errors("XREADGROUP"):
+            if not self._move_due_loaded:
+                await self.client.script_load(self._move_due.script)
+                self._move_due_loaded = True
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._move_due.sha, len(move_keys), *move_keys, *move_args)
+                pipe.xreadgroup(group, consumer, {keys.stream: ">"}, count=count, block=block_ms)
+                moved, reply = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(moved, redis_errors.NoScriptError):
+                # Redis lost its scripts (restarted): load it again; the next read moves.
+                self._move_due_loaded = False
+                return _read_entries(reply), 0
+            if isinstance(moved, Exception):
+                raise moved
+        return _read_entries(reply), int(moved[1])
 
     async def ack(self, stream: str, group: str, ids: Sequence[bytes | str]) -> int:
         with translate_errors("XACK"):
