@@ -82,10 +82,12 @@ end
 # KEYS: per queue [stream, expiry, delayed, delayed_data]
 # ARGV: n_ops, then per op: queue index (1-based), ttl_ms, delay_ms, field, body, member;
 #       last: clock shift (ms)
-# Every key's type is checked before anything is written, so a batch (a transaction, or
-# send_messages) is written whole or not at all. Returns the stream ids (or delayed members).
-# A delayed member is prefixed with the send time and the op's index: entries due at the
-# same millisecond sort by member, so this keeps them in the order they were sent.
+# All or nothing: every key's type is checked before anything is written, and a write
+# that fails all the same (an XADD on a stream whose last id is the largest possible one)
+# undoes every write before it, so a batch (a transaction, or send_messages) is written
+# whole or not at all. Returns the stream ids (or delayed members). A delayed member is
+# prefixed with the send time and the op's index: entries due at the same millisecond
+# sort by member, so this keeps them in the order they were sent.
 SEND: Final = (
     _PRELUDE
     + r"""
@@ -100,6 +102,16 @@ end
 local n = tonumber(ARGV[1])
 local now = now_ms(ARGV[2 + n * 6])
 local out = {}
+-- What was written so far, to remove again if a later write fails: {command, key, member}.
+local undo = {}
+local function write(cmd, key, ...)
+  local r = redis.pcall(cmd, key, ...)
+  if type(r) == 'table' and r.err then
+    for i = #undo, 1, -1 do redis.call(undo[i][1], undo[i][2], undo[i][3]) end
+    return nil, r.err .. ' (' .. cmd .. ' ' .. key .. '; nothing of this batch was written)'
+  end
+  return r, nil
+end
 for op = 0, n - 1 do
   local b = 2 + op * 6
   local base = (tonumber(ARGV[b]) - 1) * 4
@@ -109,14 +121,26 @@ for op = 0, n - 1 do
     fields[3] = 'x'
     fields[4] = tostring(now + ttl)
   end
+  local done, err
   if delay > 0 then
     local member = string.format('%015.0f%06d|', now, op) .. ARGV[b + 5]
-    redis.call('ZADD', KEYS[base + 3], now + delay, member)
-    redis.call('HSET', KEYS[base + 4], member, cmsgpack.pack(fields))
+    done, err = write('ZADD', KEYS[base + 3], now + delay, member)
+    if err then return redis.error_reply(err) end
+    undo[#undo + 1] = {'ZREM', KEYS[base + 3], member}
+    done, err = write('HSET', KEYS[base + 4], member, cmsgpack.pack(fields))
+    if err then return redis.error_reply(err) end
+    undo[#undo + 1] = {'HDEL', KEYS[base + 4], member}
     out[#out + 1] = member
   else
-    local id = redis.call('XADD', KEYS[base + 1], '*', unpack(fields))
-    if ttl > 0 then redis.call('ZADD', KEYS[base + 2], now + ttl, id) end
+    local id
+    id, err = write('XADD', KEYS[base + 1], '*', unpack(fields))
+    if err then return redis.error_reply(err) end
+    undo[#undo + 1] = {'XDEL', KEYS[base + 1], id}
+    if ttl > 0 then
+      done, err = write('ZADD', KEYS[base + 2], now + ttl, id)
+      if err then return redis.error_reply(err) end
+      undo[#undo + 1] = {'ZREM', KEYS[base + 2], id}
+    end
     out[#out + 1] = id
   end
 end
