@@ -184,14 +184,27 @@ class Store:
 
     # -- queues --------------------------------------------------------------------------
 
-    async def create_queue(self, prefix: str, keys: QueueKeys, group: str, dlq_group: str) -> None:
+    async def create_queue(
+        self,
+        prefix: str,
+        keys: QueueKeys,
+        group: str,
+        dlq_group: str,
+        *,
+        create_group: bool = True,
+    ) -> None:
         """Create both streams with their groups, the metadata and the registry entry.
 
         Two round trips: the groups first, so a key of the wrong type fails the call
-        before the queue is registered.
+        before the queue is registered. ``create_group=False``: only the DLQ's group
+        (a worker creates the groups its handlers read, not a default nobody reads:
+        retention keeps every entry a group has not acknowledged).
         """
+        streams, groups = [keys.dlq], [dlq_group]
+        if create_group:
+            streams, groups = [keys.stream, keys.dlq], [group, dlq_group]
         with translate_errors("create queue"):
-            await self._create_groups(keys=[keys.stream, keys.dlq], args=[group, dlq_group])
+            await self._create_groups(keys=streams, args=groups)
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.hsetnx(keys.meta, "created_at", repr(time.time()))
                 pipe.hsetnx(keys.meta, "consumer_group", group)
