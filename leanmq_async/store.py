@@ -395,13 +395,18 @@ class Store:
                 moved, reply = await pipe.execute(raise_on_error=False)
             if isinstance(reply, Exception):
                 raise reply
-            if isinstance(moved, redis_errors.NoScriptError):
-                # Redis lost its scripts (restarted): load it again; the next read moves.
-                self._move_due_loaded = False
-                return _read_entries(reply), 0
+            entries = _read_entries(reply)
             if isinstance(moved, Exception):
+                # Entries read are handed out all the same (they are pending now); the
+                # error shows again on a read that finds nothing.
+                if entries:
+                    return entries, 0
+                if isinstance(moved, redis_errors.NoScriptError):
+                    # Redis lost its scripts (restarted): load it and read again.
+                    self._move_due_loaded = False
+                    return await self.read_after_due(keys, group, consumer, count, block_ms)
                 raise moved
-        return _read_entries(reply), int(moved[1])
+        return entries, int(moved[1])
 
     async def ack(self, stream: str, group: str, ids: Sequence[bytes | str]) -> int:
         with translate_errors("XACK"):

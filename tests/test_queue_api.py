@@ -592,6 +592,17 @@ async def test_blocking_read_wakes_for_a_delayed_message_coming_due(
     assert await queue.get_messages(block_for_seconds=0.2) == []
 
 
+async def test_get_messages_moves_due_messages_after_redis_lost_its_scripts(
+    pair: tuple[Queue, Queue], mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    queue, _ = pair
+    await queue.send_message("later", delay=30)
+    assert await queue.get_messages() == []  # MOVE_DUE is loaded now
+    await raw.script_flush()
+    mq.store.clock_shift_ms = 30_000
+    assert [m.data for m in await queue.get_messages()] == ["later"]
+
+
 @pytest.mark.parametrize("delay", [0, -0.5, float("inf")])
 async def test_bad_delay(pair: tuple[Queue, Queue], delay: float) -> None:
     queue, _ = pair
