@@ -177,7 +177,8 @@ class PartitionedQueue:
 
         Every item is encoded before anything is written. If some groups fail, the others
         are still written and one :class:`~leanmq_async.PartialSendError` carries the ids
-        written (None for the items not written) and each failed partition's error.
+        written (None for the items not written) and each failed partition's error. A
+        send to one partition raises that partition's error (nothing was written).
 
         ``durability``: wait for replicas like this for this call (default: the client's).
         Every group finishes its wait; if any was not confirmed, one
@@ -238,6 +239,8 @@ class PartitionedQueue:
 
         if groups:
             await self._concurrently([partial(send_group, *g) for g in groups.items()])
+        if failed and len(groups) == 1:
+            raise failed.popitem()[1]  # one partition: written whole or not at all
         if failed:
             errors = {self._partitions[i].name: failed[i] for i in sorted(failed)}
             written = sum(sid is not None for sid in ids)

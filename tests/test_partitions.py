@@ -164,6 +164,10 @@ async def test_a_failed_partition_raises_partial_send_error_with_the_ids_written
         written = await part.peek_messages()
         assert [m.id for m in written] == [ids[p] for p in positions]
         assert [m.data for m in written] == list(positions)
+    # One partition is written whole or not at all: its own error, nothing written.
+    assert orders.partition_for("g") is broken
+    with pytest.raises(RedisOperationError, match="WRONGTYPE"):
+        await orders.send_messages([7, 8], key="g")
 
 
 async def test_a_payload_the_codec_refuses_stops_a_partitioned_send_before_any_write(
