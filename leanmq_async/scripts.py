@@ -92,12 +92,14 @@ SEND: Final = (
     _PRELUDE
     + r"""
 local expected = {'stream', 'zset', 'zset', 'hash'}
+local new_streams = {}
 for i = 1, #KEYS do
   local t = redis.call('TYPE', KEYS[i])['ok']
   local want = expected[((i - 1) % 4) + 1]
   if t ~= 'none' and t ~= want then
     return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)
   end
+  if t == 'none' and want == 'stream' then new_streams[#new_streams + 1] = KEYS[i] end
 end
 local n = tonumber(ARGV[1])
 local now = now_ms(ARGV[2 + n * 6])
@@ -108,6 +110,8 @@ local function write(cmd, key, ...)
   local r = redis.pcall(cmd, key, ...)
   if type(r) == 'table' and r.err then
     for i = #undo, 1, -1 do redis.call(undo[i][1], undo[i][2], undo[i][3]) end
+    -- XDEL leaves an empty stream behind: remove the streams this script created.
+    for _, key in ipairs(new_streams) do redis.call('DEL', key) end
     return nil, r.err .. ' (' .. cmd .. ' ' .. key .. '; nothing of this batch was written)'
   end
   return r, nil

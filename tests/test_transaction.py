@@ -127,6 +127,13 @@ async def test_a_failing_xadd_undoes_the_writes_before_it(
     assert tx.stream_ids == []
     assert await nothing_written(raw, a, b)
     assert await a.get_messages(count=5) == []
+    # A stream the failed batch would have created is not left behind, empty.
+    fresh = mq.queue("tx-fresh")
+    with pytest.raises(TransactionError, match="nothing was written"):
+        async with mq.transaction() as tx:
+            tx.send_message(fresh, 1)
+            tx.send_message(b, 2)
+    assert await raw.exists(fresh.stream) == 0
 
 
 async def test_a_failing_xadd_undoes_a_send_messages_batch(
