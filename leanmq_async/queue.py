@@ -219,9 +219,11 @@ class Queue:
         """Read up to ``count`` new messages for this queue's consumer group.
 
         Blocks up to ``block_for_seconds`` when none are waiting (None: do not block).
-        Messages stay pending until acknowledged, deleted or moved to the DLQ. Entries that
-        cannot be decoded are moved to the DLQ with their reason; expired ones are
-        acknowledged and not returned. A read that yields only such entries is followed
+        Delayed messages that are due are moved into the queue by the read itself (no
+        worker needed), and a blocking read wakes when one comes due. Messages stay
+        pending until acknowledged, deleted or moved to the DLQ. Entries that cannot be
+        decoded are moved to the DLQ with their reason; expired ones are acknowledged and
+        not returned. A read that yields only such entries is followed
         by another, so an empty result means no message was waiting (or the wait ended).
         """
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:

@@ -13,7 +13,9 @@ for the number of network round trips, by counting the packed writes redis-py se
                                     ZRANGEBYSCORE 1, ZRANGE 1) and XREADGROUP 1, pipelined
                                     (+ SCRIPT LOAD 1 and TIME 1 on the client's first read
                                     only: the Redis clock offset is re-measured once a
-                                    minute at most)
+                                    minute at most). A blocking read that finds nothing
+                                    first reads without blocking, to learn when the next
+                                    delayed message is due, then blocks until then.
     move_to_dlq(100 ids)            1 round trip: EVALSHA 1 (inside: TYPE 2, TIME 1, XRANGE 100,
                                     XPENDING 100, XADD 100, XACK 100)
     dlq.requeue_messages(100 ids)   1 round trip: EVALSHA 1 (inside: TYPE 2, XRANGE 100, XADD 100,
