@@ -219,11 +219,11 @@ class Queue:
         """Read up to ``count`` new messages for this queue's consumer group.
 
         Blocks up to ``block_for_seconds`` when none are waiting (None: do not block).
-        Delayed messages that are due are moved into the queue by the read itself (no
-        worker needed), and a blocking read wakes when one comes due. Messages stay
-        pending until acknowledged, deleted or moved to the DLQ. Entries that cannot be
-        decoded are moved to the DLQ with their reason; expired ones are acknowledged and
-        not returned. A read that yields only such entries is followed
+        Due delayed messages are moved into the queue by the read itself (no worker
+        needed); a blocking read wakes when one comes due.
+        Messages stay pending until acknowledged, deleted or moved to the DLQ. Entries that
+        cannot be decoded are moved to the DLQ with their reason; expired ones are
+        acknowledged and not returned. A read that yields only such entries is followed
         by another, so an empty result means no message was waiting (or the wait ended).
         """
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -239,7 +239,7 @@ class Queue:
         first = True
         while True:
             block = None
-            if wait_ms and not (first and not self.is_dlq):
+            if wait_ms and (self.is_dlq or not first):
                 block = min(wait_ms, _MAX_BLOCK_CHUNK_MS)
                 if next_due_ms >= 0:
                     block = max(1, min(block, next_due_ms))
