@@ -395,16 +395,17 @@ class Store:
                 moved, reply = await pipe.execute(raise_on_error=False)
             if isinstance(reply, Exception):
                 raise reply
-            entries = _read_entries(reply)
-            if isinstance(moved, Exception):
-                # Entries read are handed out all the same (they are pending now); the
-                # error shows again on a read that finds nothing.
-                if entries:
-                    return entries, 0
-                if isinstance(moved, redis_errors.NoScriptError):
-                    # Redis lost its scripts (restarted): load it and read again.
-                    self._move_due_loaded = False
-                    return await self.read_after_due(keys, group, consumer, count, block_ms)
+        entries = _read_entries(reply)
+        if isinstance(moved, Exception):
+            # Entries read are handed out all the same (they are pending now); the
+            # error shows again on a read that finds nothing.
+            if entries:
+                return entries, 0
+            if isinstance(moved, redis_errors.NoScriptError):
+                # Redis lost its scripts (restarted): load it and read again.
+                self._move_due_loaded = False
+                return await self.read_after_due(keys, group, consumer, count, block_ms)
+            with translate_errors("move due"):
                 raise moved
         return entries, int(moved[1])
 

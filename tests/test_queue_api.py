@@ -20,6 +20,7 @@ from leanmq_async import (
     MessageTooLargeError,
     Queue,
     QueueNotFoundError,
+    RedisOperationError,
     WrongQueueKindError,
 )
 from leanmq_async.testing import RedisServer
@@ -601,6 +602,18 @@ async def test_get_messages_moves_due_messages_after_redis_lost_its_scripts(
     await raw.script_flush()
     mq.store.clock_shift_ms = 30_000
     assert [m.data for m in await queue.get_messages()] == ["later"]
+
+
+async def test_a_broken_delayed_set_does_not_hide_messages_read(
+    pair: tuple[Queue, Queue], raw: aioredis.Redis
+) -> None:
+    queue, _ = pair
+    await queue.send_message("ready")
+    await raw.set(queue.keys.delayed, "not a zset")
+    # The read ran in the same round trip: its message is handed out, not left pending.
+    assert [m.data for m in await queue.get_messages()] == ["ready"]
+    with pytest.raises(RedisOperationError, match=r"move due.*WRONGTYPE"):
+        await queue.get_messages()
 
 
 @pytest.mark.parametrize("delay", [0, -0.5, float("inf")])
