@@ -15,6 +15,7 @@ from leanmq_async.exceptions import (
     MessageEncodeError,
     MessageError,
     MessageTooLargeError,
+    PartialSendError,
     QueueError,
     QueueNotFoundError,
     RedisOperationError,
@@ -23,7 +24,7 @@ from leanmq_async.exceptions import (
     TransactionError,
     WrongQueueKindError,
 )
-from leanmq_async.message import DeadLetterInfo, Message, QueueInfo
+from leanmq_async.message import DeadLetterInfo, DeadLetterResult, Message, QueueInfo
 from leanmq_async.partition import PartitionedQueue
 from leanmq_async.queue import Queue
 from leanmq_async.transaction import Transaction
@@ -35,6 +36,7 @@ __all__ = [
     "ConnectionSettings",
     "DeadLetterInfo",
     "DeadLetterQueueNotFoundError",
+    "DeadLetterResult",
     "Durability",
     "InvalidMessageIdError",
     "LeanMQ",
@@ -47,6 +49,7 @@ __all__ = [
     "MessageError",
     "MessageTooLargeError",
     "NotReplicatedError",
+    "PartialSendError",
     "PartitionedQueue",
     "Queue",
     "QueueError",

@@ -6,6 +6,8 @@ Redis errors are translated into these at the one boundary that talks to Redis
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 __all__ = [
     "ConfigurationError",
     "ConfirmationRequiredError",
@@ -17,6 +19,7 @@ __all__ = [
     "MessageEncodeError",
     "MessageError",
     "MessageTooLargeError",
+    "PartialSendError",
     "QueueError",
     "QueueNotFoundError",
     "RedisOperationError",
@@ -69,6 +72,33 @@ class InvalidMessageIdError(QueueError, ValueError):
 
 class TransactionError(LeanMQError):
     """A transaction could not be committed; nothing of it was written."""
+
+
+class PartialSendError(LeanMQError):
+    """A send over several partitions was written for some partitions only.
+
+    Each partition is written whole or not at all. ``stream_ids`` holds the ids in the
+    order of the items sent, None for an item that was not written; ``errors`` maps the
+    name of each partition that failed to its error (a
+    :class:`LeanMQConnectionError` there means that partition's outcome is unknown: its
+    items are None, but they may have been written whole). Resend only the items whose
+    id is None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        stream_ids: Sequence[str | None],
+        errors: Mapping[str, LeanMQError],
+    ) -> None:
+        super().__init__(message)
+        self.stream_ids: list[str | None] = list(stream_ids)
+        self.errors: dict[str, LeanMQError] = dict(errors)
+
+    @property
+    def unsent(self) -> list[int]:
+        """Positions (in the order of the items sent) of the items not written."""
+        return [i for i, sid in enumerate(self.stream_ids) if sid is None]
 
 
 class MessageError(LeanMQError):

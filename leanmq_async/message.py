@@ -1,13 +1,15 @@
-"""The objects a reader gets back: :class:`Message`, :class:`DeadLetterInfo`, :class:`QueueInfo`."""
+"""The objects a reader gets back: :class:`Message`, :class:`DeadLetterInfo`, :class:`QueueInfo`,
+:class:`DeadLetterResult`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
-__all__ = ["DeadLetterInfo", "Message", "QueueInfo"]
+__all__ = ["DeadLetterInfo", "DeadLetterResult", "Message", "QueueInfo"]
 
 T = TypeVar("T")
 
@@ -23,6 +25,39 @@ class DeadLetterInfo(msgspec.Struct, kw_only=True):
     source_queue: str = ""
     source_id: str = ""
     group: str = ""
+
+
+class DeadLetterResult(msgspec.Struct, kw_only=True):
+    """What ``Queue.move_to_dlq`` did with each id.
+
+    ``moved``: the ids moved to the DLQ, in the order given. ``not_moved``: id -> why it
+    was not: ``"not_pending"`` (in the stream but not pending in the queue's group: never
+    delivered, or already acknowledged; it stays where it is) or ``"not_found"`` (not in
+    the stream and not pending). ``len(result)`` and ``result.count`` are the number moved.
+    """
+
+    moved: list[str] = msgspec.field(default_factory=list)
+    not_moved: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        """The number of ids moved."""
+        return len(self.moved)
+
+    def __len__(self) -> int:
+        return len(self.moved)
+
+    @classmethod
+    def from_reply(cls, ids: Sequence[str], reply: Sequence[bytes | str]) -> DeadLetterResult:
+        """Parse the per-id status list of :data:`leanmq_async.scripts.DEAD_LETTER`."""
+        result = cls()
+        for sid, raw in zip(ids, reply, strict=True):
+            status = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if status == "moved":
+                result.moved.append(sid)
+            else:
+                result.not_moved[sid] = status
+        return result
 
 
 class Message(msgspec.Struct, Generic[T], kw_only=True):

@@ -18,8 +18,9 @@ Routing:
 
 ``send_messages`` groups the messages by partition and writes each group with one
 script call, the groups concurrently: it is atomic **per partition only** (one group
-may be written while another fails). Use one ``key`` for all of them (one partition)
-when the batch must be all-or-nothing.
+may be written while another fails; then :class:`~leanmq_async.PartialSendError` says
+which items were written). Use one ``key`` for all of them (one partition) when the
+batch must be all-or-nothing.
 
 ``@orders.handler(...)`` registers the same function on every partition with the same
 options. ``concurrency`` stays per partition: a worker process runs one fetch loop per
@@ -40,7 +41,7 @@ import anyio
 
 from leanmq_async.cluster import Durability, NotReplicatedError, check_wait_support
 from leanmq_async.connection import translate_errors
-from leanmq_async.exceptions import ConfigurationError
+from leanmq_async.exceptions import ConfigurationError, LeanMQError, PartialSendError
 from leanmq_async.keys import validate_queue_name
 from leanmq_async.message import QueueInfo
 
@@ -174,6 +175,11 @@ class PartitionedQueue:
         grouped per partition, keeping their order, and each group is written atomically
         with one script call, the groups concurrently: **atomic per partition only**.
 
+        Every item is encoded before anything is written. If some groups fail, the others
+        are still written and one :class:`~leanmq_async.PartialSendError` carries the ids
+        written (None for the items not written) and each failed partition's error. A
+        send to one partition raises that partition's error (nothing was written).
+
         ``durability``: wait for replicas like this for this call (default: the client's).
         Every group finishes its wait; if any was not confirmed, one
         :class:`~leanmq_async.cluster.NotReplicatedError` carries every id, in order.
@@ -209,27 +215,44 @@ class PartitionedQueue:
             # Refused here once, rather than by every group at the same time.
             with translate_errors("INFO"):
                 await check_wait_support(self._mq.redis, waiting)
-        ids: list[str] = [""] * len(payloads)
+        # Encoded first: a payload the codec refuses stops the call before any write.
+        ops = [
+            q._send_op(data, None, ttl, delay, headers)[0]
+            for q, data in zip(targets, payloads, strict=True)
+        ]
+        ids: list[str | None] = [None] * len(payloads)
         unconfirmed: list[tuple[int, NotReplicatedError]] = []
+        failed: dict[int, LeanMQError] = {}
 
         async def send_group(part: int, positions: list[int]) -> None:
             try:
-                sent = await self._partitions[part].send_messages(
-                    [payloads[p] for p in positions],
-                    ttl=ttl,
-                    delay=delay,
-                    headers=headers,
-                    durability=durability,
-                )
+                sent = await self._mq.store.send([ops[p] for p in positions], durability)
             except NotReplicatedError as exc:
                 # Written all the same: keep the ids, let the other groups finish waiting.
                 sent = exc.stream_ids
                 unconfirmed.append((part, exc))
+            except LeanMQError as exc:
+                failed[part] = exc  # the other groups go on: their ids are reported
+                return
             for p, sid in zip(positions, sent, strict=True):
                 ids[p] = sid
 
         if groups:
             await self._concurrently([partial(send_group, *g) for g in groups.items()])
+        if failed and len(groups) == 1:
+            raise failed.popitem()[1]  # one partition: written whole or not at all
+        if failed:
+            errors = {self._partitions[i].name: failed[i] for i in sorted(failed)}
+            written = sum(sid is not None for sid in ids)
+            first = next(iter(errors.values()))
+            raise PartialSendError(
+                f"{written} of {len(payloads)} messages written: {len(failed)} of the "
+                f"{len(groups)} partitions failed ({', '.join(errors)}): {first}; "
+                "resend only the items whose stream_ids entry is None",
+                ids,
+                errors,
+            ) from first
+        sent_ids = [sid for sid in ids if sid is not None]  # every one, none failed
         if unconfirmed:
             unconfirmed.sort(key=lambda u: u[0])
             names = ", ".join(self._partitions[i].name for i, _ in unconfirmed)
@@ -237,10 +260,10 @@ class PartitionedQueue:
             raise NotReplicatedError(
                 f"every message was written, but {len(unconfirmed)} of the {len(groups)} "
                 f"partitions written ({names}) were not confirmed: {first}",
-                ids,
+                sent_ids,
                 min(exc.acknowledged for _, exc in unconfirmed),
             ) from first
-        return ids
+        return sent_ids
 
     # -- inspecting ----------------------------------------------------------------------
 

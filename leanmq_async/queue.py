@@ -20,7 +20,7 @@ from leanmq_async.exceptions import (
     WrongQueueKindError,
 )
 from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, default_group
-from leanmq_async.message import Message, QueueInfo
+from leanmq_async.message import DeadLetterResult, Message, QueueInfo
 from leanmq_async.reading import dead_letter_info, to_message, triage
 from leanmq_async.store import RawEntry, SendOp
 
@@ -219,6 +219,8 @@ class Queue:
         """Read up to ``count`` new messages for this queue's consumer group.
 
         Blocks up to ``block_for_seconds`` when none are waiting (None: do not block).
+        Due delayed messages are moved into the queue by the read itself (no worker
+        needed); a blocking read wakes when one comes due.
         Messages stay pending until acknowledged, deleted or moved to the DLQ. Entries that
         cannot be decoded are moved to the DLQ with their reason; expired ones are
         acknowledged and not returned. A read that yields only such entries is followed
@@ -230,12 +232,26 @@ class Queue:
         store = self._mq.store
         wait_ms = to_ms(block_for_seconds, "block_for_seconds") if block_for_seconds else 0
         deadline = anyio.current_time() + wait_ms / 1000
+        # Each read of a main queue first moves its due delayed messages into the stream
+        # and learns when the next one is due (-1: none waiting). The first read does not
+        # block, so that a blocking one wakes when the next delayed message comes due.
+        next_due_ms = -1
+        first = True
         while True:
-            block = min(wait_ms, _MAX_BLOCK_CHUNK_MS) if wait_ms else None
+            block = None
+            if wait_ms and (self.is_dlq or not first):
+                block = min(wait_ms, _MAX_BLOCK_CHUNK_MS)
+                if next_due_ms >= 0:
+                    block = max(1, min(block, next_due_ms))
             try:
-                raw = await store.read_group(
-                    self.stream, self.consumer_group, consumer, count, block
-                )
+                if self.is_dlq:
+                    raw = await store.read_group(
+                        self.stream, self.consumer_group, consumer, count, block
+                    )
+                else:
+                    raw, next_due_ms = await store.read_after_due(
+                        self.keys, self.consumer_group, consumer, count, block
+                    )
             except RedisOperationError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -253,6 +269,7 @@ class Queue:
                 # Only expired, foreign or bad entries: they are settled; read on.
             elif not wait_ms:
                 return []
+            first = False
             if wait_ms:
                 wait_ms = int((deadline - anyio.current_time()) * 1000)
                 if wait_ms <= 0:
@@ -335,18 +352,29 @@ class Queue:
 
     async def move_to_dlq(
         self, message_ids: Sequence[str], reason: str, dlq: Queue | None = None
-    ) -> int:
-        """Move messages to the DLQ with ``reason``, atomically (copy + ack in one script)."""
+    ) -> DeadLetterResult:
+        """Move messages pending in this queue's group to the DLQ with ``reason``.
+
+        Each move is atomic (copy + ack in one script). Only delivered, unacknowledged
+        messages move: an id never delivered or already acknowledged stays where it is.
+        The result lists the ids moved and, for the others, why not (``len(result)`` is
+        the number moved).
+        """
         self._require_main("move_to_dlq")
+        if not isinstance(reason, str):
+            raise ConfigurationError(
+                f"reason must be a str saying why the messages are dead-lettered, got "
+                f"{type(reason).__name__}: move_to_dlq(ids, str(reason))"
+            )
         if dlq is not None and (not dlq.is_dlq or dlq.base_name != self.base_name):
             raise WrongQueueKindError(
                 "move_to_dlq needs this queue's dead-letter queue "
                 f"({self.base_name + DLQ_SUFFIX!r}), got {dlq.name!r}"
             )
-        ids = validate_ids(message_ids)
+        ids = list(dict.fromkeys(validate_ids(message_ids)))  # each id once
         if not ids:
-            return 0
-        items = [(sid, str(reason), "", "", 0) for sid in ids]
+            return DeadLetterResult()
+        items = [(sid, reason, "", "", 0) for sid in ids]
         return await self._mq.store.dead_letter(
             self.keys, self.consumer_group, "", self.name, items
         )

@@ -82,24 +82,40 @@ end
 # KEYS: per queue [stream, expiry, delayed, delayed_data]
 # ARGV: n_ops, then per op: queue index (1-based), ttl_ms, delay_ms, field, body, member;
 #       last: clock shift (ms)
-# Every key's type is checked before anything is written, so a batch (a transaction, or
-# send_messages) is written whole or not at all. Returns the stream ids (or delayed members).
-# A delayed member is prefixed with the send time and the op's index: entries due at the
-# same millisecond sort by member, so this keeps them in the order they were sent.
+# All or nothing: every key's type is checked before anything is written, and a write
+# that fails all the same (an XADD on a stream whose last id is the largest possible one)
+# undoes every write before it, so a batch (a transaction, or send_messages) is written
+# whole or not at all. Returns the stream ids (or delayed members). A delayed member is
+# prefixed with the send time and the op's index: entries due at the same millisecond
+# sort by member, so this keeps them in the order they were sent.
 SEND: Final = (
     _PRELUDE
     + r"""
 local expected = {'stream', 'zset', 'zset', 'hash'}
+local new_streams = {}
 for i = 1, #KEYS do
   local t = redis.call('TYPE', KEYS[i])['ok']
   local want = expected[((i - 1) % 4) + 1]
   if t ~= 'none' and t ~= want then
     return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)
   end
+  if t == 'none' and want == 'stream' then new_streams[#new_streams + 1] = KEYS[i] end
 end
 local n = tonumber(ARGV[1])
 local now = now_ms(ARGV[2 + n * 6])
 local out = {}
+-- What was written so far, to remove again if a later write fails: {command, key, member}.
+local undo = {}
+local function write(cmd, key, ...)
+  local r = redis.pcall(cmd, key, ...)
+  if type(r) == 'table' and r.err then
+    for i = #undo, 1, -1 do redis.call(undo[i][1], undo[i][2], undo[i][3]) end
+    -- XDEL leaves an empty stream behind: remove the streams this script created.
+    for _, key in ipairs(new_streams) do redis.call('DEL', key) end
+    return nil, r.err .. ' (' .. cmd .. ' ' .. key .. '; nothing of this batch was written)'
+  end
+  return r, nil
+end
 for op = 0, n - 1 do
   local b = 2 + op * 6
   local base = (tonumber(ARGV[b]) - 1) * 4
@@ -109,14 +125,26 @@ for op = 0, n - 1 do
     fields[3] = 'x'
     fields[4] = tostring(now + ttl)
   end
+  local done, err
   if delay > 0 then
     local member = string.format('%015.0f%06d|', now, op) .. ARGV[b + 5]
-    redis.call('ZADD', KEYS[base + 3], now + delay, member)
-    redis.call('HSET', KEYS[base + 4], member, cmsgpack.pack(fields))
+    done, err = write('ZADD', KEYS[base + 3], now + delay, member)
+    if err then return redis.error_reply(err) end
+    undo[#undo + 1] = {'ZREM', KEYS[base + 3], member}
+    done, err = write('HSET', KEYS[base + 4], member, cmsgpack.pack(fields))
+    if err then return redis.error_reply(err) end
+    undo[#undo + 1] = {'HDEL', KEYS[base + 4], member}
     out[#out + 1] = member
   else
-    local id = redis.call('XADD', KEYS[base + 1], '*', unpack(fields))
-    if ttl > 0 then redis.call('ZADD', KEYS[base + 2], now + ttl, id) end
+    local id
+    id, err = write('XADD', KEYS[base + 1], '*', unpack(fields))
+    if err then return redis.error_reply(err) end
+    undo[#undo + 1] = {'XDEL', KEYS[base + 1], id}
+    if ttl > 0 then
+      done, err = write('ZADD', KEYS[base + 2], now + ttl, id)
+      if err then return redis.error_reply(err) end
+      undo[#undo + 1] = {'ZREM', KEYS[base + 2], id}
+    end
     out[#out + 1] = id
   end
 end
@@ -198,12 +226,15 @@ return 1
 )
 
 # KEYS: stream, dlq
-# ARGV: group, consumer ('' = no ownership check), source queue name, n,
+# ARGV: group, consumer ('' = any consumer of the group), source queue name, n,
 #       then per id: id, reason, error_type, traceback, attempts
-# Copies each entry to the DLQ with its failure metadata and acks it, together.
-# An entry already gone from the stream but still pending in the group (delivered, then
-# deleted) leaves a tombstone (dlq.missing = 1): the loss is recorded, never hidden. An id
-# that is neither in the stream nor pending is skipped. Returns the number moved.
+# Copies each entry pending in the group (owned by ``consumer``, if given) to the DLQ with
+# its failure metadata and acks it, together: a move, never a copy of an entry the group
+# has not been delivered or has already acked. An entry already gone from the stream but
+# still pending (delivered, then deleted) leaves a tombstone (dlq.missing = 1): the loss is
+# recorded, never hidden. Reply: one status per id, in order: 'moved', 'not_owned' (held by
+# another consumer), 'not_pending' (in the stream, not pending in the group: never
+# delivered, or acked) or 'not_found' (neither in the stream nor pending).
 DEAD_LETTER: Final = (
     _PRELUDE
     + r"""
@@ -212,31 +243,34 @@ local bad = check_types(KEYS, {'stream', 'stream'})
 if bad then return redis.error_reply(bad) end
 local t = redis.call('TIME')
 local at = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-local moved = 0
+local out = {}
 for k = 0, tonumber(ARGV[4]) - 1 do
   local b = 5 + k * 5
   local id = ARGV[b]
-  if consumer == '' or owned_by(stream, group, id, consumer) then
-    local entry = redis.call('XRANGE', stream, id, id)
-    local fields = nil
-    if entry[1] ~= nil and entry[1][2] ~= nil then
+  local entry = redis.call('XRANGE', stream, id, id)
+  local exists = entry[1] ~= nil and entry[1][2] ~= nil
+  local status = 'moved'
+  if consumer ~= '' then
+    if not owned_by(stream, group, id, consumer) then status = 'not_owned' end
+  elseif not pending_in(stream, group, id) then
+    status = exists and 'not_pending' or 'not_found'
+  end
+  if status == 'moved' then
+    local fields = {'dlq.missing', '1'}
+    if exists then
       fields = {}
       for i, v in ipairs(entry[1][2]) do fields[i] = v end
-    elseif consumer ~= '' or pending_in(stream, group, id) then
-      fields = {'dlq.missing', '1'}
     end
-    if fields then
-      local meta = {'dlq.reason', ARGV[b + 1], 'dlq.error', ARGV[b + 2], 'dlq.traceback',
-        ARGV[b + 3], 'dlq.attempts', ARGV[b + 4], 'dlq.at', at, 'dlq.queue', ARGV[3],
-        'dlq.id', id, 'dlq.group', group}
-      for _, v in ipairs(meta) do fields[#fields + 1] = v end
-      redis.call('XADD', dlq, '*', unpack(fields))
-      redis.call('XACK', stream, group, id)
-      moved = moved + 1
-    end
+    local meta = {'dlq.reason', ARGV[b + 1], 'dlq.error', ARGV[b + 2], 'dlq.traceback',
+      ARGV[b + 3], 'dlq.attempts', ARGV[b + 4], 'dlq.at', at, 'dlq.queue', ARGV[3],
+      'dlq.id', id, 'dlq.group', group}
+    for _, v in ipairs(meta) do fields[#fields + 1] = v end
+    redis.call('XADD', dlq, '*', unpack(fields))
+    redis.call('XACK', stream, group, id)
   end
+  out[#out + 1] = status
 end
-return moved
+return out
 """
 )
 

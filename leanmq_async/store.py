@@ -8,7 +8,7 @@ Every redis-py error is translated by :func:`~leanmq_async.connection.translate_
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import anyio
@@ -28,6 +28,7 @@ from leanmq_async.cluster import (
 from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import LeanMQError
 from leanmq_async.keys import QueueKeys, registry_key
+from leanmq_async.message import DeadLetterResult
 
 __all__ = ["RawEntry", "ReclaimResult", "SendOp", "SettleCall", "Store"]
 
@@ -76,14 +77,38 @@ class ReclaimResult:
 
 
 class SettleCall:
-    """One settling script call (retry or dead-letter), to run in a batch."""
+    """One settling script call (retry or dead-letter), to run in a batch.
 
-    __slots__ = ("args", "keys", "script")
+    ``parse`` turns the script's reply into the call's result (default: ``int``).
+    """
 
-    def __init__(self, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
+    __slots__ = ("args", "keys", "parse", "script")
+
+    def __init__(
+        self,
+        script: AsyncScript,
+        keys: list[str],
+        args: list[Any],
+        parse: Callable[[Any], int] = int,
+    ) -> None:
         self.script = script
         self.keys = keys
         self.args = args
+        self.parse = parse
+
+
+# Delayed entries moved per read_after_due call (more due ones: the next call moves them).
+_DUE_BATCH = 500
+
+
+def _read_entries(reply: Any) -> list[RawEntry]:
+    """The entries of an XREADGROUP reply for one stream."""
+    if not reply:
+        return []
+    # RESP2 returns [[stream, entries]]; RESP3 returns {stream: [entries]}.
+    if isinstance(reply, dict):
+        return list(next(iter(reply.values()))[0])
+    return list(reply[0][1])
 
 
 def _pairs_to_dict(flat: Sequence[Any]) -> dict[bytes, bytes]:
@@ -121,6 +146,7 @@ class Store:
         self._purge = register(scripts.PURGE)
         self._create_groups = register(scripts.CREATE_GROUPS)
         self._delete_idle_consumer = register(scripts.DELETE_IDLE_CONSUMER)
+        self._move_due_loaded = False
         self._clock_offset_ms = 0.0
         self._clock_synced_at = -1e18
         # Moves the clock every time decision uses (the scripts' and redis_now_ms) forward
@@ -158,14 +184,27 @@ class Store:
 
     # -- queues --------------------------------------------------------------------------
 
-    async def create_queue(self, prefix: str, keys: QueueKeys, group: str, dlq_group: str) -> None:
+    async def create_queue(
+        self,
+        prefix: str,
+        keys: QueueKeys,
+        group: str,
+        dlq_group: str,
+        *,
+        create_group: bool = True,
+    ) -> None:
         """Create both streams with their groups, the metadata and the registry entry.
 
         Two round trips: the groups first, so a key of the wrong type fails the call
-        before the queue is registered.
+        before the queue is registered. ``create_group=False``: only the DLQ's group
+        (a worker creates the groups its handlers read, not a default nobody reads:
+        retention keeps every entry a group has not acknowledged).
         """
+        streams, groups = [keys.dlq], [dlq_group]
+        if create_group:
+            streams, groups = [keys.stream, keys.dlq], [group, dlq_group]
         with translate_errors("create queue"):
-            await self._create_groups(keys=[keys.stream, keys.dlq], args=[group, dlq_group])
+            await self._create_groups(keys=streams, args=groups)
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.hsetnx(keys.meta, "created_at", repr(time.time()))
                 pipe.hsetnx(keys.meta, "consumer_group", group)
@@ -328,12 +367,47 @@ class Store:
                 reply = await self.client.xreadgroup(
                     group, consumer, {stream: start}, count=count, block=block_ms
                 )
-        if not reply:
-            return []
-        # RESP2 returns [[stream, entries]]; RESP3 returns {stream: [entries]}.
-        if isinstance(reply, dict):
-            return list(next(iter(reply.values()))[0])
-        return list(reply[0][1])
+        return _read_entries(reply)
+
+    async def read_after_due(
+        self, keys: QueueKeys, group: str, consumer: str, count: int, block_ms: int | None
+    ) -> tuple[list[RawEntry], int]:
+        """Move due delayed entries into the stream, then XREADGROUP new entries.
+
+        One round trip (MOVE_DUE pipelined before the read; on a cluster, two), so a
+        reader without a worker sees delayed messages at their due time. Returns the
+        entries and the ms until the next delayed entry is due (-1: none is waiting).
+        """
+        move_keys = [keys.stream, keys.delayed, keys.delayed_data, keys.expiry]
+        move_args = [_DUE_BATCH, self.clock_shift_ms]
+        if self.cluster:
+            with translate_errors("move due"):
+                moved = await self._move_due(keys=move_keys, args=move_args)
+            entries = await self.read_group(keys.stream, group, consumer, count, block_ms)
+            return entries, int(moved[1])
+        with translate_errors("XREADGROUP"):
+            if not self._move_due_loaded:
+                await self.client.script_load(self._move_due.script)
+                self._move_due_loaded = True
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._move_due.sha, len(move_keys), *move_keys, *move_args)
+                pipe.xreadgroup(group, consumer, {keys.stream: ">"}, count=count, block=block_ms)
+                moved, reply = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, Exception):
+                raise reply
+        entries = _read_entries(reply)
+        if isinstance(moved, Exception):
+            # Entries read are handed out all the same (they are pending now); the
+            # error shows again on a read that finds nothing.
+            if entries:
+                return entries, 0
+            if isinstance(moved, redis_errors.NoScriptError):
+                # Redis lost its scripts (restarted): load it and read again.
+                self._move_due_loaded = False
+                return await self.read_after_due(keys, group, consumer, count, block_ms)
+            with translate_errors("move due"):
+                raise moved
+        return entries, int(moved[1])
 
     async def ack(self, stream: str, group: str, ids: Sequence[bytes | str]) -> int:
         with translate_errors("XACK"):
@@ -377,16 +451,18 @@ class Store:
         consumer: str,
         source_name: str,
         items: Sequence[tuple[str, str, str, str, int]],
-    ) -> int:
+    ) -> DeadLetterResult:
         """Move ``(id, reason, error_type, traceback, attempts)`` items to the DLQ atomically.
 
-        With ``consumer`` set, only entries this consumer still owns are moved.
+        Only entries pending in ``group`` move; with ``consumer`` set, only those this
+        consumer still owns. The result says which ids moved and why the others did not.
         """
         args: list[Any] = [group, consumer, source_name, len(items)]
         for item in items:
             args.extend(item)
         with translate_errors("move to DLQ"):
-            return int(await self._dead_letter(keys=[keys.stream, keys.dlq], args=args))
+            reply = await self._dead_letter(keys=[keys.stream, keys.dlq], args=args)
+        return DeadLetterResult.from_reply([item[0] for item in items], reply)
 
     def retry_call(
         self, keys: QueueKeys, group: str, consumer: str, sid: str, delay_ms: int, attempts: int
@@ -405,9 +481,14 @@ class Store:
         source_name: str,
         item: tuple[str, str, str, str, int],
     ) -> SettleCall:
-        """:meth:`dead_letter` of one item as one call of a :meth:`settle_many` batch."""
+        """:meth:`dead_letter` of one item as one call of a :meth:`settle_many` batch:
+        1 moved, 0 not (no longer owned by ``consumer``)."""
         args = [group, consumer, source_name, 1, *item]
-        return SettleCall(self._dead_letter, [keys.stream, keys.dlq], args)
+
+        def parse(reply: Any) -> int:
+            return DeadLetterResult.from_reply([item[0]], reply).count
+
+        return SettleCall(self._dead_letter, [keys.stream, keys.dlq], args, parse)
 
     async def settle_many(self, calls: Sequence[SettleCall]) -> list[int | LeanMQError]:
         """Run settling scripts in one pipeline; each call's reply, or its own error.
@@ -428,7 +509,7 @@ class Store:
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         results: list[int | LeanMQError] = []
-        for reply in replies:
+        for call, reply in zip(calls, replies, strict=True):
             if isinstance(reply, Exception):
                 try:
                     with translate_errors("settle"):
@@ -436,7 +517,7 @@ class Store:
                 except LeanMQError as exc:
                     results.append(exc)
             else:
-                results.append(int(reply))
+                results.append(call.parse(reply))
         return results
 
     async def _evalsha_pipeline(self, calls: Sequence[SettleCall]) -> list[Any]:

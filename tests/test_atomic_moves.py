@@ -11,7 +11,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from leanmq_async import LeanMQ, Queue, RedisOperationError
+from leanmq_async import ConfigurationError, LeanMQ, Queue, RedisOperationError
 
 pytestmark = pytest.mark.anyio
 
@@ -68,7 +68,7 @@ async def test_dead_letter_failure_keeps_the_source(
     assert await raw.dump(dlq.stream) == dlq_before
     # Once the DLQ is repaired the same call works.
     await raw.delete(dlq.stream)
-    assert await queue.move_to_dlq([m.id for m in msgs], "works") == 3
+    assert (await queue.move_to_dlq([m.id for m in msgs], "works")).count == 3
     assert await pending(raw, queue) == {}
     assert await raw.xlen(dlq.stream) == 3
 
@@ -91,7 +91,9 @@ async def test_dead_letter_is_copy_and_ack_together(
     queue, dlq = pair
     await queue.send_messages(["x", "y"])
     x, y = await queue.get_messages(count=2)
-    assert await queue.move_to_dlq([x.id, "1-0", y.id], "both") == 2  # 1-0 never existed
+    result = await queue.move_to_dlq([x.id, "1-0", y.id], "both")
+    assert result.moved == [x.id, y.id] and len(result) == 2
+    assert result.not_moved == {"1-0": "not_found"}  # 1-0 never existed
     assert await pending(raw, queue) == {}
     copies = await raw.xrange(dlq.stream)
     assert [f[b"dlq.id"].decode() for _, f in copies] == [x.id, y.id]
@@ -108,7 +110,7 @@ async def test_dead_letter_with_owner_moves_only_what_it_owns(
     (theirs,) = await queue.get_messages(consumer_id="other")
     items = [(m.id, "owned only", "ValueError", "tb", 2) for m in (mine, theirs)]
     moved = await mq.store.dead_letter(queue.keys, queue.consumer_group, "me", queue.name, items)
-    assert moved == 1
+    assert moved.moved == [mine.id] and moved.not_moved == {theirs.id: "not_owned"}
     assert await pending(raw, queue) == {theirs.id: "other"}
     (dead,) = await dlq.get_messages()
     assert dead.data == "mine"
@@ -120,6 +122,32 @@ async def test_dead_letter_with_owner_moves_only_what_it_owns(
         "tb",
         2,
     )
+
+
+async def test_move_to_dlq_moves_only_pending_ids(
+    pair: tuple[Queue, Queue], raw: aioredis.Redis
+) -> None:
+    queue, dlq = pair
+    await queue.send_messages(["acked", "pending"])
+    acked, held = await queue.get_messages(count=2)
+    await queue.acknowledge_messages([acked.id])
+    unread = await queue.send_message("unread")
+    result = await queue.move_to_dlq([unread, acked.id, held.id, held.id], "explicit")
+    assert result.moved == [held.id] and result.count == 1 and len(result) == 1
+    assert result.not_moved == {unread: "not_pending", acked.id: "not_pending"}
+    assert [m.data for m in await dlq.peek_messages()] == ["pending"]
+    assert await pending(raw, queue) == {}
+    # The undelivered one was not copied, so it is delivered (once) as usual.
+    assert [m.id for m in await queue.get_messages(count=5)] == [unread]
+
+
+async def test_move_to_dlq_refuses_a_reason_that_is_not_a_str(pair: tuple[Queue, Queue]) -> None:
+    queue, _ = pair
+    await queue.send_message("x")
+    (msg,) = await queue.get_messages()
+    with pytest.raises(ConfigurationError, match="reason must be a str"):
+        await queue.move_to_dlq([msg.id], 42)  # type: ignore[arg-type]
+    assert (await queue.move_to_dlq([], "nothing")).count == 0
 
 
 # -- REQUEUE -------------------------------------------------------------------------------
@@ -309,7 +337,9 @@ async def test_dead_letter_on_a_stream_without_the_group_is_not_half_done(
 ) -> None:
     queue = mq.queue("no-group")  # declared only: the stream exists, the group does not
     sid = await queue.send_message("x")
-    # The existing entry is copied; the unknown id is skipped instead of failing the
-    # script after the first copy was written.
-    assert await queue.move_to_dlq([sid, "1-1"], "no group") == 1
-    assert await raw.xlen(queue.keys.dlq) == 1
+    # Nothing is pending without the group, so nothing moves (and the script does not
+    # fail half-way on the missing group).
+    result = await queue.move_to_dlq([sid, "1-1"], "no group")
+    assert result.not_moved == {sid: "not_pending", "1-1": "not_found"}
+    assert await raw.xlen(queue.keys.dlq) == 0
+    assert await raw.xlen(queue.stream) == 1

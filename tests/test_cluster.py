@@ -221,7 +221,7 @@ async def test_move_to_dlq_and_requeue(cmq: LeanMQ) -> None:
     queue, dlq = await cmq.create_queue_pair("jobs")
     ids = await queue.send_messages(["a", "b", "c"])
     got = await queue.get_messages(count=3)
-    assert await queue.move_to_dlq([got[0].id, got[2].id], "bad input") == 2
+    assert (await queue.move_to_dlq([got[0].id, got[2].id], "bad input")).count == 2
     dead = await dlq.get_messages(count=10)
     assert [m.data for m in dead] == ["a", "c"]
     assert {m.dead_letter.reason for m in dead if m.dead_letter} == {"bad input"}

@@ -104,7 +104,7 @@ async def test_dashboard_requeues_a_dead_letter(
     queue, dlq = await mq.create_queue_pair("orders")
     await queue.send_message({"order": 42}, message_id="order-42")
     (msg,) = await queue.get_messages(consumer_id="crashed")
-    assert await queue.move_to_dlq([msg.id], "invalid foreign key 42") == 1
+    assert (await queue.move_to_dlq([msg.id], "invalid foreign key 42")).moved == [msg.id]
     ((dead_id, _),) = await raw.xrange(dlq.stream)
     dead_id = dead_id.decode()
 

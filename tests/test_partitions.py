@@ -12,7 +12,16 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from leanmq_async import ConfigurationError, LeanMQ, Message, PartitionedQueue
+from leanmq_async import (
+    ConfigurationError,
+    LeanMQ,
+    LeanMQError,
+    Message,
+    MessageEncodeError,
+    PartialSendError,
+    PartitionedQueue,
+    RedisOperationError,
+)
 from leanmq_async.cluster import Durability, LeanMQRedisCluster, NotReplicatedError
 from leanmq_async.partition import partition_index
 from leanmq_async.testing_cluster import RedisCluster
@@ -133,6 +142,40 @@ async def test_send_messages_rejects_bad_arguments(mq: LeanMQ) -> None:
     with pytest.raises(ConfigurationError, match="either key"):
         await orders.send_messages([1], key="a", keys=["a"])
     assert await orders.send_messages([]) == []
+    assert (await orders.get_info()).message_count == 0
+
+
+async def test_a_failed_partition_raises_partial_send_error_with_the_ids_written(
+    mq: LeanMQ,
+) -> None:
+    orders = mq.queue("partial", partitions=3)
+    broken = orders.partitions[1]
+    await mq.redis.set(broken.stream, "not a stream")
+    with pytest.raises(PartialSendError) as caught:
+        await orders.send_messages(list(range(6)), ttl=60)  # round-robin: 0,1,2,0,1,2
+    error = caught.value
+    assert isinstance(error, LeanMQError)
+    assert set(error.errors) == {broken.name}
+    assert isinstance(error.errors[broken.name], RedisOperationError)
+    assert error.unsent == [1, 4]
+    ids = error.stream_ids
+    assert ids[1] is None and ids[4] is None
+    for part, positions in ((orders.partitions[0], (0, 3)), (orders.partitions[2], (2, 5))):
+        written = await part.peek_messages()
+        assert [m.id for m in written] == [ids[p] for p in positions]
+        assert [m.data for m in written] == list(positions)
+    # One partition is written whole or not at all: its own error, nothing written.
+    assert orders.partition_for("g") is broken
+    with pytest.raises(RedisOperationError, match="WRONGTYPE"):
+        await orders.send_messages([7, 8], key="g")
+
+
+async def test_a_payload_the_codec_refuses_stops_a_partitioned_send_before_any_write(
+    mq: LeanMQ,
+) -> None:
+    orders = mq.queue("encode-first", partitions=2)
+    with pytest.raises(MessageEncodeError):
+        await orders.send_messages([1, 2, object()])
     assert (await orders.get_info()).message_count == 0
 
 

@@ -20,6 +20,7 @@ from leanmq_async import (
     MessageTooLargeError,
     Queue,
     QueueNotFoundError,
+    RedisOperationError,
     WrongQueueKindError,
 )
 from leanmq_async.testing import RedisServer
@@ -291,7 +292,7 @@ async def test_move_to_dlq(pair: tuple[Queue, Queue], raw: aioredis.Redis) -> No
     await queue.send_message({"bad": 1}, message_id="mid-1", headers={"h": "1"})
     await queue.send_message({"good": 2})
     bad, good = await queue.get_messages(count=2)
-    assert await queue.move_to_dlq([bad.id], "invalid order", dlq) == 1
+    assert (await queue.move_to_dlq([bad.id], "invalid order", dlq)).moved == [bad.id]
     assert await pending_ids(raw, queue) == [good.id]
     (dead,) = await dlq.get_messages()
     assert dead.data == {"bad": 1}
@@ -315,14 +316,15 @@ async def test_move_to_dlq_without_dlq_argument(pair: tuple[Queue, Queue]) -> No
     queue, dlq = pair
     await queue.send_messages([1, 2, 3])
     msgs = await queue.get_messages(count=3)
-    assert await queue.move_to_dlq([m.id for m in msgs], "all") == 3
+    assert len(await queue.move_to_dlq([m.id for m in msgs], "all")) == 3
     assert [m.data for m in await dlq.get_messages(count=5)] == [1, 2, 3]
-    assert await queue.move_to_dlq([], "none") == 0
+    assert len(await queue.move_to_dlq([], "none")) == 0
 
 
 async def test_move_to_dlq_of_unknown_ids_moves_nothing(pair: tuple[Queue, Queue]) -> None:
     queue, dlq = pair
-    assert await queue.move_to_dlq(["1-1", "0-5"], "ghost") == 0
+    result = await queue.move_to_dlq(["1-1", "0-5"], "ghost")
+    assert result.count == 0 and result.not_moved == {"1-1": "not_found", "0-5": "not_found"}
     assert (await dlq.get_info()).message_count == 0
 
 
@@ -333,7 +335,7 @@ async def test_move_to_dlq_of_a_deleted_pending_entry_leaves_a_tombstone(
     await queue.send_message("doomed")
     (msg,) = await queue.get_messages()
     await raw.xdel(queue.stream, msg.id)  # deleted behind the reader's back
-    assert await queue.move_to_dlq([msg.id], "lost") == 1
+    assert (await queue.move_to_dlq([msg.id], "lost")).moved == [msg.id]
     assert await pending_ids(raw, queue) == []
     (tomb,) = await dlq.get_messages()
     assert tomb.data is None
@@ -535,16 +537,16 @@ async def test_bad_ttl(pair: tuple[Queue, Queue], ttl: Any) -> None:
 
 async def test_delay(pair: tuple[Queue, Queue], mq: LeanMQ, raw: aioredis.Redis) -> None:
     queue, _ = pair
-    handle = await queue.send_message({"later": True}, delay=0.1, message_id="d-1")
+    handle = await queue.send_message({"later": True}, delay=5, message_id="d-1")
     assert "|d-1|" in handle  # a schedule handle, not a stream id
     await queue.send_message("much later", delay=60)
-    # Invisible: only move_due (run by workers) brings a delayed message into the stream.
+    # Invisible until due: move_due (run by workers and by get_messages) moves it then.
     assert await queue.get_messages() == []
     info = await queue.get_info()
     assert (info.message_count, info.delayed_messages) == (0, 2)
     moved, wait = await mq.store.move_due(queue.keys, limit=0)
-    assert moved == 0 and 0 <= wait <= 100
-    await anyio.sleep(0.2)
+    assert moved == 0 and 0 <= wait <= 5_000
+    mq.store.clock_shift_ms = 5_000
     moved, wait = await mq.store.move_due(queue.keys)
     assert moved == 1 and 0 < wait <= 60_000  # the other one is still waiting
     (msg,) = await queue.get_messages()
@@ -562,6 +564,56 @@ async def test_delay_with_ttl(pair: tuple[Queue, Queue], mq: LeanMQ, raw: aiored
     assert [m.data for m in msgs] == list(range(20))  # due together, kept in send order
     assert all(m.expires_at is not None for m in msgs)
     assert await raw.zcard(queue.keys.expiry) == 20
+
+
+async def test_get_messages_moves_due_delayed_messages(
+    pair: tuple[Queue, Queue], mq: LeanMQ
+) -> None:
+    queue, _ = pair
+    await queue.send_message("in 30 s", delay=30)
+    await queue.send_message("in 60 s", delay=60)
+    assert await queue.get_messages(count=5) == []
+    mq.store.clock_shift_ms = 30_000  # no worker runs: the reader moves it itself
+    assert [m.data for m in await queue.get_messages(count=5)] == ["in 30 s"]
+    assert (await queue.get_info()).delayed_messages == 1
+    mq.store.clock_shift_ms = 60_000
+    assert [m.data for m in await queue.get_messages(count=5, block_for_seconds=1)] == ["in 60 s"]
+    assert (await queue.get_info()).delayed_messages == 0
+
+
+async def test_blocking_read_wakes_for_a_delayed_message_coming_due(
+    pair: tuple[Queue, Queue],
+) -> None:
+    queue, _ = pair
+    await queue.send_message("soon", delay=0.3)
+    await queue.send_message("much later", delay=60)
+    # The read blocks only until the first delayed message is due, moves it and returns it
+    # (a 5 s block would end the 3 s wait empty-handed).
+    assert [m.data for m in await queue.get_messages(block_for_seconds=3)] == ["soon"]
+    assert await queue.get_messages(block_for_seconds=0.2) == []
+
+
+async def test_get_messages_moves_due_messages_after_redis_lost_its_scripts(
+    pair: tuple[Queue, Queue], mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    queue, _ = pair
+    await queue.send_message("later", delay=30)
+    assert await queue.get_messages() == []  # MOVE_DUE is loaded now
+    await raw.script_flush()
+    mq.store.clock_shift_ms = 30_000
+    assert [m.data for m in await queue.get_messages()] == ["later"]
+
+
+async def test_a_broken_delayed_set_does_not_hide_messages_read(
+    pair: tuple[Queue, Queue], raw: aioredis.Redis
+) -> None:
+    queue, _ = pair
+    await queue.send_message("ready")
+    await raw.set(queue.keys.delayed, "not a zset")
+    # The read ran in the same round trip: its message is handed out, not left pending.
+    assert [m.data for m in await queue.get_messages()] == ["ready"]
+    with pytest.raises(RedisOperationError, match=r"move due.*WRONGTYPE"):
+        await queue.get_messages()
 
 
 @pytest.mark.parametrize("delay", [0, -0.5, float("inf")])

@@ -9,11 +9,15 @@ for the number of network round trips, by counting the packed writes redis-py se
     send_message(ttl=...)           1 round trip: EVALSHA 1 (inside: TYPE 4, TIME 1, XADD 1, ZADD 1)
     send_messages(100 items)        1 round trip: EVALSHA 1 (inside: TYPE 4, TIME 1, XADD 100)
     transaction (2 queues, 10 sends) 1 round trip: EVALSHA 1 (inside: TYPE 8, TIME 1, XADD 10)
-    get_messages(count=100)         1 round trip: XREADGROUP 1 (+ TIME 1 on the client's first
-                                    read only: the Redis clock offset is re-measured once a
-                                    minute at most)
+    get_messages(count=100)         1 round trip: EVALSHA 1 (MOVE_DUE; inside: TYPE 4, TIME 1,
+                                    ZRANGEBYSCORE 1, ZRANGE 1) and XREADGROUP 1, pipelined
+                                    (+ SCRIPT LOAD 1 and TIME 1 on the client's first read
+                                    only: the Redis clock offset is re-measured once a
+                                    minute at most). A blocking read that finds nothing
+                                    first reads without blocking, to learn when the next
+                                    delayed message is due, then blocks until then.
     move_to_dlq(100 ids)            1 round trip: EVALSHA 1 (inside: TYPE 2, TIME 1, XRANGE 100,
-                                    XADD 100, XACK 100)
+                                    XPENDING 100, XADD 100, XACK 100)
     dlq.requeue_messages(100 ids)   1 round trip: EVALSHA 1 (inside: TYPE 2, XRANGE 100, XADD 100,
                                     XACK 100, XDEL 100)
     acknowledge_messages(100 ids)   1 round trip: XACK 1
@@ -150,13 +154,15 @@ async def test_get_messages_100_is_one_xreadgroup(
     async with LeanMQ(private_server.url, prefix=prefix) as fresh:
         queue, _ = await fresh.create_queue_pair("rt-read")
         await queue.send_messages(range(200))
-        # A new client measures the Redis clock on its first read: one TIME more.
+        # Each read first moves due delayed messages (MOVE_DUE, pipelined with the read).
+        move_due = {"evalsha": 1, "type": 4, "time": 1, "zrangebyscore": 1, "zrange": 1}
+        # A new client loads MOVE_DUE and measures the Redis clock on its first read.
         trips, calls = await meter.measure(lambda: queue.get_messages(count=100))
-        assert (trips, calls) == (2, {"xreadgroup": 1, "time": 1})
+        assert (trips, calls) == (3, {**move_due, "xreadgroup": 1, "time": 2, "script|load": 1})
         trips, calls = await meter.measure(lambda: queue.get_messages(count=100))
-        assert (trips, calls) == (1, {"xreadgroup": 1})
+        assert (trips, calls) == (1, {**move_due, "xreadgroup": 1})
         trips, calls = await meter.measure(lambda: queue.get_messages(count=100))
-        assert (trips, calls) == (1, {"xreadgroup": 1})  # nothing left: still one
+        assert (trips, calls) == (1, {**move_due, "xreadgroup": 1})  # nothing left: still one
 
 
 async def test_move_to_dlq_100_is_one_evalsha(meter: Meter, queue: Queue) -> None:
@@ -165,7 +171,15 @@ async def test_move_to_dlq_100_is_one_evalsha(meter: Meter, queue: Queue) -> Non
     trips, calls = await meter.measure(lambda: queue.move_to_dlq(ids, "bulk"))
     assert trips == 1
     assert calls["evalsha"] == 1
-    assert calls == {"evalsha": 1, "type": 2, "time": 1, "xrange": 100, "xadd": 100, "xack": 100}
+    assert calls == {
+        "evalsha": 1,
+        "type": 2,
+        "time": 1,
+        "xrange": 100,
+        "xpending": 100,
+        "xadd": 100,
+        "xack": 100,
+    }
 
 
 async def test_requeue_100_is_one_evalsha(meter: Meter, queue: Queue) -> None:

@@ -17,7 +17,7 @@ async def test_send_get_ack_roundtrip(mq: LeanMQ) -> None:
     assert msgs[0].id == sid
     assert msgs[1].expires_at is not None
     assert await queue.acknowledge_messages([m.id for m in msgs[:2]]) == 2
-    assert await queue.move_to_dlq([msgs[2].id], "bad", dlq) == 1
+    assert (await queue.move_to_dlq([msgs[2].id], "bad", dlq)).moved == [msgs[2].id]
     info = await queue.get_info()
     assert info.pending_messages == 1
     dead = await dlq.get_messages(count=5)

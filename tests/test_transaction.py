@@ -11,6 +11,7 @@ from leanmq_async import (
     MessageEncodeError,
     MessageTooLargeError,
     Queue,
+    RedisOperationError,
     Transaction,
     TransactionError,
 )
@@ -101,6 +102,55 @@ async def test_wrong_key_type_fails_the_whole_commit(
     assert tx.stream_ids == []
     assert await nothing_written(raw, a)
     assert await raw.get(b.stream) == b"x"
+
+
+MAX_ID = "18446744073709551615-18446744073709551615"
+
+
+async def exhaust(raw: aioredis.Redis, queue: Queue) -> None:
+    """Make ``XADD <stream> *`` fail inside the script, after its type checks passed."""
+    await raw.xadd(queue.stream, {"filler": "1"}, id=MAX_ID)
+    await raw.xdel(queue.stream, MAX_ID)  # empty again; its last id stays the largest
+
+
+async def test_a_failing_xadd_undoes_the_writes_before_it(
+    mq: LeanMQ, queues: tuple[Queue, Queue], raw: aioredis.Redis
+) -> None:
+    a, b = queues
+    await exhaust(raw, b)
+    with pytest.raises(TransactionError, match="nothing was written"):
+        async with mq.transaction() as tx:
+            tx.send_message(a, 1)
+            tx.send_message(a, 2, ttl=60)
+            tx.send_message(a, 3, delay=60)
+            tx.send_message(b, 4)
+    assert tx.stream_ids == []
+    assert await nothing_written(raw, a, b)
+    assert await a.get_messages(count=5) == []
+    # A stream the failed batch would have created is not left behind, empty.
+    fresh = mq.queue("tx-fresh")
+    with pytest.raises(TransactionError, match="nothing was written"):
+        async with mq.transaction() as tx:
+            tx.send_message(fresh, 1)
+            tx.send_message(b, 2)
+    assert await raw.exists(fresh.stream) == 0
+
+
+async def test_a_failing_xadd_undoes_a_send_messages_batch(
+    mq: LeanMQ, queues: tuple[Queue, Queue], raw: aioredis.Redis
+) -> None:
+    a, b = queues
+    await exhaust(raw, b)
+    ops = [a._send_op(n, None, 60, None, None)[0] for n in range(3)]
+    ops += [b._send_op(9, None, None, None, None)[0]]
+    with pytest.raises(RedisOperationError, match="nothing of this batch was written"):
+        await mq.store.send(ops)
+    assert await nothing_written(raw, a, b)
+    with pytest.raises(RedisOperationError, match="nothing of this batch was written"):
+        await b.send_messages([1, 2], ttl=60)
+    assert await nothing_written(raw, b)
+    # Delayed sends do not need the stream: they are written.
+    assert len(await b.send_messages([1, 2], delay=60)) == 2
 
 
 @pytest.mark.parametrize("broken", ["expiry", "delayed", "delayed_data"])

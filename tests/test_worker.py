@@ -274,6 +274,28 @@ async def test_fan_out_groups_each_get_every_message_and_retries_stay_in_their_g
     assert copies[0][b"a"] == b"1"
 
 
+async def test_a_worker_creates_only_the_groups_its_handlers_read(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    queue = mq.queue("billing-only")
+    handled: list[int] = []
+
+    @queue.handler(group="billing")
+    async def handle(data: int) -> None:
+        handled.append(data)
+
+    await queue.send_messages(range(5))
+    await mq.run_worker(burst=True, **FAST)
+    assert sorted(handled) == list(range(5))
+    groups = [g["name"].decode() for g in await raw.xinfo_groups(queue.stream)]
+    assert groups == ["billing"]  # no default group that nobody reads
+    dlq_groups = [g["name"].decode() for g in await raw.xinfo_groups(queue.keys.dlq)]
+    assert dlq_groups == [queue.dead_letter_queue().consumer_group]
+    # Every group acknowledged the history, so a trim with retention 0 removes it all.
+    assert await mq.store.trim(queue.stream, 0) == 5
+    assert await raw.xlen(queue.stream) == 0
+
+
 # -- delays and TTLs ----------------------------------------------------------------------------
 
 

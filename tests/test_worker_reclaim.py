@@ -198,6 +198,27 @@ async def test_deleted_stream_is_recreated_with_its_group(
     assert len(events(caplog, "group_created")) == 1
 
 
+async def test_a_recreated_stream_gets_only_the_handlers_group(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    queue = mq.queue("vanishing-billing")
+    handled: list[str] = []
+
+    @queue.handler(group="billing")
+    async def handle(data: str) -> None:
+        handled.append(data)
+
+    async with mq.worker(**FAST):
+        await queue.send_message("before")
+        await wait_until(lambda: handled == ["before"], what="first message")
+        await wait_until(lambda: settled(raw, queue.stream, "billing"), what="ack")
+        assert await raw.delete(queue.stream) == 1
+        await queue.send_message("after")
+        await wait_until(lambda: len(handled) == 2, what="the message after the deletion")
+        await wait_until(lambda: settled(raw, queue.stream, "billing"), what="ack")
+    assert [g["name"] for g in await raw.xinfo_groups(queue.stream)] == [b"billing"]
+
+
 async def _nogroup_errors(raw: aioredis.Redis) -> int:
     stats = await raw.info("errorstats")
     return int(stats.get("errorstat_NOGROUP", {}).get("count", 0))

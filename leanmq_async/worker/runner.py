@@ -433,7 +433,8 @@ class HandlerRunner:
 
         The group this handler reads (the return value: 1 if it was created), and what the
         worker creates at start: the DLQ and its group, the metadata and the registry
-        entry, without which the DLQ could not be opened or listed.
+        entry, without which the DLQ could not be opened or listed (not the default group
+        when this handler reads another one).
         """
         queue = self.queue
         created = await self.store.ensure_groups([self.stream], [self.group])
@@ -442,6 +443,7 @@ class HandlerRunner:
             queue.keys,
             queue.consumer_group,
             queue.dead_letter_queue().consumer_group,
+            create_group=False,
         )
         return created
 

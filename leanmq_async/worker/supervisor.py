@@ -190,11 +190,16 @@ class Worker:
 
     async def _startup(self) -> None:
         mq = self.mq
-        pairs = {(h.queue.base_name, h.queue.consumer_group) for h in self.handlers}
-        for base, group in pairs:
+        # Only the groups the handlers read (below): a default group nobody reads would
+        # keep every entry from being trimmed and show as a growing backlog.
+        for base in sorted({h.queue.base_name for h in self.handlers}):
             queue = mq.queue(base)
             await mq.store.create_queue(
-                mq.prefix, queue.keys, group, queue.dead_letter_queue().consumer_group
+                mq.prefix,
+                queue.keys,
+                queue.consumer_group,
+                queue.dead_letter_queue().consumer_group,
+                create_group=False,
             )
         await mq.store.ensure_groups(
             [h.queue.stream for h in self.handlers], [h.group for h in self.handlers]
