@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["Maintenance"]
 
 _MOVE_BATCH = 500
+# The expiry pass works in batches of _EXPIRE_BATCH index entries per script call, and
+# at most _EXPIRE_BATCHES calls per queue per pass, so one queue cannot starve the others.
+_EXPIRE_BATCH = 1000
+_EXPIRE_BATCHES = 50
 
 
 class Maintenance:
@@ -101,13 +105,27 @@ class Maintenance:
     async def expire_once(self) -> int:
         """Remove (or dead-letter) expired messages of every queue; return how many.
 
-        Counted: messages that expired unhandled. Handled ones (or ones a handler runner
-        already counted as expired) are removed too, but not reported again.
+        Per queue, batches while a batch came back full, up to ``_EXPIRE_BATCHES`` of them
+        (what is still due then is logged, and taken by the next pass). Entries pending
+        in a group are left to their consumer and re-checked later (see
+        :data:`~leanmq_async.scripts.EXPIRE`). Counted: messages that expired unhandled
+        for some group; handled ones are removed too, but not reported again.
         """
         total = 0
+        recheck_ms = max(1, int(self.settings.expire_interval * 1000))
         for stream, queue in self.queues.items():
             policy = self.expired_policy[stream]
-            n = await self.store.expire(queue.keys, queue.name, policy, 1000, count="unhandled")
+            n = 0
+            for _ in range(_EXPIRE_BATCHES):
+                result = await self.store.expire(
+                    queue.keys, queue.name, policy, _EXPIRE_BATCH, recheck_ms
+                )
+                n += result.unhandled
+                if result.scanned < _EXPIRE_BATCH or not result.left:
+                    break
+            else:
+                if result.left:
+                    self.log.warning("expiry_behind", queue=queue.name, left=result.left)
             if n:
                 self.log.info("expired", queue=queue.name, count=n)
             total += n
