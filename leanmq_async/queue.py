@@ -84,6 +84,19 @@ def to_ms(seconds: float | None, what: str) -> int:
     return max(1, round(seconds * 1000))
 
 
+def check_ttl_and_delay(ttl: float | None, delay: float | None) -> tuple[int, int]:
+    """``(ttl_ms, delay_ms)``, or :class:`ConfigurationError` for a bad value, or for a
+    ``delay`` not shorter than ``ttl`` (both count from the send)."""
+    ttl_ms, delay_ms = to_ms(ttl, "ttl"), to_ms(delay, "delay")
+    if ttl_ms and delay_ms >= ttl_ms:
+        raise ConfigurationError(
+            f"delay ({delay}s) must be shorter than ttl ({ttl}s): both count from the "
+            "send, so this message would expire before it becomes visible; use a "
+            "longer ttl (or no ttl)"
+        )
+    return ttl_ms, delay_ms
+
+
 class Queue:
     """One Redis stream: a main queue, or the dead-letter queue of one.
 
@@ -150,13 +163,7 @@ class Queue:
             headers = self._provided_headers(headers)
         codec = self._mq.codec
         mid, body = codec.encode(data, message_id, headers)
-        ttl_ms, delay_ms = to_ms(ttl, "ttl"), to_ms(delay, "delay")
-        if ttl_ms and delay_ms >= ttl_ms:
-            raise ConfigurationError(
-                f"delay ({delay}s) must be shorter than ttl ({ttl}s): both count from the "
-                "send, so this message would expire before it becomes visible; use a "
-                "longer ttl (or no ttl)"
-            )
+        ttl_ms, delay_ms = check_ttl_and_delay(ttl, delay)
         member = f"{mid}|{uuid.uuid4().hex}" if delay_ms else ""
         return SendOp(self.keys, codec.field, body, ttl_ms, delay_ms, member), mid
 
