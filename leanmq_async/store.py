@@ -81,7 +81,8 @@ class ExpireResult:
     ``scanned``: index members looked at (equal to the limit: more may be due);
     ``removed``: entries deleted; ``unhandled``: entries that expired unhandled for at
     least one group; ``rechecked``: entries pending in a group, left to their consumer
-    and looked at again later; ``left``: index members still due after the batch.
+    and looked at again later; ``left``: index members still due after the batch
+    (counted up to the batch's limit).
     """
 
     __slots__ = ("left", "rechecked", "removed", "scanned", "unhandled")

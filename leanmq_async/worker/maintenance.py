@@ -1,7 +1,8 @@
 """Background upkeep of the queues a worker serves.
 
 * the mover puts due delayed messages (``delay=`` sends and retries) into their streams;
-* expired messages are removed (or dead-lettered) by their expiry index;
+* expired messages are removed (or dead-lettered) by their expiry index, in bounded
+  batches; one pending in a group is left to that group's consumer and re-checked later;
 * acknowledged history older than ``retention`` is trimmed, never an unacked entry;
 * consumers idle for long with nothing pending are removed;
 * the offset to the Redis clock is re-measured.
@@ -125,7 +126,8 @@ class Maintenance:
                     break
             else:
                 if result.left:
-                    self.log.warning("expiry_behind", queue=queue.name, left=result.left)
+                    # ``left`` is counted up to one batch: "at least".
+                    self.log.warning("expiry_behind", queue=queue.name, left_at_least=result.left)
             if n:
                 self.log.info("expired", queue=queue.name, count=n)
             total += n
