@@ -622,8 +622,8 @@ class HandlerRunner:
             if result == -1:
                 self.log.warning("lease_lost", id=sid, message_id=entry.message_id)
             elif result == 0:
-                # Expiry acks before deleting (-1 above) and trimming spares unacked
-                # entries: this one was deleted (XDEL, XTRIM) under us. Counted, not hidden.
+                # Expiry and trimming never touch a pending entry: this one was deleted
+                # under us by a user call (delete_messages, purge). Counted, not hidden.
                 self.stats.lost += 1
                 self.log.error(
                     "retry_skipped",
