@@ -282,7 +282,8 @@ return moved
 )
 
 # KEYS: stream, expiry, dlq
-# ARGV: limit, policy ('drop' | 'dlq'), source queue name, clock shift (ms), recheck_ms
+# ARGV: limit, policy ('drop' | 'dlq'), source queue name, clock shift (ms), recheck_ms,
+#       then optional pairs: group, that group's policy (overrides ``policy`` for it)
 # One bounded pass over the expiry index: at most ``limit`` entries whose ``x`` is due.
 # * An entry pending in any group (delivered, not settled) is never touched: that
 #   group's consumer settles it. It is re-scored to now + recheck_ms, so it is looked at
@@ -290,7 +291,8 @@ return moved
 # * An entry pending in no group is removed (XDEL, ZREM). Before that, with policy
 #   'dlq', every group it is aimed at (only the group of its ``g`` field, if it has one;
 #   else every group of the stream) that was never delivered it gets one DLQ entry with
-#   dlq.group = that group; a stream with no group at all gets one entry with group ''.
+#   dlq.group = that group (if that group's policy is 'dlq'); a stream with no group at
+#   all gets one entry with group '' (policy 'dlq').
 #   Every copy to the DLQ is written before anything is removed or re-scored: if a write
 #   fails, the script stops with the stream and the index untouched.
 # * An index member whose entry is gone from the stream is only removed from the index.
@@ -301,7 +303,13 @@ return moved
 EXPIRE: Final = (
     _PRELUDE
     + r"""
+local policy_of = {}
 local to_dlq = ARGV[2] == 'dlq'
+for k = 6, #ARGV - 1, 2 do
+  policy_of[ARGV[k]] = ARGV[k + 1]
+  if ARGV[k + 1] == 'dlq' then to_dlq = true end
+end
+local function dead_letters(group) return (policy_of[group] or ARGV[2]) == 'dlq' end
 local bad = check_types(to_dlq and KEYS or {KEYS[1], KEYS[2]}, {'stream', 'zset', 'stream'})
 if bad then return redis.error_reply(bad) end
 local now = now_ms(ARGV[4])
@@ -351,13 +359,15 @@ if to_dlq then
     local p = plan[i]
     if type(p) == 'table' then
       for _, group in ipairs(p.missed) do
-        local fields = {}
-        for k, v in ipairs(p.fields) do fields[k] = v end
-        local meta = {'dlq.reason', 'expired', 'dlq.error', 'Expired', 'dlq.traceback', '',
-          'dlq.attempts', '0', 'dlq.at', at, 'dlq.queue', ARGV[3], 'dlq.id', id,
-          'dlq.group', group}
-        for _, v in ipairs(meta) do fields[#fields + 1] = v end
-        redis.call('XADD', KEYS[3], '*', unpack(fields))
+        if dead_letters(group) then
+          local fields = {}
+          for k, v in ipairs(p.fields) do fields[k] = v end
+          local meta = {'dlq.reason', 'expired', 'dlq.error', 'Expired', 'dlq.traceback', '',
+            'dlq.attempts', '0', 'dlq.at', at, 'dlq.queue', ARGV[3], 'dlq.id', id,
+            'dlq.group', group}
+          for _, v in ipairs(meta) do fields[#fields + 1] = v end
+          redis.call('XADD', KEYS[3], '*', unpack(fields))
+        end
       end
     end
   end

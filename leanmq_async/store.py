@@ -8,7 +8,7 @@ Every redis-py error is translated by :func:`~leanmq_async.connection.translate_
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import anyio
@@ -516,16 +516,22 @@ class Store:
         return int(moved), int(wait)
 
     async def expire(
-        self, keys: QueueKeys, source_name: str, policy: str, limit: int, recheck_ms: int = 1000
+        self,
+        keys: QueueKeys,
+        source_name: str,
+        policy: str,
+        limit: int,
+        recheck_ms: int = 1000,
+        group_policies: Mapping[str, str] | None = None,
     ) -> ExpireResult:
         """One bounded expiry batch (:data:`scripts.EXPIRE`): remove (or dead-letter) up to
         ``limit`` expired entries pending in no group; re-check pending ones after
-        ``recheck_ms``."""
+        ``recheck_ms``. ``group_policies`` overrides ``policy`` for the groups named."""
+        args: list[Any] = [limit, policy, source_name, self.clock_shift_ms, recheck_ms]
+        for group, group_policy in (group_policies or {}).items():
+            args += [group, group_policy]
         with translate_errors("expire"):
-            reply = await self._expire(
-                keys=[keys.stream, keys.expiry, keys.dlq],
-                args=[limit, policy, source_name, self.clock_shift_ms, recheck_ms],
-            )
+            reply = await self._expire(keys=[keys.stream, keys.expiry, keys.dlq], args=args)
         return ExpireResult(*(int(r) for r in reply))
 
     def expire_read_call(

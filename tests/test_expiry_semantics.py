@@ -163,6 +163,30 @@ async def test_expiry_with_no_group_dead_letters_once_with_an_empty_group(
     assert await dlq_groups(raw, queue) == [""]
 
 
+async def test_the_worker_pass_follows_each_groups_expired_policy(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    queue, dlq = await mq.create_queue_pair("mixed")
+
+    @queue.handler(group="A", expired="drop")
+    async def a(data: str) -> None:  # pragma: no cover - never called
+        pass
+
+    @queue.handler(group="B", expired="dlq")
+    async def b(data: str) -> None:  # pragma: no cover - never called
+        pass
+
+    await mq.store.ensure_groups([queue.stream, queue.stream], ["A", "B"])
+    await queue.send_message("m", ttl=30)
+    mq.store.clock_shift_ms = 60_000
+    worker = mq.worker(**FAST)  # not started: only its upkeep step runs
+    assert await worker.maintenance.expire_once() == 1
+    # A drops it, B dead-letters it; the default group (no handler here) follows the
+    # queue's policy ("dlq": some handler of the queue dead-letters).
+    assert await dlq_groups(raw, queue) == sorted(["B", queue.consumer_group])
+    assert await raw.xlen(queue.stream) == 0
+
+
 # -- item 4: the worker's pass keeps up -------------------------------------------------
 
 

@@ -44,6 +44,8 @@ class Maintenance:
         self.queues: dict[str, Queue] = {}
         self.expired_policy: dict[str, str] = {}
         self.groups: dict[str, set[str]] = {}
+        # Per stream, each handler group's own expired policy (others: expired_policy).
+        self.group_policies: dict[str, dict[str, str]] = {}
         self.lease_ms: dict[str, int] = {}
         for h in handlers:
             q = h.queue
@@ -52,6 +54,7 @@ class Maintenance:
                 self.expired_policy[q.stream] = "dlq"
             self.expired_policy.setdefault(q.stream, "drop")
             self.groups.setdefault(q.stream, set()).add(h.group)
+            self.group_policies.setdefault(q.stream, {})[h.group] = h.options.expired
             self.lease_ms[q.stream] = max(
                 self.lease_ms.get(q.stream, 0), int(h.options.visibility_timeout * 1000)
             )
@@ -119,7 +122,12 @@ class Maintenance:
             n = 0
             for _ in range(_EXPIRE_BATCHES):
                 result = await self.store.expire(
-                    queue.keys, queue.name, policy, _EXPIRE_BATCH, recheck_ms
+                    queue.keys,
+                    queue.name,
+                    policy,
+                    _EXPIRE_BATCH,
+                    recheck_ms,
+                    self.group_policies[stream],
                 )
                 n += result.unhandled
                 if result.scanned < _EXPIRE_BATCH or not result.left:
