@@ -288,11 +288,11 @@ return moved
 # * An entry pending in any group (delivered, not settled) is never touched: that
 #   group's consumer settles it. It is re-scored to now + recheck_ms, so it is looked at
 #   again later and never blocks the front of the index.
-# * An entry pending in no group is removed (XDEL, ZREM). Before that, with policy
-#   'dlq', every group it is aimed at (only the group of its ``g`` field, if it has one;
-#   else every group of the stream) that was never delivered it gets one DLQ entry with
-#   dlq.group = that group (if that group's policy is 'dlq'); a stream with no group at
-#   all gets one entry with group '' (policy 'dlq').
+# * An entry pending in no group is removed (XDEL, ZREM). Every group it is aimed at
+#   (only the group of its ``g`` field, if it has one; else every group of the stream)
+#   that was never delivered it has it expired unhandled: dropped, or, where that
+#   group's policy is 'dlq', one DLQ entry with dlq.group = that group. A stream with
+#   no group at all counts as one group named ''.
 #   Every copy to the DLQ is written before anything is removed or re-scored: if a write
 #   fails, the script stops with the stream and the index untouched.
 # * An index member whose entry is gone from the stream is only removed from the index.
