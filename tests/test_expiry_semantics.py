@@ -7,6 +7,7 @@ Time is moved with ``mq.store.clock_shift_ms`` instead of sleeping.
 
 from __future__ import annotations
 
+import logging
 import time
 from types import SimpleNamespace
 from typing import Any, cast
@@ -16,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 import leanmq_async.store as store_module
+import leanmq_async.worker.maintenance as maintenance_module
 from leanmq_async import ConfigurationError, LeanMQ, Queue
 from tests.worker_apps.common import entries, pending_count, settled, wait_until
 
@@ -166,7 +168,7 @@ async def test_expiry_with_no_group_dead_letters_once_with_an_empty_group(
 async def test_the_worker_pass_follows_each_groups_expired_policy(
     mq: LeanMQ, raw: aioredis.Redis
 ) -> None:
-    queue, dlq = await mq.create_queue_pair("mixed")
+    queue, _ = await mq.create_queue_pair("mixed")
 
     @queue.handler(group="A", expired="drop")
     async def a(data: str) -> None:  # pragma: no cover - never called
@@ -205,6 +207,31 @@ async def test_one_worker_expiry_pass_removes_a_large_backlog(
     worker = mq.worker(**FAST)  # not started: only its upkeep step runs
     assert await worker.maintenance.expire_once() == 5000
     assert await raw.xlen(queue.stream) == 0
+    assert await raw.zcard(queue.keys.expiry) == 0
+
+
+async def test_a_pass_is_bounded_per_queue_and_logs_what_is_left(
+    mq: LeanMQ,
+    raw: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(maintenance_module, "_EXPIRE_BATCH", 100)
+    monkeypatch.setattr(maintenance_module, "_EXPIRE_BATCHES", 3)
+    queue, _ = await mq.create_queue_pair("bounded")
+
+    @queue.handler
+    async def handle(data: int) -> None:  # pragma: no cover - never called
+        pass
+
+    await queue.send_messages(range(450), ttl=30)
+    mq.store.clock_shift_ms = 60_000
+    worker = mq.worker(**FAST)
+    with caplog.at_level(logging.INFO, logger="leanmq_async"):
+        assert await worker.maintenance.expire_once() == 300
+    (behind,) = [r for r in caplog.records if r.msg == "expiry_behind"]
+    assert behind.__dict__["left_at_least"] == 100  # counted up to one batch
+    assert await worker.maintenance.expire_once() == 150  # the next pass goes on
     assert await raw.zcard(queue.keys.expiry) == 0
 
 
