@@ -321,19 +321,24 @@ class LeanMQ:
         await tx.commit()
 
     async def process_expired_messages(self, policy: str = "drop", limit: int = 1000) -> int:
-        """Remove expired messages of every queue; return how many.
+        """Remove expired messages of every queue; return how many entries were removed.
 
-        ``policy="drop"`` deletes them (LeanMQ's behaviour); ``"dlq"`` dead-letters them.
+        ``policy="drop"`` deletes them (LeanMQ's behaviour); ``"dlq"`` dead-letters them,
+        once per consumer group that was never delivered one. A message pending in a
+        group (delivered, not yet settled) is left to that group's consumer and checked
+        again later. Works in batches of ``limit`` until a batch comes back short.
         """
         if policy not in ("drop", "dlq"):
             raise ConfigurationError(f"policy must be 'drop' or 'dlq', got {policy!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"limit must be a positive integer, got {limit!r}")
         total = 0
         for base in await self.store.registered_queues(self.prefix):
             queue = self._queue_object(base, False)
             while True:
-                n = await self.store.expire(queue.keys, queue.name, policy, limit)
-                total += n
-                if n < limit:
+                result = await self.store.expire(queue.keys, queue.name, policy, limit)
+                total += result.removed
+                if result.scanned < limit or not result.left:
                     break
         if total:
             self.log.info("expired", count=total)

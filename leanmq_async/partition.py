@@ -44,6 +44,7 @@ from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import ConfigurationError, LeanMQError, PartialSendError
 from leanmq_async.keys import validate_queue_name
 from leanmq_async.message import QueueInfo
+from leanmq_async.queue import check_ttl_and_delay
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
@@ -189,6 +190,7 @@ class PartitionedQueue:
                 f"send_messages takes an iterable of payloads, not a single "
                 f"{type(items).__name__}: send_messages([data]) or send_message(data)"
             )
+        check_ttl_and_delay(ttl, delay)  # refused before any partition is written
         payloads = list(items)
         if key is not None and keys is not None:
             raise ConfigurationError("pass either key (one for all) or keys (one per item)")

@@ -65,6 +65,11 @@ def validate_ids(ids: Iterable[str | bytes]) -> list[str]:
     return out
 
 
+def _id_key(sid: str) -> tuple[int, int]:
+    ms, _, seq = sid.partition("-")
+    return int(ms), int(seq)
+
+
 def to_ms(seconds: float | None, what: str) -> int:
     """Seconds (None or > 0) to whole milliseconds, or :class:`ConfigurationError`."""
     if seconds is None:
@@ -77,6 +82,19 @@ def to_ms(seconds: float | None, what: str) -> int:
     ):
         raise ConfigurationError(f"{what} must be a positive number of seconds, got {seconds!r}")
     return max(1, round(seconds * 1000))
+
+
+def check_ttl_and_delay(ttl: float | None, delay: float | None) -> tuple[int, int]:
+    """``(ttl_ms, delay_ms)``, or :class:`ConfigurationError` for a bad value, or for a
+    ``delay`` not shorter than ``ttl`` (both count from the send)."""
+    ttl_ms, delay_ms = to_ms(ttl, "ttl"), to_ms(delay, "delay")
+    if ttl_ms and delay_ms >= ttl_ms:
+        raise ConfigurationError(
+            f"delay ({delay}s) must be shorter than ttl ({ttl}s): both count from the "
+            "send, so this message would expire before it becomes visible; use a "
+            "longer ttl (or no ttl)"
+        )
+    return ttl_ms, delay_ms
 
 
 class Queue:
@@ -145,7 +163,7 @@ class Queue:
             headers = self._provided_headers(headers)
         codec = self._mq.codec
         mid, body = codec.encode(data, message_id, headers)
-        ttl_ms, delay_ms = to_ms(ttl, "ttl"), to_ms(delay, "delay")
+        ttl_ms, delay_ms = check_ttl_and_delay(ttl, delay)
         member = f"{mid}|{uuid.uuid4().hex}" if delay_ms else ""
         return SendOp(self.keys, codec.field, body, ttl_ms, delay_ms, member), mid
 
@@ -279,18 +297,46 @@ class Queue:
         store = self._mq.store
         now = await store.redis_now_ms()
         sorted_ = triage(raw, self.consumer_group, now, self._mq.codec.max_message_size)
+        good = sorted_.good
+        expired = 0
+        if sorted_.expired:
+            # The local estimate said expired; Redis confirms it (and acks) atomically.
+            calls = [
+                store.expire_read_call(
+                    self.keys,
+                    self.consumer_group,
+                    consumer,
+                    self.name,
+                    "drop",
+                    sid,
+                    entry.expires_at_ms or 0,
+                )
+                for sid, entry in sorted_.expired
+            ]
+            results = await store.settle_many(calls)
+            live = False
+            for (sid, entry), result in zip(sorted_.expired, results, strict=True):
+                if isinstance(result, Exception):
+                    raise result
+                if result == 0:
+                    good.append((sid, entry))
+                    live = True
+                elif result == 1:
+                    expired += 1
+            if live:
+                good.sort(key=lambda item: _id_key(item[0]))
         messages = []
-        for sid, entry in sorted_.good:
+        for sid, entry in good:
             try:
                 payload = decode_payload(entry)
             except MessageDecodeError as exc:
                 sorted_.bad.append((sid, str(exc)))
                 continue
             messages.append(to_message(sid, entry, payload, self.name))
-        if sorted_.expired or sorted_.foreign:
-            await store.ack(self.stream, self.consumer_group, sorted_.expired + sorted_.foreign)
-            if sorted_.expired:
-                self._mq.log.info("expired", queue=self.name, count=len(sorted_.expired))
+        if sorted_.foreign:
+            await store.ack(self.stream, self.consumer_group, sorted_.foreign)
+        if expired:
+            self._mq.log.info("expired", queue=self.name, count=expired)
         if sorted_.bad:
             items = [(sid, reason, "MessageDecodeError", "", 0) for sid, reason in sorted_.bad]
             await store.dead_letter(self.keys, self.consumer_group, consumer, self.name, items)

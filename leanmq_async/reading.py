@@ -24,7 +24,8 @@ class Triage:
 
     def __init__(self) -> None:
         self.good: list[tuple[str, DecodedEntry]] = []
-        self.expired: list[str] = []
+        # Expired by the reader's clock estimate: to be confirmed by Redis before settling.
+        self.expired: list[tuple[str, DecodedEntry]] = []
         self.foreign: list[str] = []
         self.bad: list[tuple[str, str]] = []
 
@@ -47,7 +48,7 @@ def triage(
         if entry.target_group is not None and entry.target_group != group:
             out.foreign.append(sid)
         elif entry.expires_at_ms is not None and entry.expires_at_ms <= now_ms:
-            out.expired.append(sid)
+            out.expired.append((sid, entry))
         else:
             out.good.append((sid, entry))
     return out

@@ -15,6 +15,7 @@ __all__ = [
     "DEAD_LETTER",
     "DELETE_IDLE_CONSUMER",
     "EXPIRE",
+    "EXPIRE_READ",
     "EXTEND_LEASES",
     "MOVE_DUE",
     "PURGE",
@@ -315,62 +316,154 @@ return moved
 )
 
 # KEYS: stream, expiry, dlq
-# ARGV: limit, policy ('drop' | 'dlq'), source queue name, count ('removed' | 'unhandled'),
-#       clock shift (ms)
-# Removes expired entries: acked in every group and deleted. With policy 'dlq', an entry
-# some group has not handled yet (not delivered to it, or pending in it) is dead-lettered
-# first; one every group has acked (processed, or skipped by a reader as expired) is only
-# deleted, never dead-lettered. Returns the number of entries removed from the stream, or
-# with count 'unhandled' only those some group had not handled (the ones that expired
-# unhandled: a message handled before its TTL ran out is not reported as expired).
+# ARGV: limit, policy ('drop' | 'dlq'), source queue name, clock shift (ms), recheck_ms,
+#       then optional pairs: group, that group's policy (overrides ``policy`` for it)
+# One bounded pass over the expiry index: at most ``limit`` entries whose ``x`` is due.
+# * An entry pending in any group (delivered, not settled) is never touched: that
+#   group's consumer settles it. It is re-scored to now + recheck_ms, so it is looked at
+#   again later and never blocks the front of the index.
+# * An entry pending in no group is removed (XDEL, ZREM). Every group it is aimed at
+#   (only the group of its ``g`` field, if it has one; else every group of the stream)
+#   that was never delivered it has it expired unhandled: dropped, or, where that
+#   group's policy is 'dlq', one DLQ entry with dlq.group = that group. A stream with
+#   no group at all counts as one group named ''.
+#   Every copy to the DLQ is written before anything is removed or re-scored: if a write
+#   fails, the script stops with the stream and the index untouched.
+# * An index member whose entry is gone from the stream is only removed from the index.
+# Returns {scanned, removed, unhandled, rechecked, left}: index members looked at (==
+# limit: there may be more), entries deleted, entries that expired unhandled for at least
+# one group (dead-lettered or dropped), pending entries re-scored, and index members
+# still due after this call (counted up to ``limit``; 0 after a short batch).
 EXPIRE: Final = (
     _PRELUDE
     + r"""
+local policy_of = {}
 local to_dlq = ARGV[2] == 'dlq'
+for k = 6, #ARGV - 1, 2 do
+  policy_of[ARGV[k]] = ARGV[k + 1]
+  if ARGV[k + 1] == 'dlq' then to_dlq = true end
+end
+local function dead_letters(group) return (policy_of[group] or ARGV[2]) == 'dlq' end
 local bad = check_types(to_dlq and KEYS or {KEYS[1], KEYS[2]}, {'stream', 'zset', 'stream'})
 if bad then return redis.error_reply(bad) end
-local now = now_ms(ARGV[5])
+local now = now_ms(ARGV[4])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-if #ids == 0 then return 0 end
+if #ids == 0 then return {0, 0, 0, 0, 0} end
 local groups = groups_of(KEYS[1])
-local function unhandled(id)
-  if #groups == 0 then return true end
-  for _, g in ipairs(groups) do
-    if id_less(g['last-delivered-id'], id) then return true end
-    if redis.call('XPENDING', KEYS[1], g['name'], id, id, 1)[1] ~= nil then return true end
+local by_name = {}
+for _, g in ipairs(groups) do by_name[g['name']] = g end
+-- Per id: 'gone', 'pending', or the list of groups it expired unhandled for.
+local plan = {}
+for i, id in ipairs(ids) do
+  local entry = redis.call('XRANGE', KEYS[1], id, id)
+  if entry[1] == nil or entry[1][2] == nil then
+    plan[i] = 'gone'
+  else
+    local pending = false
+    for _, g in ipairs(groups) do
+      if redis.call('XPENDING', KEYS[1], g['name'], id, id, 1)[1] ~= nil then
+        pending = true
+        break
+      end
+    end
+    if pending then
+      plan[i] = 'pending'
+    else
+      local fields = entry[1][2]
+      local target = field(fields, 'g')
+      local missed = {}
+      if target then
+        local g = by_name[target]
+        if g == nil or id_less(g['last-delivered-id'], id) then missed[1] = target end
+      elseif #groups == 0 then
+        missed[1] = ''
+      else
+        for _, g in ipairs(groups) do
+          if id_less(g['last-delivered-id'], id) then missed[#missed + 1] = g['name'] end
+        end
+      end
+      plan[i] = {fields = fields, missed = missed}
+    end
   end
-  return false
 end
--- Every copy to the DLQ is written before anything is removed: if a write fails,
--- the script stops with the stream untouched.
 if to_dlq then
   local t = redis.call('TIME')
   local at = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-  for _, id in ipairs(ids) do
-    if unhandled(id) then
-      local entry = redis.call('XRANGE', KEYS[1], id, id)
-      if entry[1] ~= nil and entry[1][2] ~= nil then
-        local fields = {}
-        for i, v in ipairs(entry[1][2]) do fields[i] = v end
-        local meta = {'dlq.reason', 'expired', 'dlq.error', 'Expired', 'dlq.traceback', '',
-          'dlq.attempts', '0', 'dlq.at', at, 'dlq.queue', ARGV[3], 'dlq.id', id,
-          'dlq.group', ''}
-        for _, v in ipairs(meta) do fields[#fields + 1] = v end
-        redis.call('XADD', KEYS[3], '*', unpack(fields))
+  for i, id in ipairs(ids) do
+    local p = plan[i]
+    if type(p) == 'table' then
+      for _, group in ipairs(p.missed) do
+        if dead_letters(group) then
+          local fields = {}
+          for k, v in ipairs(p.fields) do fields[k] = v end
+          local meta = {'dlq.reason', 'expired', 'dlq.error', 'Expired', 'dlq.traceback', '',
+            'dlq.attempts', '0', 'dlq.at', at, 'dlq.queue', ARGV[3], 'dlq.id', id,
+            'dlq.group', group}
+          for _, v in ipairs(meta) do fields[#fields + 1] = v end
+          redis.call('XADD', KEYS[3], '*', unpack(fields))
+        end
       end
     end
   end
 end
-local only_unhandled = ARGV[4] == 'unhandled'
-local n = 0
-for _, id in ipairs(ids) do
-  local counts = not only_unhandled or unhandled(id)
-  for _, g in ipairs(groups) do redis.call('XACK', KEYS[1], g['name'], id) end
-  local removed = redis.call('XDEL', KEYS[1], id)
-  if counts then n = n + removed end
-  redis.call('ZREM', KEYS[2], id)
+local removed, unhandled, rechecked = 0, 0, 0
+local recheck_at = now + tonumber(ARGV[5])
+for i, id in ipairs(ids) do
+  local p = plan[i]
+  if p == 'pending' then
+    redis.call('ZADD', KEYS[2], recheck_at, id)
+    rechecked = rechecked + 1
+  else
+    if p ~= 'gone' then
+      removed = removed + redis.call('XDEL', KEYS[1], id)
+      if #p.missed > 0 then unhandled = unhandled + 1 end
+    end
+    redis.call('ZREM', KEYS[2], id)
+  end
 end
-return n
+-- No ZCOUNT (not in the documented command set of a least-privilege user): a short
+-- batch saw everything due, a full one counts what is still due, up to the limit.
+local left = 0
+if #ids == tonumber(ARGV[1]) then
+  left = #redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+end
+return {#ids, removed, unhandled, rechecked, left}
+"""
+)
+
+# KEYS: stream, dlq
+# ARGV: group, consumer, policy ('drop' | 'dlq'), source queue name, clock shift (ms),
+#       id, expires_at_ms (the entry's ``x``)
+# A reader's estimate said the entry it read is expired: the Redis clock decides. If
+# ``x`` is still ahead of it (now_ms(shift) < x) nothing is done and 0 is returned: the
+# reader handles the entry normally. Otherwise, if this consumer still owns the entry,
+# it is settled as expired for this group: acked (policy 'drop') or copied to the DLQ
+# with dlq.reason 'expired' and dlq.group = group, and acked (policy 'dlq'); returns 1.
+# Returns -1 when expired but no longer owned by this consumer (nothing done).
+EXPIRE_READ: Final = (
+    _PRELUDE
+    + r"""
+local stream, dlq, group, consumer, id = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[6]
+if now_ms(ARGV[5]) < tonumber(ARGV[7]) then return 0 end
+if not owned_by(stream, group, id, consumer) then return -1 end
+if ARGV[3] == 'dlq' then
+  local bad = check_types(KEYS, {'stream', 'stream'})
+  if bad then return redis.error_reply(bad) end
+  local entry = redis.call('XRANGE', stream, id, id)
+  local fields = {'dlq.missing', '1'}
+  if entry[1] ~= nil and entry[1][2] ~= nil then
+    fields = {}
+    for i, v in ipairs(entry[1][2]) do fields[i] = v end
+  end
+  local t = redis.call('TIME')
+  local at = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+  local meta = {'dlq.reason', 'expired', 'dlq.error', 'Expired', 'dlq.traceback', '',
+    'dlq.attempts', '0', 'dlq.at', at, 'dlq.queue', ARGV[4], 'dlq.id', id, 'dlq.group', group}
+  for _, v in ipairs(meta) do fields[#fields + 1] = v end
+  redis.call('XADD', dlq, '*', unpack(fields))
+end
+redis.call('XACK', stream, group, id)
+return 1
 """
 )
 

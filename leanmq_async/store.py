@@ -8,7 +8,7 @@ Every redis-py error is translated by :func:`~leanmq_async.connection.translate_
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import anyio
@@ -30,7 +30,7 @@ from leanmq_async.exceptions import LeanMQError
 from leanmq_async.keys import QueueKeys, registry_key
 from leanmq_async.message import DeadLetterResult
 
-__all__ = ["RawEntry", "ReclaimResult", "SendOp", "SettleCall", "Store"]
+__all__ = ["ExpireResult", "RawEntry", "ReclaimResult", "SendOp", "SettleCall", "Store"]
 
 RawEntry = tuple[bytes, dict[bytes, bytes] | None]
 """A stream entry as Redis returns it: ``(stream id, fields)``; fields are None if deleted."""
@@ -74,6 +74,32 @@ class ReclaimResult:
         self.deliveries = deliveries
         self.missing = missing
         self.next_start = next_start
+
+
+class ExpireResult:
+    """What one expiry batch (:data:`scripts.EXPIRE`) did.
+
+    ``scanned``: index members looked at (equal to the limit: more may be due);
+    ``removed``: entries deleted; ``unhandled``: entries that expired unhandled for at
+    least one group; ``rechecked``: entries pending in a group, left to their consumer
+    and looked at again later; ``left``: index members still due after the batch
+    (counted up to the batch's limit).
+    """
+
+    __slots__ = ("left", "rechecked", "removed", "scanned", "unhandled")
+
+    def __init__(self, scanned: int, removed: int, unhandled: int, rechecked: int, left: int):
+        self.scanned = scanned
+        self.removed = removed
+        self.unhandled = unhandled
+        self.rechecked = rechecked
+        self.left = left
+
+    def __repr__(self) -> str:
+        return (
+            f"<ExpireResult scanned={self.scanned} removed={self.removed} "
+            f"unhandled={self.unhandled} rechecked={self.rechecked} left={self.left}>"
+        )
 
 
 class SettleCall:
@@ -140,6 +166,7 @@ class Store:
         self._dead_letter = register(scripts.DEAD_LETTER)
         self._requeue = register(scripts.REQUEUE)
         self._expire = register(scripts.EXPIRE)
+        self._expire_read = register(scripts.EXPIRE_READ)
         self._reclaim = register(scripts.RECLAIM)
         self._extend = register(scripts.EXTEND_LEASES)
         self._trim = register(scripts.TRIM)
@@ -167,20 +194,28 @@ class Store:
     # -- clock ---------------------------------------------------------------------------
 
     async def sync_clock(self) -> None:
-        """Measure the offset between this machine's clock and Redis's."""
+        """Measure the offset between this process's monotonic clock and Redis's.
+
+        Monotonic, not wall-clock time: a step of the host clock between two measurements
+        does not move the estimate (and expiry is confirmed by Redis anyway).
+        """
         with translate_errors("TIME"):
-            before = time.time()
+            before = time.monotonic()
             sec, usec = await self.client.time()
-            after = time.time()
+            after = time.monotonic()
         redis_ms = sec * 1000 + usec / 1000
         self._clock_offset_ms = redis_ms - (before + after) * 500
-        self._clock_synced_at = time.monotonic()
+        self._clock_synced_at = after
 
     async def redis_now_ms(self, max_age: float = 60.0) -> float:
-        """The Redis clock in ms, estimated locally (re-measured every ``max_age`` s)."""
+        """The Redis clock in ms, estimated locally (re-measured every ``max_age`` s).
+
+        An estimate, for pre-filtering: a decision that an entry expired is confirmed by
+        Redis (:data:`scripts.EXPIRE_READ`).
+        """
         if time.monotonic() - self._clock_synced_at > max_age:
             await self.sync_clock()
-        return time.time() * 1000 + self._clock_offset_ms + self.clock_shift_ms
+        return time.monotonic() * 1000 + self._clock_offset_ms + self.clock_shift_ms
 
     # -- queues --------------------------------------------------------------------------
 
@@ -562,17 +597,39 @@ class Store:
         return int(moved), int(wait)
 
     async def expire(
-        self, keys: QueueKeys, source_name: str, policy: str, limit: int, count: str = "removed"
-    ) -> int:
-        """Remove expired entries; return how many were removed (``count="unhandled"``:
-        how many of them no group had handled)."""
+        self,
+        keys: QueueKeys,
+        source_name: str,
+        policy: str,
+        limit: int,
+        recheck_ms: int = 1000,
+        group_policies: Mapping[str, str] | None = None,
+    ) -> ExpireResult:
+        """One bounded expiry batch (:data:`scripts.EXPIRE`): remove (or dead-letter) up to
+        ``limit`` expired entries pending in no group; re-check pending ones after
+        ``recheck_ms``. ``group_policies`` overrides ``policy`` for the groups named."""
+        args: list[Any] = [limit, policy, source_name, self.clock_shift_ms, recheck_ms]
+        for group, group_policy in (group_policies or {}).items():
+            args += [group, group_policy]
         with translate_errors("expire"):
-            return int(
-                await self._expire(
-                    keys=[keys.stream, keys.expiry, keys.dlq],
-                    args=[limit, policy, source_name, count, self.clock_shift_ms],
-                )
-            )
+            reply = await self._expire(keys=[keys.stream, keys.expiry, keys.dlq], args=args)
+        return ExpireResult(*(int(r) for r in reply))
+
+    def expire_read_call(
+        self,
+        keys: QueueKeys,
+        group: str,
+        consumer: str,
+        source_name: str,
+        policy: str,
+        sid: str,
+        expires_at_ms: int,
+    ) -> SettleCall:
+        """Settle a read entry as expired if the Redis clock agrees (:data:`scripts.EXPIRE_READ`),
+        as one call of a :meth:`settle_many` batch: 1 expired (acked or dead-lettered),
+        0 still live (handle it), -1 expired but no longer owned by ``consumer``."""
+        args = [group, consumer, policy, source_name, self.clock_shift_ms, sid, expires_at_ms]
+        return SettleCall(self._expire_read, [keys.stream, keys.dlq], args)
 
     async def reclaim(
         self,

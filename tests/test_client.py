@@ -262,15 +262,22 @@ async def test_expired_dlq_policy_spares_processed_messages(
     assert await queue.peek_messages() == []
 
 
-async def test_expired_dlq_policy_takes_pending_messages(mq: LeanMQ, raw: aioredis.Redis) -> None:
+async def test_expiry_leaves_pending_messages_to_their_consumer(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    # Delivered before its TTL: the delivery is honoured, the expiry pass does not touch it.
     queue, dlq = await mq.create_queue_pair("orders")
     await queue.send_message("held", ttl=0.05)
     (held,) = await deliver(raw, queue, queue.consumer_group, 1)  # read, not acked
     await anyio.sleep(0.15)
-    assert await mq.process_expired_messages(policy="dlq") == 1
-    assert [m.data for m in await dlq.peek_messages()] == ["held"]
-    assert (await queue.get_info()).pending_messages == 0
-    assert await queue.acknowledge_messages([held]) == 0
+    assert await mq.process_expired_messages(policy="dlq") == 0
+    assert await dlq.peek_messages() == []
+    assert (await queue.get_info()).pending_messages == 1
+    assert await queue.acknowledge_messages([held]) == 1  # handled
+    mq.store.clock_shift_ms = 60_000  # past the re-check
+    assert await mq.process_expired_messages(policy="dlq") == 1  # removed, not dead-lettered
+    assert await dlq.peek_messages() == []
+    assert await raw.zcard(queue.keys.expiry) == 0
 
 
 async def test_process_expired_messages_bad_policy(mq: LeanMQ) -> None:

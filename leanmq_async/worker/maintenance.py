@@ -1,7 +1,8 @@
 """Background upkeep of the queues a worker serves.
 
 * the mover puts due delayed messages (``delay=`` sends and retries) into their streams;
-* expired messages are removed (or dead-lettered) by their expiry index;
+* expired messages are removed (or dead-lettered) by their expiry index, in bounded
+  batches; one pending in a group is left to that group's consumer and re-checked later;
 * acknowledged history older than ``retention`` is trimmed, never an unacked entry;
 * consumers idle for long with nothing pending are removed;
 * the offset to the Redis clock is re-measured.
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 __all__ = ["Maintenance"]
 
 _MOVE_BATCH = 500
+# The expiry pass works in batches of _EXPIRE_BATCH index entries per script call, and
+# at most _EXPIRE_BATCHES calls per queue per pass, so one queue cannot starve the others.
+_EXPIRE_BATCH = 1000
+_EXPIRE_BATCHES = 50
 
 
 class Maintenance:
@@ -39,6 +44,8 @@ class Maintenance:
         self.queues: dict[str, Queue] = {}
         self.expired_policy: dict[str, str] = {}
         self.groups: dict[str, set[str]] = {}
+        # Per stream, each handler group's own expired policy (others: expired_policy).
+        self.group_policies: dict[str, dict[str, str]] = {}
         self.lease_ms: dict[str, int] = {}
         for h in handlers:
             q = h.queue
@@ -47,6 +54,7 @@ class Maintenance:
                 self.expired_policy[q.stream] = "dlq"
             self.expired_policy.setdefault(q.stream, "drop")
             self.groups.setdefault(q.stream, set()).add(h.group)
+            self.group_policies.setdefault(q.stream, {})[h.group] = h.options.expired
             self.lease_ms[q.stream] = max(
                 self.lease_ms.get(q.stream, 0), int(h.options.visibility_timeout * 1000)
             )
@@ -101,13 +109,33 @@ class Maintenance:
     async def expire_once(self) -> int:
         """Remove (or dead-letter) expired messages of every queue; return how many.
 
-        Counted: messages that expired unhandled. Handled ones (or ones a handler runner
-        already counted as expired) are removed too, but not reported again.
+        Per queue, batches while a batch came back full, up to ``_EXPIRE_BATCHES`` of them
+        (what is still due then is logged, and taken by the next pass). Entries pending
+        in a group are left to their consumer and re-checked later (see
+        :data:`~leanmq_async.scripts.EXPIRE`). Counted: messages that expired unhandled
+        for some group; handled ones are removed too, but not reported again.
         """
         total = 0
+        recheck_ms = max(1, int(self.settings.expire_interval * 1000))
         for stream, queue in self.queues.items():
             policy = self.expired_policy[stream]
-            n = await self.store.expire(queue.keys, queue.name, policy, 1000, count="unhandled")
+            n = 0
+            for _ in range(_EXPIRE_BATCHES):
+                result = await self.store.expire(
+                    queue.keys,
+                    queue.name,
+                    policy,
+                    _EXPIRE_BATCH,
+                    recheck_ms,
+                    self.group_policies[stream],
+                )
+                n += result.unhandled
+                if result.scanned < _EXPIRE_BATCH or not result.left:
+                    break
+            else:
+                if result.left:
+                    # ``left`` is counted up to one batch: "at least".
+                    self.log.warning("expiry_behind", queue=queue.name, left_at_least=result.left)
             if n:
                 self.log.info("expired", queue=queue.name, count=n)
             total += n

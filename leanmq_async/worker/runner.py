@@ -484,8 +484,12 @@ class HandlerRunner:
             self._ack(work.sid)
             return
         expires = entry.expires_at_ms
-        if expires is not None and expires <= await self.store.redis_now_ms():
-            await self._expire(work.sid, sid, entry.message_id)
+        # The local estimate pre-filters; Redis confirms (a stepped host clock is harmless).
+        if (
+            expires is not None
+            and expires <= await self.store.redis_now_ms()
+            and await self._expire(sid, expires, entry.message_id)
+        ):
             return
         try:
             payload = decode_payload(entry, handler.payload_type)
@@ -620,8 +624,8 @@ class HandlerRunner:
             if result == -1:
                 self.log.warning("lease_lost", id=sid, message_id=entry.message_id)
             elif result == 0:
-                # Expiry acks before deleting (-1 above) and trimming spares unacked
-                # entries: this one was deleted (XDEL, XTRIM) under us. Counted, not hidden.
+                # Expiry and trimming never touch a pending entry: this one was deleted
+                # under us by a user call (delete_messages, purge). Counted, not hidden.
                 self.stats.lost += 1
                 self.log.error(
                     "retry_skipped",
@@ -705,22 +709,41 @@ class HandlerRunner:
             self.log.warning("lease_lost", id=sid, message_id=message_id)
         return moved
 
-    async def _expire(self, raw_sid: bytes, sid: str, message_id: str = "") -> None:
-        # Counted by whoever takes it off the pending list, this runner or the upkeep
-        # pass (scripts.EXPIRE) racing with it, so no expired message is counted twice:
-        # hence an XACK of its own (whose reply says who won), not a batched one.
-        if self.handler.options.expired == "dlq":
-            if await self._dead_letter(
-                sid, "expired before it was handled", "Expired", message_id=message_id
-            ):
-                self.stats.expired += 1
-                if self._observers:
-                    self._notify("on_expired", message_id)
-        elif await self._settle(lambda: self.store.ack(self.stream, self.group, [raw_sid])):
+    async def _expire(self, sid: str, expires_at_ms: int, message_id: str = "") -> bool:
+        """Settle an entry this runner thinks expired, if the Redis clock agrees.
+
+        One script (:data:`~leanmq_async.scripts.EXPIRE_READ`) checks ``x`` against Redis
+        TIME and only then acks it (``expired="drop"``) or dead-letters it for this group
+        (``"dlq"``). False when Redis says it is still live: the caller handles it.
+        """
+        policy = self.handler.options.expired
+        call = self.store.expire_read_call(
+            self.queue.keys, self.group, self.consumer, self.queue.name, policy, sid, expires_at_ms
+        )
+        result = await self._settle(lambda: self._batcher.call(call))
+        if result == 0:
+            return False
+        if result == 1:
             self.stats.expired += 1
-            self.log.info("expired", id=sid)
+            if policy == "dlq":
+                self.stats.dead_lettered += 1
+                self.log.warning(
+                    "dead_lettered",
+                    id=sid,
+                    message_id=message_id,
+                    reason="expired",
+                    error_type="Expired",
+                    attempts=0,
+                )
+                if self._observers:
+                    self._notify("on_dead_lettered", message_id, "expired", "Expired")
+            else:
+                self.log.info("expired", id=sid)
             if self._observers:
                 self._notify("on_expired", message_id)
+        elif result == -1:
+            self.log.warning("lease_lost", id=sid, message_id=message_id)
+        return True
 
     async def _settle(self, step: Callable[[], Awaitable[T]]) -> T | None:
         """Run a settling step shielded from cancellation, retrying connection errors.
