@@ -174,6 +174,25 @@ class LeanMQ:
         if self._owns_client:
             await self.redis.aclose()
 
+    async def rebind(self, url: str) -> None:
+        """Point this client at the Redis at ``url`` from now on (tests; see ``testing``).
+
+        For an app whose client was built at import: its queues and handlers stay, its own
+        connections are closed, and a closed client becomes usable again. Not while a
+        worker runs on it; a borrowed client cannot be rebound.
+        """
+        if not self._owns_client:
+            raise ConfigurationError(
+                "this LeanMQ uses a borrowed client: pass another client to a new LeanMQ"
+            )
+        client = build_redis_client(url, self.connection_settings)
+        old, durability = self.redis, self.store.durability
+        self.url, self.redis = url, client
+        self.store = Store(client)
+        self.store.durability = durability
+        self._closed = False
+        await old.aclose()
+
     # -- queues --------------------------------------------------------------------------
 
     def _queue_object(self, base: str, is_dlq: bool) -> Queue:
