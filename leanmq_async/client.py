@@ -268,7 +268,7 @@ class LeanMQ:
                 f"payload_type {payload_type!r} of queue {name!r} is not decodable: {exc}"
             ) from exc
         queue = self.queue(name)
-        if queue.payload_type is not payload_type:
+        if queue.payload_type != payload_type:
             if queue.payload_type is not Any or any(h.queue == queue for h in self.handlers):
                 raise ConfigurationError(
                     f"queue {name!r} is already declared with payload_type="

@@ -139,6 +139,20 @@ async def test_typed_queue_checks_handlers_and_redeclaration(mq: LeanMQ) -> None
     assert got == [Order(order_id=5, items=[])]
 
 
+async def test_generic_payload_type_redeclared_and_nested_models_sent(mq: LeanMQ) -> None:
+    batches = mq.queue("batches", payload_type=list[Item])
+    assert mq.queue("batches", payload_type=list[Item]) is batches  # equal, not identical
+    await mq.create_queue_pair("batches")
+    await batches.send_message([Item(sku="a", qty=1), Item(sku="b", qty=2)])
+    (message,) = await batches.get_messages()
+    assert message.data == [Item(sku="a", qty=1), Item(sku="b", qty=2)]
+    plain = mq.queue("plain")
+    await mq.create_queue_pair("plain")
+    await plain.send_message({"item": Item(sku="c", qty=3)})
+    (raw,) = await plain.get_messages()
+    assert raw.data == {"item": {"sku": "c", "qty": 3}}
+
+
 async def test_dataclass_payload_type_still_uses_msgspec(mq: LeanMQ) -> None:
     @dataclass
     class Point:
