@@ -6,7 +6,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from leanmq_async.worker.supervisor import Worker
 
 __all__ = ["HeaderProvider", "LeanMQ"]
+
+P = TypeVar("P")
 
 HeaderProvider = Callable[["Queue"], Mapping[str, str] | None]
 """Called on every send with the target queue: headers to add (a send's own win)."""
@@ -172,6 +174,25 @@ class LeanMQ:
         if self._owns_client:
             await self.redis.aclose()
 
+    async def rebind(self, url: str) -> None:
+        """Point this client at the Redis at ``url`` from now on (tests; see ``testing``).
+
+        For an app whose client was built at import: its queues and handlers stay, its own
+        connections are closed, and a closed client becomes usable again. Not while a
+        worker runs on it; a borrowed client cannot be rebound.
+        """
+        if not self._owns_client:
+            raise ConfigurationError(
+                "this LeanMQ uses a borrowed client: pass another client to a new LeanMQ"
+            )
+        client = build_redis_client(url, self.connection_settings)
+        old, durability = self.redis, self.store.durability
+        self.url, self.redis = url, client
+        self.store = Store(client)
+        self.store.durability = durability
+        self._closed = False
+        await old.aclose()
+
     # -- queues --------------------------------------------------------------------------
 
     def _queue_object(self, base: str, is_dlq: bool) -> Queue:
@@ -188,19 +209,32 @@ class LeanMQ:
         return name, False
 
     @overload
-    def queue(self, name: str, partitions: None = None) -> Queue: ...
+    def queue(self, name: str, partitions: None = None) -> Queue[Any]: ...
+
+    @overload
+    def queue(self, name: str, partitions: None = None, *, payload_type: type[P]) -> Queue[P]: ...
 
     @overload
     def queue(self, name: str, partitions: int) -> PartitionedQueue: ...
 
-    def queue(self, name: str, partitions: int | None = None) -> Queue | PartitionedQueue:
+    def queue(
+        self, name: str, partitions: int | None = None, *, payload_type: Any = None
+    ) -> Queue[Any] | PartitionedQueue:
         """Declare a main queue without I/O (for ``@mq.queue("orders").handler`` at import).
 
         The worker creates its stream and group when it starts; sending needs no setup.
+        ``payload_type=Order`` makes it a ``Queue[Order]``: reads decode and validate
+        ``Order`` (a msgspec Struct, dataclass, TypedDict, pydantic model …) and handlers
+        must take ``Order`` or ``Message[Order]`` (checked when decorated). Declare the
+        type once, before the queue is used untyped (asking again with another type raises).
         ``partitions=N`` declares a :class:`~leanmq_async.partition.PartitionedQueue`
         stored as the queues ``<name>#0`` … ``<name>#<N-1>`` (cached: asking again with
         another N raises :class:`ConfigurationError`).
         """
+        if payload_type is not None:
+            if partitions is not None:
+                raise ConfigurationError("payload_type is not supported with partitions= yet")
+            return self._typed_queue(name, payload_type)
         base, is_dlq = self._split(name)
         if is_dlq:
             raise ConfigurationError(
@@ -223,6 +257,25 @@ class LeanMQ:
                 f"{partitions!r}: the key -> partition mapping depends on it"
             )
         return declared
+
+    def _typed_queue(self, name: str, payload_type: Any) -> Queue[Any]:
+        from leanmq_async.envelope import payload_decoder
+
+        try:
+            payload_decoder(payload_type)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"payload_type {payload_type!r} of queue {name!r} is not decodable: {exc}"
+            ) from exc
+        queue = self.queue(name)
+        if queue.payload_type != payload_type:
+            if queue.payload_type is not Any or any(h.queue == queue for h in self.handlers):
+                raise ConfigurationError(
+                    f"queue {name!r} is already declared with payload_type="
+                    f"{queue.payload_type!r}; declare it once, with one type"
+                )
+            queue.payload_type = payload_type
+        return queue
 
     async def create_queue_pair(self, queue_name: str) -> tuple[Queue, Queue]:
         """Create a queue and its dead-letter queue (idempotent); return ``(queue, dlq)``."""

@@ -23,12 +23,14 @@ Nothing is ever pickled or imported from message data.
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 import msgspec
+import msgspec.inspect
 
 from leanmq_async.exceptions import (
     ConfigurationError,
@@ -104,10 +106,10 @@ class Codec:
         self.max_message_size = max_message_size
         if name == "json":
             self.field = FIELD_JSON
-            self._encode = msgspec.json.Encoder().encode
+            self._encode = msgspec.json.Encoder(enc_hook=encode_model).encode
         elif name == "msgpack":
             self.field = FIELD_MSGPACK
-            self._encode = msgspec.msgpack.Encoder().encode
+            self._encode = msgspec.msgpack.Encoder(enc_hook=encode_model).encode
         else:
             raise ConfigurationError(
                 f"unknown serializer {name!r}: choose 'json' (default) or 'msgpack'"
@@ -139,7 +141,7 @@ class Codec:
             raise MessageEncodeError(
                 f"payload of type {type(payload).__name__} cannot be encoded as {self.name}: "
                 f"{exc}. Send JSON-compatible values (dict, list, str, int, float, bool, None), "
-                "msgspec Structs, dataclasses, or datetimes/UUIDs."
+                "msgspec Structs, dataclasses, pydantic models, or datetimes/UUIDs."
             ) from exc
         if len(data) > self.max_message_size:
             raise MessageTooLargeError(
@@ -215,16 +217,90 @@ def decode_entry(fields: Mapping[bytes, bytes] | None, max_size: int) -> Decoded
     )
 
 
+def _is_pydantic_model(cls: object) -> bool:
+    """Is ``cls`` a pydantic model class? (pydantic is never imported for this.)"""
+    pydantic = sys.modules.get("pydantic")
+    return pydantic is not None and isinstance(cls, type) and issubclass(cls, pydantic.BaseModel)
+
+
+def encode_model(obj: Any) -> Any:
+    """The encoders' hook for what msgspec does not know: pydantic models, as JSON data."""
+    if _is_pydantic_model(type(obj)):
+        return obj.model_dump(mode="json")
+    raise TypeError(f"objects of type {type(obj).__name__} are not supported")
+
+
+def _custom_types(info: msgspec.inspect.Type) -> list[type]:
+    """The classes in a type tree that msgspec cannot decode by itself (recursion-safe)."""
+    found: list[type] = []
+    seen: set[int] = set()
+    todo: list[Any] = [info]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, msgspec.inspect.CustomType):
+            if node.cls is not object:  # msgspec decodes `object` as Any
+                found.append(node.cls)
+        elif isinstance(node, tuple):
+            todo.extend(node)
+        elif isinstance(node, msgspec.inspect.Type | msgspec.inspect.Field):
+            todo.extend(getattr(node, name) for name in node.__struct_fields__)
+    return found
+
+
+class _PydanticDecoder:
+    """Decodes a payload into a type that involves pydantic models, through pydantic."""
+
+    def __init__(self, payload_type: Any, is_msgpack: bool) -> None:
+        from pydantic import TypeAdapter
+
+        self._adapter: Any = TypeAdapter(payload_type)
+        self._msgpack = msgspec.msgpack.Decoder() if is_msgpack else None
+
+    def decode(self, raw: msgspec.Raw) -> Any:
+        from pydantic import ValidationError
+
+        try:
+            if self._msgpack is not None:
+                return self._adapter.validate_python(self._msgpack.decode(raw))
+            return self._adapter.validate_json(bytes(raw))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+            more = f" (and {exc.error_count() - 1} more errors)" if exc.error_count() > 1 else ""
+            raise msgspec.ValidationError(f"{first['msg']} - at `${path}`{more}") from exc
+
+
 _PAYLOAD_DECODERS: dict[tuple[bool, Any], Any] = {}
 
 
 def payload_decoder(payload_type: Any, is_msgpack: bool = False) -> Any:
-    """The decoder for ``payload_type`` in one format (built on first use, then reused)."""
+    """The decoder for ``payload_type`` in one format (built on first use, then reused).
+
+    Types that involve pydantic models are validated by pydantic (an optional dependency);
+    everything else by msgspec. A type neither can decode raises ``TypeError`` saying why.
+    """
     key = (is_msgpack, payload_type)
     decoder = _PAYLOAD_DECODERS.get(key)
     if decoder is None:
-        cls: Any = msgspec.msgpack.Decoder if is_msgpack else msgspec.json.Decoder
-        decoder = cls() if payload_type is Any else cls(payload_type)
+        if payload_type is Any:
+            decoder = msgspec.msgpack.Decoder() if is_msgpack else msgspec.json.Decoder()
+        else:
+            custom = _custom_types(msgspec.inspect.type_info(payload_type))
+            unknown = [c for c in custom if not _is_pydantic_model(c)]
+            if unknown:
+                raise TypeError(
+                    f"{unknown[0].__qualname__} is neither a JSON type, a msgspec Struct, a "
+                    "dataclass, a TypedDict nor a pydantic model: messages cannot be decoded "
+                    "into it"
+                )
+            if custom:
+                decoder = _PydanticDecoder(payload_type, is_msgpack)
+            else:
+                cls: Any = msgspec.msgpack.Decoder if is_msgpack else msgspec.json.Decoder
+                decoder = cls(payload_type)
         _PAYLOAD_DECODERS[key] = decoder
     return decoder
 

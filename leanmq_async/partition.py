@@ -47,9 +47,11 @@ from leanmq_async.message import QueueInfo
 from leanmq_async.queue import check_ttl_and_delay
 
 if TYPE_CHECKING:
+    from typing import Unpack
+
     from leanmq_async.client import LeanMQ
     from leanmq_async.queue import Queue
-    from leanmq_async.worker.handler import HandlerFunc
+    from leanmq_async.worker.handler import HandlerFunc, HandlerKwargs
 
 __all__ = ["PARTITION_SEPARATOR", "PartitionedQueue", "partition_index"]
 
@@ -309,9 +311,13 @@ class PartitionedQueue:
     def handler(self, func: F, /) -> F: ...
 
     @overload
-    def handler(self, func: None = None, /, **options: Any) -> Callable[[F], F]: ...
+    def handler(
+        self, func: None = None, /, **options: Unpack[HandlerKwargs]
+    ) -> Callable[[F], F]: ...
 
-    def handler(self, func: F | None = None, /, **options: Any) -> F | Callable[[F], F]:
+    def handler(
+        self, func: F | None = None, /, **options: Unpack[HandlerKwargs]
+    ) -> F | Callable[[F], F]:
         """Register one coroutine function on every partition, with the same options.
 
         ``concurrency`` applies to each partition (see :mod:`leanmq_async.partition`).

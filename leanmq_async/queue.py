@@ -6,7 +6,7 @@ import math
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import anyio
 
@@ -25,9 +25,18 @@ from leanmq_async.reading import dead_letter_info, to_message, triage
 from leanmq_async.store import RawEntry, SendOp
 
 if TYPE_CHECKING:
+    from typing import Unpack
+
+    from typing_extensions import TypeVar as DefaultTypeVar
+
     from leanmq_async.client import LeanMQ
     from leanmq_async.cluster import Durability
-    from leanmq_async.worker.handler import HandlerFunc, HandlerOptions
+    from leanmq_async.worker.handler import HandlerFunc, HandlerKwargs, HandlerOptions
+
+    # A bare `Queue` means `Queue[Any]` (PEP 696 default; typing has it from 3.13 only).
+    PayloadT = DefaultTypeVar("PayloadT", default=Any)
+else:
+    PayloadT = TypeVar("PayloadT")
 
 __all__ = ["Queue"]
 
@@ -97,15 +106,21 @@ def check_ttl_and_delay(ttl: float | None, delay: float | None) -> tuple[int, in
     return ttl_ms, delay_ms
 
 
-class Queue:
+class Queue(Generic[PayloadT]):
     """One Redis stream: a main queue, or the dead-letter queue of one.
 
     Obtain queues from :class:`~leanmq_async.LeanMQ` (``create_queue_pair``, ``get_queue``,
-    ``queue``); constructing one does no I/O.
+    ``queue``); constructing one does no I/O. ``Queue[Order]`` (from
+    ``mq.queue("orders", payload_type=Order)``) reads messages decoded and validated as
+    ``Order`` and checks its handlers' annotations against it; a bare ``Queue`` is
+    ``Queue[Any]``. A dead-letter queue is untyped (``Queue[Any]``).
     """
 
-    def __init__(self, mq: LeanMQ, base_name: str, *, is_dlq: bool = False) -> None:
+    def __init__(
+        self, mq: LeanMQ, base_name: str, *, is_dlq: bool = False, payload_type: Any = Any
+    ) -> None:
         self._mq = mq
+        self.payload_type: Any = payload_type
         self.base_name = base_name
         self.is_dlq = is_dlq
         self.keys = QueueKeys(mq.prefix, base_name)
@@ -132,12 +147,12 @@ class Queue:
         """The client this queue belongs to."""
         return self._mq
 
-    def dead_letter_queue(self) -> Queue:
+    def dead_letter_queue(self) -> Queue[Any]:
         """This queue's dead-letter queue (no I/O)."""
         self._require_main("dead_letter_queue()")
         return self._mq._queue_object(self.base_name, is_dlq=True)
 
-    def main_queue(self) -> Queue:
+    def main_queue(self) -> Queue[Any]:
         """The main queue of this queue pair (no I/O)."""
         return self._mq._queue_object(self.base_name, is_dlq=False)
 
@@ -152,7 +167,7 @@ class Queue:
 
     def _send_op(
         self,
-        data: Any,
+        data: PayloadT,
         message_id: str | None,
         ttl: float | None,
         delay: float | None,
@@ -179,7 +194,7 @@ class Queue:
 
     async def send_message(
         self,
-        data: Any,
+        data: PayloadT,
         message_id: str | None = None,
         ttl: float | None = None,
         *,
@@ -203,7 +218,7 @@ class Queue:
 
     async def send_messages(
         self,
-        items: Iterable[Any],
+        items: Iterable[PayloadT],
         *,
         ttl: float | None = None,
         delay: float | None = None,
@@ -233,7 +248,7 @@ class Queue:
         count: int = 1,
         block_for_seconds: float | None = None,
         consumer_id: str | None = None,
-    ) -> list[Message[Any]]:
+    ) -> list[Message[PayloadT]]:
         """Read up to ``count`` new messages for this queue's consumer group.
 
         Blocks up to ``block_for_seconds`` when none are waiting (None: do not block).
@@ -293,7 +308,7 @@ class Queue:
                 if wait_ms <= 0:
                     return []
 
-    async def _sort_out(self, raw: list[RawEntry], consumer: str) -> list[Message[Any]]:
+    async def _sort_out(self, raw: list[RawEntry], consumer: str) -> list[Message[PayloadT]]:
         store = self._mq.store
         now = await store.redis_now_ms()
         sorted_ = triage(raw, self.consumer_group, now, self._mq.codec.max_message_size)
@@ -328,7 +343,7 @@ class Queue:
         messages = []
         for sid, entry in good:
             try:
-                payload = decode_payload(entry)
+                payload = decode_payload(entry, self.payload_type)
             except MessageDecodeError as exc:
                 sorted_.bad.append((sid, str(exc)))
                 continue
@@ -364,7 +379,7 @@ class Queue:
             out.append(to_message(raw_id.decode(), entry, payload, self.name, 1, info))
         return out
 
-    async def peek_messages(self, count: int = 10, start: str = "-") -> list[Message[Any]]:
+    async def peek_messages(self, count: int = 10, start: str = "-") -> list[Message[PayloadT]]:
         """Read up to ``count`` entries from ``start`` without consuming them (XRANGE)."""
         raw = await self._mq.store.range(self.stream, start, "+", count)
         if self.is_dlq:
@@ -373,7 +388,8 @@ class Queue:
         for raw_id, fields in raw:
             try:
                 entry = decode_entry(fields, self._mq.codec.max_message_size)
-                out.append(to_message(raw_id.decode(), entry, decode_payload(entry), self.name))
+                payload = decode_payload(entry, self.payload_type)
+                out.append(to_message(raw_id.decode(), entry, payload, self.name))
             except MessageDecodeError:
                 out.append(Message(id=raw_id.decode(), data=None, timestamp=0.0, queue=self.name))
         return out
@@ -461,9 +477,13 @@ class Queue:
     def handler(self, func: F, /) -> F: ...
 
     @overload
-    def handler(self, func: None = None, /, **options: Any) -> Callable[[F], F]: ...
+    def handler(
+        self, func: None = None, /, **options: Unpack[HandlerKwargs]
+    ) -> Callable[[F], F]: ...
 
-    def handler(self, func: F | None = None, /, **options: Any) -> F | Callable[[F], F]:
+    def handler(
+        self, func: F | None = None, /, **options: Unpack[HandlerKwargs]
+    ) -> F | Callable[[F], F]:
         """Register a coroutine function as this queue's handler (no I/O).
 
         Use bare (``@queue.handler``) or with options (``@queue.handler(concurrency=50,

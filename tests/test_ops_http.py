@@ -49,7 +49,8 @@ async def test_dashboard_page(client: httpx.AsyncClient) -> None:
     assert r.headers["content-type"] == "text/html; charset=utf-8"
     page = r.text
     assert "<title>leanmq queues</title>" in page
-    assert 'get("token")' in page and '"Bearer " + token' in page  # sends ?token= as header
+    assert '"Bearer " + token' in page and "sessionStorage" in page  # signs in, header only
+    assert 'params.delete("token")' in page  # a ?token= in the URL is dropped, never used
     assert 'api("GET", "stats")' in page and "setInterval(refresh, 2000)" in page
     assert "window.confirm" in page  # destructive buttons ask first
     assert "innerHTML" not in page  # data is put in the page as text only

@@ -10,7 +10,8 @@ Mount it into an application (no dependency is added)::
 or run it alone with ``leanmq serve``. Endpoints (relative to the mount point):
 
 ========  ===============================  ===============================================
-GET       ``/``                            the dashboard (static HTML, polls ``/stats``)
+GET       ``/``                            the dashboard (static HTML, polls ``/stats``
+                                           and ``/health``; asks for the token itself)
 GET       ``/health``                      health report; HTTP 200 ok/warning, 503 critical
 GET       ``/stats``                       stats of every queue, with rates
 GET       ``/queues``                      ``list_queues()``
@@ -30,7 +31,10 @@ POST      ``/force-process/{queue}``       re-deliver stuck pending messages now
 
 With ``token`` set every endpoint but the static dashboard page needs
 ``Authorization: Bearer <token>`` (401 otherwise); without it, protect the mount with the
-host application's auth. Destructive calls need ``confirm=true`` (400 otherwise). Errors
+host application's auth. The token is never read from the URL (it would land in access
+logs): the dashboard shows a sign-in prompt on a 401 and keeps the token in the tab's
+``sessionStorage``; a ``?token=`` left in its address is removed and not used.
+Destructive calls need ``confirm=true`` (400 otherwise). Errors
 are JSON ``{"error": "..."}``: 400 bad input, 404 unknown queue or message, 405 wrong
 method, 413 body too large, 503 Redis unreachable. A queue name containing ``/`` can be
 sent as ``%2F``.

@@ -12,7 +12,7 @@ import inspect
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from leanmq_async.envelope import payload_decoder
 from leanmq_async.exceptions import ConfigurationError
@@ -22,7 +22,7 @@ from leanmq_async.worker.backoff import Backoff, exponential_backoff
 if TYPE_CHECKING:
     from leanmq_async.queue import Queue
 
-__all__ = ["Handler", "HandlerFunc", "HandlerOptions", "register_handler"]
+__all__ = ["Handler", "HandlerFunc", "HandlerKwargs", "HandlerOptions", "register_handler"]
 
 HandlerFunc = Callable[[Any], Awaitable[Any]]
 ExpiredPolicy = Literal["drop", "dlq"]
@@ -79,6 +79,19 @@ class HandlerOptions:
             raise bad("expired", "use 'drop' or 'dlq'")
         if self.group is not None and (not isinstance(self.group, str) or not self.group):
             raise bad("group", "use a non-empty string")
+
+
+class HandlerKwargs(TypedDict, total=False):
+    """The keywords of ``@queue.handler(...)``, typed (see :class:`HandlerOptions`)."""
+
+    concurrency: int
+    max_retries: int | None
+    backoff: Backoff
+    timeout: float | None
+    visibility_timeout: float
+    group: str | None
+    max_deliveries: int
+    expired: ExpiredPolicy
 
 
 def _is_int(value: object) -> bool:
@@ -158,12 +171,22 @@ def register_handler(queue: Queue, func: HandlerFunc, options: Mapping[str, Any]
         )
     opts = HandlerOptions(**options)
     payload_type, wants_message = _argument_kind(func)
+    if queue.payload_type is not Any:
+        if payload_type is Any:
+            payload_type = queue.payload_type
+        elif payload_type != queue.payload_type:
+            raise ConfigurationError(
+                f"handler {func.__qualname__} takes {payload_type!r}, but queue {queue.name!r} "
+                f"carries {queue.payload_type!r}: annotate it with that type, "
+                "Message[that type], or nothing"
+            )
     try:
         payload_decoder(payload_type)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(
             f"handler {func.__qualname__}: payload type {payload_type!r} is not decodable "
-            f"(use JSON types, msgspec Structs, dataclasses or TypedDicts): {exc}"
+            f"(use JSON types, msgspec Structs, dataclasses, TypedDicts or pydantic "
+            f"models): {exc}"
         ) from exc
     group = opts.group or queue.consumer_group
     mq = queue.mq
