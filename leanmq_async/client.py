@@ -68,6 +68,11 @@ class LeanMQ:
     to the message (headers given to the send win). Tracing uses one to propagate the
     trace context: see :mod:`leanmq_async.ops.tracing`. Without any, sending pays nothing.
 
+    ``observers``: worker observers (metrics, tracing; see :mod:`leanmq_async.worker.observer`)
+    every worker of this client gets, ``leanmq-worker`` included; :meth:`add_observer` adds
+    one later. An observer with an ``inject_headers`` method (``OpenTelemetryTracing``)
+    becomes a header provider too, so sends carry the trace context.
+
     Use as ``async with LeanMQ(...) as mq:``, or call :meth:`aclose` when done.
     """
 
@@ -93,9 +98,13 @@ class LeanMQ:
         service_name: str | None = None,
         durability: Durability | None = None,
         header_providers: Iterable[HeaderProvider] | None = None,
+        observers: Iterable[Any] | None = None,
     ) -> None:
         self.prefix = validate_prefix(prefix)
         self.header_providers: list[HeaderProvider] = list(header_providers or ())
+        self.observers: list[Any] = []
+        for observer in observers or ():
+            self.add_observer(observer)
         self.codec = get_codec(serializer, max_message_size)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigurationError(f"max_retries must be an integer >= 0, got {max_retries!r}")
@@ -171,6 +180,24 @@ class LeanMQ:
         self._closed = True
         if self._owns_client:
             await self.redis.aclose()
+
+    def add_observer(self, observer: Any) -> None:
+        """Give every worker of this client ``observer`` (a :class:`WorkerObserver`).
+
+        Workers already running keep the observers they started with. An observer with
+        an ``inject_headers(queue)`` method is added to :attr:`header_providers` too.
+        """
+        if isinstance(observer, str | bytes | type) or observer is None:
+            raise ConfigurationError(
+                f"observers are instances (PrometheusMetrics(), OpenTelemetryTracing()), "
+                f"got {observer!r}"
+            )
+        if any(o is observer for o in self.observers):
+            return
+        self.observers.append(observer)
+        inject = getattr(observer, "inject_headers", None)
+        if callable(inject):
+            self.header_providers.append(inject)
 
     # -- queues --------------------------------------------------------------------------
 
