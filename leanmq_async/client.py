@@ -372,6 +372,10 @@ class LeanMQ:
             await self.store.ping()
         except LeanMQError as exc:
             return {"status": "critical", "redis": False, "error": str(exc)}
+        try:
+            await self.store.check_version()
+        except LeanMQError as exc:
+            return {"status": "critical", "redis": True, "error": str(exc)}
         return {"status": "ok", "redis": True}
 
     # -- worker --------------------------------------------------------------------------

@@ -26,13 +26,17 @@ from leanmq_async.cluster import (
     write_and_wait,
 )
 from leanmq_async.connection import translate_errors
-from leanmq_async.exceptions import LeanMQError
+from leanmq_async.exceptions import ConfigurationError, LeanMQError
 from leanmq_async.keys import QueueKeys, registry_key
 
 __all__ = ["RawEntry", "ReclaimResult", "SendOp", "SettleCall", "Store"]
 
 RawEntry = tuple[bytes, dict[bytes, bytes] | None]
 """A stream entry as Redis returns it: ``(stream id, fields)``; fields are None if deleted."""
+
+
+MIN_REDIS_VERSION = (7, 0)
+"""The oldest Redis (or Valkey) server leanmq_async runs on."""
 
 
 class SendOp:
@@ -93,6 +97,9 @@ def _pairs_to_dict(flat: Sequence[Any]) -> dict[bytes, bytes]:
 
 class Store:
     """Queue operations on one Redis client (owned or borrowed)."""
+
+    server_version: tuple[int, ...] | None = None
+    """The server's version once :meth:`check_version` asked for it."""
 
     def __init__(self, client: AnyRedis) -> None:
         # Typed as the single-node client: a RedisCluster offers the same commands, but
@@ -536,6 +543,36 @@ class Store:
     async def ping(self) -> bool:
         with translate_errors("PING"):
             return bool(await self.client.ping())
+
+    async def check_version(self) -> tuple[int, ...]:
+        """The Redis version (the lowest node's on a cluster); raise if below 7.0.
+
+        Asked once per Store (INFO server), then remembered. Redis 6.2 lacks what the
+        worker and the stats rely on (XINFO's ``lag``/``entries-read``/``entries-added``,
+        the deleted ids of XAUTOCLAIM), so it is refused here with a clear error rather
+        than failing later in obscure ways.
+        """
+        if self.server_version is not None:
+            return self.server_version
+        with translate_errors("INFO server"):
+            info: Any = await self.client.info("server")
+        found = (
+            [info] if "redis_version" in info else [v for v in info.values() if isinstance(v, dict)]
+        )
+        versions = [
+            tuple(int(p) for p in str(i["redis_version"]).split(".")[:3] if p.isdigit())
+            for i in found
+            if "redis_version" in i
+        ]
+        version = min(versions) if versions else MIN_REDIS_VERSION
+        if version < MIN_REDIS_VERSION:
+            raise ConfigurationError(
+                f"Redis {'.'.join(map(str, version))} is not supported: leanmq_async needs "
+                f"Redis >= {'.'.join(map(str, MIN_REDIS_VERSION))} (XINFO lag and "
+                "entries-read, XAUTOCLAIM's deleted ids); upgrade the server"
+            )
+        self.server_version = version
+        return version
 
     # -- operations (leanmq_async.ops): stats, DLQ tools, admin ---------------------------
 

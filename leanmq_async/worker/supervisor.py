@@ -196,6 +196,7 @@ class Worker:
 
     async def _startup(self) -> None:
         mq = self.mq
+        await mq.store.check_version()
         pairs = {(h.queue.base_name, h.queue.consumer_group) for h in self.handlers}
         for base, group in pairs:
             queue = mq.queue(base)
