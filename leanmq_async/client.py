@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ["HeaderProvider", "LeanMQ"]
 
+DEFAULT_PREFIX = "mq:"
+
 HeaderProvider = Callable[["Queue"], Mapping[str, str] | None]
 """Called on every send with the target queue: headers to add (a send's own win)."""
 
@@ -60,7 +62,8 @@ class LeanMQ:
     port)], service_name=...``; ``durability=Durability(replicas=1)`` waits for replicas
     after each send. See :mod:`leanmq_async.cluster`. With neither ``url`` nor a keyword, the
     ``LEANMQ_URL`` environment variable is used (``leanmq-worker --url`` sets it), then
-    ``redis://localhost:6379/0``. No I/O happens until
+    ``redis://localhost:6379/0``. ``prefix`` (of every key) defaults to ``$LEANMQ_PREFIX``,
+    then ``mq:``; the ``leanmq`` admin CLI reads the same two variables. No I/O happens until
     the first call.
 
     ``header_providers``: callables consulted on every send (``send_message``,
@@ -80,7 +83,7 @@ class LeanMQ:
         self,
         url: str | None = None,
         *,
-        prefix: str = "mq:",
+        prefix: str | None = None,
         redis_host: str | None = None,
         redis_port: int | None = None,
         redis_db: int | None = None,
@@ -100,7 +103,9 @@ class LeanMQ:
         header_providers: Iterable[HeaderProvider] | None = None,
         observers: Iterable[Any] | None = None,
     ) -> None:
-        self.prefix = validate_prefix(prefix)
+        self.prefix = validate_prefix(
+            os.environ.get("LEANMQ_PREFIX", DEFAULT_PREFIX) if prefix is None else prefix
+        )
         self.header_providers: list[HeaderProvider] = list(header_providers or ())
         self.observers: list[Any] = []
         for observer in observers or ():
@@ -150,7 +155,7 @@ class LeanMQ:
         self.redis = client
         self.store = Store(client)
         self.store.durability = durability
-        self.log = get_logger("leanmq_async", prefix=prefix)
+        self.log = get_logger("leanmq_async", prefix=self.prefix)
         self.handlers: list[Handler] = []
         self._queues: dict[tuple[str, bool], Queue] = {}
         self._partitioned: dict[str, PartitionedQueue] = {}
