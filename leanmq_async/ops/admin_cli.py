@@ -649,7 +649,7 @@ async def _cmd_serve(mq: LeanMQ, args: argparse.Namespace) -> int:
     if server == "auto":
         server = "uvicorn" if _installed("uvicorn") else "aiohttp" if _installed("aiohttp") else ""
     if not server:
-        raise _Usage("serve needs uvicorn or aiohttp: pip install uvicorn (or aiohttp)")
+        raise _Usage("serve needs uvicorn or aiohttp: pip install 'leanmq-async[admin]' (uvicorn)")
     if not _installed(server):
         raise _Usage(f"--server {server}: {server} is not installed (pip install {server})")
     _err(f"serving the admin API on http://{args.host}:{args.port}/ with {server}")
