@@ -256,3 +256,14 @@ async def test_client_observers_reach_every_worker_and_tracing_injects_headers(
     with pytest.raises(ConfigurationError, match="observers are instances"):
         client.add_observer(PrometheusMetrics)
     await client.aclose()
+
+
+async def test_metrics_port_in_use_exits_2_saying_so(
+    start: Callable[..., WorkerProcess],
+) -> None:
+    with socket.create_server(("0.0.0.0", 0)) as taken:
+        port = taken.getsockname()[1]
+        proc = start(*app_args(), "--metrics-port", str(port))
+        assert await proc.wait() == 2
+    assert f"metrics port 0.0.0.0:{port}: cannot listen" in proc.stderr()
+    assert "Traceback" not in proc.stderr()

@@ -3,8 +3,12 @@
 Needs the ``metrics`` extra (``pip install "leanmq-async[metrics]"``: prometheus-client)::
 
     metrics = PrometheusMetrics()                    # registers on prometheus_client.REGISTRY
-    async with mq.worker(observers=[metrics]):       # counters and durations, per handler
+    mq = LeanMQ(url, observers=[metrics])            # every worker counts, leanmq-worker too
+    async with mq.worker():                          # counters and durations, per handler
         ...
+
+``leanmq-worker app:mq --metrics-port 9100`` serves them at ``/metrics`` (see
+:mod:`leanmq_async.ops.metrics_server`; with ``--workers N``, process *i* on port 9100+i).
 
 Queue gauges (depth, pending, oldest pending age, lag, DLQ depth, delayed) come from
 :func:`~leanmq_async.ops.stats.collect_stats`: refresh them at scrape time (the admin

@@ -4,8 +4,8 @@ Needs the ``tracing`` extra (``pip install "leanmq-async[tracing]"``: openteleme
 configure an SDK as usual)::
 
     tracing = OpenTelemetryTracing()
-    mq = LeanMQ(url, header_providers=[tracing.inject_headers])   # producers
-    async with mq.worker(observers=[tracing]):                    # consumers
+    mq = LeanMQ(url, observers=[tracing])   # producers inject headers, every worker spans
+    async with mq.worker():
         ...
 
 A send made inside a span carries its context (W3C ``traceparent``, via the globally
