@@ -26,28 +26,33 @@ import structlog
 __all__ = ["EventMessage", "get_logger"]
 
 # Fields every formatter shows anyway (the level) are left out of the message text.
-_NOT_IN_TEXT = frozenset({"level", "exception", "stack"})
+_NOT_IN_TEXT = frozenset({"event", "level", "exception", "stack"})
 
 
 class EventMessage(str):
-    """An event name (it compares equal to it) whose ``str()`` adds the key-values."""
+    """An event name (it compares equal to it) whose ``str()`` adds the key-values.
 
-    __slots__ = ("text",)
-    text: str
+    The text is built only when a handler formats the record (never for a record that
+    no handler emits).
+    """
+
+    __slots__ = ("fields",)
+    fields: dict[str, Any]
 
     def __new__(cls, event: str, fields: dict[str, Any]) -> EventMessage:
         self = super().__new__(cls, event)
-        parts = [event]
+        self.fields = fields
+        return self
+
+    def __str__(self) -> str:
+        fields = self.fields
+        parts = [str.__str__(self)]
         parts.extend(f"{k}={_show(v)}" for k, v in fields.items() if k not in _NOT_IN_TEXT)
         text = " ".join(parts)
         for block in ("exception", "stack"):
             if fields.get(block):
                 text += "\n" + str(fields[block])
-        self.text = text
-        return self
-
-    def __str__(self) -> str:
-        return self.text
+        return text
 
 
 def _show(value: Any) -> str:
