@@ -44,6 +44,9 @@ class EventMessage(str):
         self.fields = fields
         return self
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (EventMessage, (str.__str__(self), self.fields))
+
     def __str__(self) -> str:
         fields = self.fields
         parts = [str.__str__(self)]

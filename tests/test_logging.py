@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -83,3 +84,6 @@ def test_records_keep_the_event_name_and_fields(caplog: pytest.LogCaptureFixture
     assert record.getMessage() == "handled consumer=c1 queue=orders id=1-0 note='two words'"
     assert record.event == "handled"  # type: ignore[attr-defined]
     assert record.queue == "orders"  # type: ignore[attr-defined]
+    # Records cross process boundaries pickled (logging.handlers.QueueHandler and friends).
+    copied = pickle.loads(pickle.dumps(record.msg))
+    assert copied == "handled" and str(copied) == record.getMessage()
