@@ -18,9 +18,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import nox
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 nox.needs_version = ">=2025.2.9"  # nox.project.dependency_groups
 nox.options.sessions = ["lint", "typecheck", "tests"]
@@ -40,7 +43,7 @@ REDIS_SERVER = os.environ.get("LEANMQ_REDIS_SERVER") or shutil.which("redis-serv
 def _dev_requirement(name: str) -> str:
     """The requirement for ``name`` as written in the ``dev`` dependency group."""
     for requirement in nox.project.dependency_groups(PYPROJECT, "dev"):
-        if requirement.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip() == name:
+        if canonicalize_name(Requirement(requirement).name) == canonicalize_name(name):
             return requirement
     return name
 
@@ -64,8 +67,6 @@ def _runs(name: str) -> bool:
     found = shutil.which(name)
     if found is None:
         return False
-    import subprocess
-
     return subprocess.run([found, "--version"], capture_output=True, check=False).returncode == 0
 
 
