@@ -90,6 +90,19 @@ class SettleCall:
         self.args = args
 
 
+def _per_node(replies: Any) -> bool:
+    """Is this a cluster's ``{node name: reply}`` (not one RESP3 HELLO map)?"""
+    return isinstance(replies, dict) and b"version" not in replies and "version" not in replies
+
+
+def _hello_version(reply: Any) -> tuple[int, ...]:
+    """``(7, 0, 15)`` from a HELLO reply (a map under RESP3, a flat list under RESP2)."""
+    fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+    raw = fields.get(b"version", fields.get("version", b"0"))
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
+
+
 def _pairs_to_dict(flat: Sequence[Any]) -> dict[bytes, bytes]:
     it = iter(flat)
     return dict(zip(it, it, strict=True))
@@ -547,24 +560,30 @@ class Store:
     async def check_version(self) -> tuple[int, ...]:
         """The Redis version (the lowest node's on a cluster); raise if below 7.0.
 
-        Asked once per Store (INFO server), then remembered. Redis 6.2 lacks what the
-        worker and the stats rely on (XINFO's ``lag``/``entries-read``/``entries-added``,
-        the deleted ids of XAUTOCLAIM), so it is refused here with a clear error rather
-        than failing later in obscure ways.
+        Asked once per Store, then remembered, with ``HELLO`` (no protocol argument: the
+        connection's protocol is unchanged), which every ACL user may send. Redis 6.2
+        lacks what the worker and the stats rely on (XINFO's ``lag``/``entries-read``/
+        ``entries-added``, the deleted ids of XAUTOCLAIM), so it is refused here with a
+        clear error rather than failing later in obscure ways.
         """
         if self.server_version is not None:
             return self.server_version
-        with translate_errors("INFO server"):
-            info: Any = await self.client.info("server")
-        found = (
-            [info] if "redis_version" in info else [v for v in info.values() if isinstance(v, dict)]
-        )
-        versions = [
-            tuple(int(p) for p in str(i["redis_version"]).split(".")[:3] if p.isdigit())
-            for i in found
-            if "redis_version" in i
-        ]
-        version = min(versions) if versions else MIN_REDIS_VERSION
+        with translate_errors("HELLO"):
+            try:
+                client: Any = self.client  # redis-py's execute_command is untyped
+                if self.cluster:  # every node, once the client knows them
+                    if not client.get_nodes():
+                        await client.ping()
+                    replies = await client.execute_command("HELLO", target_nodes=client.get_nodes())
+                    found = list(replies.values()) if _per_node(replies) else [replies]
+                else:
+                    found = [await client.execute_command("HELLO")]
+            except redis_errors.ResponseError as exc:  # Redis < 6.2: HELLO needs a protocol
+                raise ConfigurationError(
+                    f"this Redis does not answer HELLO ({exc}): leanmq_async needs Redis >= "
+                    f"{'.'.join(map(str, MIN_REDIS_VERSION))}; upgrade the server"
+                ) from exc
+        version = min(_hello_version(reply) for reply in found)
         if version < MIN_REDIS_VERSION:
             raise ConfigurationError(
                 f"Redis {'.'.join(map(str, version))} is not supported: leanmq_async needs "

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from leanmq_async import LeanMQ
 from leanmq_async.exceptions import ConfigurationError
@@ -97,3 +98,18 @@ def test_leanmq_worker_exits_at_start_on_redis_older_than_7(
 async def test_version_of_a_cluster_is_its_lowest_node(scmq: LeanMQ) -> None:
     version = await scmq.store.check_version()
     assert version >= MIN_REDIS_VERSION and len(version) == 3
+
+
+async def test_a_least_privilege_acl_user_can_be_checked(
+    redis_server: RedisServer, raw: aioredis.Redis, prefix: str
+) -> None:
+    user = f"{prefix}least".replace(":", "")
+    # No command at all: HELLO (like AUTH) is allowed to every user; INFO would not be.
+    await raw.execute_command("ACL", "SETUSER", user, "reset", "on", ">pw", "-@all")
+    try:
+        url = f"redis://{user}:pw@127.0.0.1:{redis_server.port}/0"
+        for protocol in (2, 3):
+            async with LeanMQ(f"{url}?protocol={protocol}") as mq:
+                assert await mq.store.check_version() >= MIN_REDIS_VERSION
+    finally:
+        await raw.execute_command("ACL", "DELUSER", user)
