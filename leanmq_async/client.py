@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["HeaderProvider", "LeanMQ"]
 
 P = TypeVar("P")
+DEFAULT_PREFIX = "mq:"
 
 HeaderProvider = Callable[["Queue"], Mapping[str, str] | None]
 """Called on every send with the target queue: headers to add (a send's own win)."""
@@ -62,13 +63,19 @@ class LeanMQ:
     port)], service_name=...``; ``durability=Durability(replicas=1)`` waits for replicas
     after each send. See :mod:`leanmq_async.cluster`. With neither ``url`` nor a keyword, the
     ``LEANMQ_URL`` environment variable is used (``leanmq-worker --url`` sets it), then
-    ``redis://localhost:6379/0``. No I/O happens until
+    ``redis://localhost:6379/0``. ``prefix`` (of every key) defaults to ``$LEANMQ_PREFIX``,
+    then ``mq:``; the ``leanmq`` admin CLI reads the same two variables. No I/O happens until
     the first call.
 
     ``header_providers``: callables consulted on every send (``send_message``,
     ``send_messages``, transactions) with the target queue, each returning headers to add
     to the message (headers given to the send win). Tracing uses one to propagate the
     trace context: see :mod:`leanmq_async.ops.tracing`. Without any, sending pays nothing.
+
+    ``observers``: worker observers (metrics, tracing; see :mod:`leanmq_async.worker.observer`)
+    every worker of this client gets, ``leanmq-worker`` included; :meth:`add_observer` adds
+    one later. An observer with an ``inject_headers`` method (``OpenTelemetryTracing``)
+    becomes a header provider too, so sends carry the trace context.
 
     Use as ``async with LeanMQ(...) as mq:``, or call :meth:`aclose` when done.
     """
@@ -77,7 +84,7 @@ class LeanMQ:
         self,
         url: str | None = None,
         *,
-        prefix: str = "mq:",
+        prefix: str | None = None,
         redis_host: str | None = None,
         redis_port: int | None = None,
         redis_db: int | None = None,
@@ -95,9 +102,15 @@ class LeanMQ:
         service_name: str | None = None,
         durability: Durability | None = None,
         header_providers: Iterable[HeaderProvider] | None = None,
+        observers: Iterable[Any] | None = None,
     ) -> None:
-        self.prefix = validate_prefix(prefix)
+        self.prefix = validate_prefix(
+            os.environ.get("LEANMQ_PREFIX", DEFAULT_PREFIX) if prefix is None else prefix
+        )
         self.header_providers: list[HeaderProvider] = list(header_providers or ())
+        self.observers: list[Any] = []
+        for observer in observers or ():
+            self.add_observer(observer)
         self.codec = get_codec(serializer, max_message_size)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigurationError(f"max_retries must be an integer >= 0, got {max_retries!r}")
@@ -143,7 +156,7 @@ class LeanMQ:
         self.redis = client
         self.store = Store(client)
         self.store.durability = durability
-        self.log = get_logger("leanmq_async", prefix=prefix)
+        self.log = get_logger("leanmq_async", prefix=self.prefix)
         self.handlers: list[Handler] = []
         self._queues: dict[tuple[str, bool], Queue] = {}
         self._partitioned: dict[str, PartitionedQueue] = {}
@@ -192,6 +205,24 @@ class LeanMQ:
         self.store.durability = durability
         self._closed = False
         await old.aclose()
+
+    def add_observer(self, observer: Any) -> None:
+        """Give every worker of this client ``observer`` (a :class:`WorkerObserver`).
+
+        Workers already running keep the observers they started with. An observer with
+        an ``inject_headers(queue)`` method is added to :attr:`header_providers` too.
+        """
+        if isinstance(observer, str | bytes | type) or observer is None:
+            raise ConfigurationError(
+                f"observers are instances (PrometheusMetrics(), OpenTelemetryTracing()), "
+                f"got {observer!r}"
+            )
+        if any(o is observer for o in self.observers):
+            return
+        self.observers.append(observer)
+        inject = getattr(observer, "inject_headers", None)
+        if callable(inject):
+            self.header_providers.append(inject)
 
     # -- queues --------------------------------------------------------------------------
 
@@ -403,6 +434,10 @@ class LeanMQ:
             await self.store.ping()
         except LeanMQError as exc:
             return {"status": "critical", "redis": False, "error": str(exc)}
+        try:
+            await self.store.check_version()
+        except LeanMQError as exc:
+            return {"status": "critical", "redis": True, "error": str(exc)}
         return {"status": "ok", "redis": True}
 
     # -- worker --------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from leanmq_async.cluster import (
     write_and_wait,
 )
 from leanmq_async.connection import translate_errors
-from leanmq_async.exceptions import LeanMQError
+from leanmq_async.exceptions import ConfigurationError, LeanMQError
 from leanmq_async.keys import QueueKeys, registry_key
 from leanmq_async.message import DeadLetterResult
 
@@ -34,6 +34,10 @@ __all__ = ["ExpireResult", "RawEntry", "ReclaimResult", "SendOp", "SettleCall", 
 
 RawEntry = tuple[bytes, dict[bytes, bytes] | None]
 """A stream entry as Redis returns it: ``(stream id, fields)``; fields are None if deleted."""
+
+
+MIN_REDIS_VERSION = (7, 0)
+"""The oldest Redis (or Valkey) server leanmq_async runs on."""
 
 
 class SendOp:
@@ -137,6 +141,19 @@ def _read_entries(reply: Any) -> list[RawEntry]:
     return list(reply[0][1])
 
 
+def _per_node(replies: Any) -> bool:
+    """Is this a cluster's ``{node name: reply}`` (not one RESP3 HELLO map)?"""
+    return isinstance(replies, dict) and b"version" not in replies and "version" not in replies
+
+
+def _hello_version(reply: Any) -> tuple[int, ...]:
+    """``(7, 0, 15)`` from a HELLO reply (a map under RESP3, a flat list under RESP2)."""
+    fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+    raw = fields.get(b"version", fields.get("version", b"0"))
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
+
+
 def _pairs_to_dict(flat: Sequence[Any]) -> dict[bytes, bytes]:
     it = iter(flat)
     return dict(zip(it, it, strict=True))
@@ -144,6 +161,9 @@ def _pairs_to_dict(flat: Sequence[Any]) -> dict[bytes, bytes]:
 
 class Store:
     """Queue operations on one Redis client (owned or borrowed)."""
+
+    server_version: tuple[int, ...] | None = None
+    """The server's version once :meth:`check_version` asked for it."""
 
     def __init__(self, client: AnyRedis) -> None:
         # Typed as the single-node client: a RedisCluster offers the same commands, but
@@ -674,6 +694,42 @@ class Store:
     async def ping(self) -> bool:
         with translate_errors("PING"):
             return bool(await self.client.ping())
+
+    async def check_version(self) -> tuple[int, ...]:
+        """The Redis version (the lowest node's on a cluster); raise if below 7.0.
+
+        Asked once per Store, then remembered, with ``HELLO`` (no protocol argument: the
+        connection's protocol is unchanged), which every ACL user may send. Redis 6.2
+        lacks what the worker and the stats rely on (XINFO's ``lag``/``entries-read``/
+        ``entries-added``, the deleted ids of XAUTOCLAIM), so it is refused here with a
+        clear error rather than failing later in obscure ways.
+        """
+        if self.server_version is not None:
+            return self.server_version
+        with translate_errors("HELLO"):
+            try:
+                client: Any = self.client  # redis-py's execute_command is untyped
+                if self.cluster:  # every node, once the client knows them
+                    if not client.get_nodes():
+                        await client.ping()
+                    replies = await client.execute_command("HELLO", target_nodes=client.get_nodes())
+                    found = list(replies.values()) if _per_node(replies) else [replies]
+                else:
+                    found = [await client.execute_command("HELLO")]
+            except redis_errors.ResponseError as exc:  # Redis < 6.2: HELLO needs a protocol
+                raise ConfigurationError(
+                    f"this Redis does not answer HELLO ({exc}): leanmq_async needs Redis >= "
+                    f"{'.'.join(map(str, MIN_REDIS_VERSION))}; upgrade the server"
+                ) from exc
+        version = min(_hello_version(reply) for reply in found)
+        if version < MIN_REDIS_VERSION:
+            raise ConfigurationError(
+                f"Redis {'.'.join(map(str, version))} is not supported: leanmq_async needs "
+                f"Redis >= {'.'.join(map(str, MIN_REDIS_VERSION))} (XINFO lag and "
+                "entries-read, XAUTOCLAIM's deleted ids); upgrade the server"
+            )
+        self.server_version = version
+        return version
 
     # -- operations (leanmq_async.ops): stats, DLQ tools, admin ---------------------------
 

@@ -146,7 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("queues", "list the queues and their dead-letter queues")
 
-    p = command("stats", "depth, pending, lag, DLQ, delayed and consumers of every queue")
+    p = command(
+        "stats",
+        "depth (acknowledged history included), backlog, pending, lag, DLQ, delayed and "
+        "consumers of every queue",
+    )
     p.add_argument("--queue", action="append", metavar="NAME", help="only this queue (repeat)")
     p.add_argument(
         "--interval",
@@ -308,6 +312,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(headers), *(line(r) for r in rows)])
 
 
+DEPTH_LEGEND = (
+    "DEPTH counts every entry kept in the stream, acknowledged history included (the worker "
+    "trims it after its retention);\nBACKLOG = LAG + PENDING is the work still to do."
+)
+
+
 def _stats_text(stats: Stats) -> str:
     rows = []
     for q in stats.queues:
@@ -361,8 +371,9 @@ def _stats_text(stats: Stats) -> str:
         parts.append(
             table(["QUEUE", "GROUP", "PENDING", "LAG", "OLDEST-IDLE", "CONSUMERS"], group_rows)
         )
+    parts.append(f"\n{DEPTH_LEGEND}")
     if stats.window_s:
-        parts.append(f"\nrates over {stats.window_s:.1f}s")
+        parts.append(f"rates over {stats.window_s:.1f}s")
     parts.extend(f"error in {q.name}: {q.error}" for q in stats.queues if q.error)
     return "\n".join(parts)
 
@@ -638,7 +649,7 @@ async def _cmd_serve(mq: LeanMQ, args: argparse.Namespace) -> int:
     if server == "auto":
         server = "uvicorn" if _installed("uvicorn") else "aiohttp" if _installed("aiohttp") else ""
     if not server:
-        raise _Usage("serve needs uvicorn or aiohttp: pip install uvicorn (or aiohttp)")
+        raise _Usage("serve needs uvicorn or aiohttp: pip install 'leanmq-async[admin]' (uvicorn)")
     if not _installed(server):
         raise _Usage(f"--server {server}: {server} is not installed (pip install {server})")
     _err(f"serving the admin API on http://{args.host}:{args.port}/ with {server}")

@@ -3,8 +3,12 @@
 Needs the ``metrics`` extra (``pip install "leanmq-async[metrics]"``: prometheus-client)::
 
     metrics = PrometheusMetrics()                    # registers on prometheus_client.REGISTRY
-    async with mq.worker(observers=[metrics]):       # counters and durations, per handler
+    mq = LeanMQ(url, observers=[metrics])            # every worker counts, leanmq-worker too
+    async with mq.worker():                          # counters and durations, per handler
         ...
+
+``leanmq-worker app:mq --metrics-port 9100`` serves them at ``/metrics`` (see
+:mod:`leanmq_async.ops.metrics_server`; with ``--workers N``, process *i* on port 9100+i).
 
 Queue gauges (depth, pending, oldest pending age, lag, DLQ depth, delayed) come from
 :func:`~leanmq_async.ops.stats.collect_stats`: refresh them at scrape time (the admin
@@ -27,11 +31,22 @@ describe Redis, so one scraped process is enough to collect them.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from prometheus_client import (
+
+from leanmq_async._extras import require
+from leanmq_async._log import get_logger
+from leanmq_async.exceptions import ConfigurationError, LeanMQError
+from leanmq_async.ops.stats import Stats, collect_stats
+from leanmq_async.worker.observer import WorkerObserver
+
+require("prometheus_client", "metrics", "leanmq_async.ops.metrics")
+
+from prometheus_client import (  # noqa: E402 - after the check that it is installed
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
@@ -40,11 +55,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-
-from leanmq_async._log import get_logger
-from leanmq_async.exceptions import LeanMQError
-from leanmq_async.ops.stats import Stats, collect_stats
-from leanmq_async.worker.observer import WorkerObserver
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
@@ -57,12 +67,81 @@ DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 _log = get_logger("leanmq_async.metrics")
 
 
+@dataclass(frozen=True, slots=True)
+class _Collectors:
+    """The collectors of one (registry, namespace): registered once, shared after."""
+
+    buckets: tuple[float, ...]
+    handled: Counter
+    failed: Counter
+    retried: Counter
+    dead_lettered: Counter
+    expired: Counter
+    reclaimed: Counter
+    duration: Histogram
+    depth: Gauge
+    delayed: Gauge
+    oldest_pending_age: Gauge
+    dlq_depth: Gauge
+    pending: Gauge
+    lag: Gauge
+
+
+# Per registry (weakly: a dropped registry frees its entry), per namespace.
+_REGISTERED: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _Collectors]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _register(
+    registry: CollectorRegistry, namespace: str, buckets: tuple[float, ...]
+) -> _Collectors:
+    labels = ("queue", "group")
+
+    def counter(name: str, doc: str) -> Counter:
+        return Counter(name, doc, labels, namespace=namespace, registry=registry)
+
+    def gauge(name: str, doc: str, names: tuple[str, ...] = ("queue",)) -> Gauge:
+        return Gauge(name, doc, names, namespace=namespace, registry=registry)
+
+    return _Collectors(
+        buckets=buckets,
+        handled=counter("messages_handled", "Messages handled and acknowledged."),
+        failed=counter("messages_failed", "Handler attempts that raised."),
+        retried=counter("messages_retried", "Failed messages scheduled for a retry."),
+        dead_lettered=counter("messages_dead_lettered", "Messages moved to the dead-letter queue."),
+        expired=counter("messages_expired", "Messages whose TTL ran out unhandled."),
+        reclaimed=counter(
+            "messages_reclaimed", "Messages claimed from consumers that held them too long."
+        ),
+        duration=Histogram(
+            "handler_duration_seconds",
+            "Seconds a handler attempt took (successful or not).",
+            labels,
+            namespace=namespace,
+            registry=registry,
+            buckets=buckets,
+        ),
+        depth=gauge("queue_depth", "Entries in the stream (including unacked history)."),
+        delayed=gauge("queue_delayed", "Scheduled messages (delays and retries)."),
+        oldest_pending_age=gauge(
+            "queue_oldest_pending_age_seconds",
+            "Age of the oldest pending message (0 when none is pending).",
+        ),
+        dlq_depth=gauge("dlq_depth", "Messages in the dead-letter queue."),
+        pending=gauge("queue_pending", "Delivered, not acknowledged.", labels),
+        lag=gauge("queue_lag", "Entries not delivered to the group yet.", labels),
+    )
+
+
 class PrometheusMetrics(WorkerObserver):
     """Prometheus collectors for one registry; a worker observer too.
 
     ``registry``: where the metrics are registered (default: prometheus_client's global
-    ``REGISTRY``, so an app's existing ``/metrics`` shows them; create one instance per
-    registry). Pass ``CollectorRegistry()`` to keep them apart.
+    ``REGISTRY``, so an app's existing ``/metrics`` shows them). Instances made for the
+    same registry and namespace share one set of collectors (creating a second one does
+    not fail with "Duplicated timeseries"); their ``buckets`` must agree. Pass
+    ``CollectorRegistry()`` to keep them apart.
     """
 
     def __init__(
@@ -73,42 +152,30 @@ class PrometheusMetrics(WorkerObserver):
         buckets: Iterable[float] = DEFAULT_BUCKETS,
     ) -> None:
         self.registry = REGISTRY if registry is None else registry
-        labels = ("queue", "group")
-
-        def counter(name: str, doc: str) -> Counter:
-            return Counter(name, doc, labels, namespace=namespace, registry=self.registry)
-
-        self.handled = counter("messages_handled", "Messages handled and acknowledged.")
-        self.failed = counter("messages_failed", "Handler attempts that raised.")
-        self.retried = counter("messages_retried", "Failed messages scheduled for a retry.")
-        self.dead_lettered = counter(
-            "messages_dead_lettered", "Messages moved to the dead-letter queue."
-        )
-        self.expired = counter("messages_expired", "Messages whose TTL ran out unhandled.")
-        self.reclaimed = counter(
-            "messages_reclaimed", "Messages claimed from consumers that held them too long."
-        )
-        self.duration = Histogram(
-            "handler_duration_seconds",
-            "Seconds a handler attempt took (successful or not).",
-            labels,
-            namespace=namespace,
-            registry=self.registry,
-            buckets=tuple(buckets),
-        )
-
-        def gauge(name: str, doc: str, names: tuple[str, ...] = ("queue",)) -> Gauge:
-            return Gauge(name, doc, names, namespace=namespace, registry=self.registry)
-
-        self.depth = gauge("queue_depth", "Entries in the stream (including unacked history).")
-        self.delayed = gauge("queue_delayed", "Scheduled messages (delays and retries).")
-        self.oldest_pending_age = gauge(
-            "queue_oldest_pending_age_seconds",
-            "Age of the oldest pending message (0 when none is pending).",
-        )
-        self.dlq_depth = gauge("dlq_depth", "Messages in the dead-letter queue.")
-        self.pending = gauge("queue_pending", "Delivered, not acknowledged.", labels)
-        self.lag = gauge("queue_lag", "Entries not delivered to the group yet.", labels)
+        wanted = tuple(float(b) for b in buckets)
+        known = _REGISTERED.setdefault(self.registry, {})
+        shared = known.get(namespace)
+        if shared is None:
+            shared = known[namespace] = _register(self.registry, namespace, wanted)
+        elif shared.buckets != wanted:
+            raise ConfigurationError(
+                f"PrometheusMetrics for namespace {namespace!r} already exist in this registry "
+                f"with buckets {shared.buckets}; pass the same buckets, or another registry "
+                "or namespace"
+            )
+        self.handled = shared.handled
+        self.failed = shared.failed
+        self.retried = shared.retried
+        self.dead_lettered = shared.dead_lettered
+        self.expired = shared.expired
+        self.reclaimed = shared.reclaimed
+        self.duration = shared.duration
+        self.depth = shared.depth
+        self.delayed = shared.delayed
+        self.oldest_pending_age = shared.oldest_pending_age
+        self.dlq_depth = shared.dlq_depth
+        self.pending = shared.pending
+        self.lag = shared.lag
         self._series: dict[Gauge, set[tuple[str, ...]]] = {}
 
     def __repr__(self) -> str:

@@ -4,8 +4,8 @@ Needs the ``tracing`` extra (``pip install "leanmq-async[tracing]"``: openteleme
 configure an SDK as usual)::
 
     tracing = OpenTelemetryTracing()
-    mq = LeanMQ(url, header_providers=[tracing.inject_headers])   # producers
-    async with mq.worker(observers=[tracing]):                    # consumers
+    mq = LeanMQ(url, observers=[tracing])   # producers inject headers, every worker spans
+    async with mq.worker():
         ...
 
 A send made inside a span carries its context (W3C ``traceparent``, via the globally
@@ -15,25 +15,38 @@ CONSUMER span, ``"<queue> process"``, child of that context, with the attributes
 ``messaging.message.id``, ``messaging.consumer.group.name`` and
 ``messaging.message.delivery_count``. A handler that raises marks its span as an error.
 Spans the handler starts are children of the consumer span.
+
+``leanmq-worker --tracing`` attaches an :class:`OpenTelemetryTracing` and, when no SDK
+tracer provider is set yet (``opentelemetry-instrument`` sets one), configures one from
+the standard environment (:func:`configure_from_environment`): ``OTEL_SDK_DISABLED``,
+``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_EXPORTER`` (``otlp``
+by default, needs ``opentelemetry-exporter-otlp``; ``console``; ``none``) and the
+exporters' own ``OTEL_EXPORTER_*`` variables.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import propagate, trace
-
+from leanmq_async._extras import require
 from leanmq_async._version import __version__
+from leanmq_async.exceptions import ConfigurationError
 from leanmq_async.worker.observer import WorkerObserver
+
+require("opentelemetry.trace", "tracing", "leanmq_async.ops.tracing")
+
+from opentelemetry import propagate, trace  # noqa: E402 - after the check that it is installed
 
 if TYPE_CHECKING:
     from leanmq_async.message import Message
     from leanmq_async.queue import Queue
     from leanmq_async.worker.runner import HandlerRunner
 
-__all__ = ["OpenTelemetryTracing", "inject_trace_headers"]
+__all__ = ["OpenTelemetryTracing", "configure_from_environment", "inject_trace_headers"]
 
 
 def inject_trace_headers(headers: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -80,3 +93,45 @@ class OpenTelemetryTracing(WorkerObserver):
             },
         ) as span:
             yield span
+
+
+def _sdk_disabled() -> bool:
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+
+
+def configure_from_environment() -> Callable[[], None]:
+    """Set a global SDK tracer provider from the ``OTEL_*`` environment, unless one is set.
+
+    Returns the function that flushes and shuts it down (a no-op when nothing was set
+    up: ``OTEL_SDK_DISABLED=true``, or a provider configured already, e.g. by
+    ``opentelemetry-instrument``). Raises :class:`~leanmq_async.exceptions.ConfigurationError`
+    with the ``pip install`` to run when the SDK or an exporter is missing.
+    """
+    if _sdk_disabled():
+        return lambda: None
+    require("opentelemetry.sdk.trace", "tracing", "leanmq-worker --tracing (opentelemetry-sdk)")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        return lambda: None
+    provider = TracerProvider()  # its resource reads OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+    names = os.environ.get("OTEL_TRACES_EXPORTER", "otlp")
+    for name in (n.strip() for n in names.split(",")):
+        if not name or name == "none":
+            continue
+        found = entry_points(group="opentelemetry_traces_exporter", name=name)
+        if not found:
+            hint = (
+                "pip install opentelemetry-exporter-otlp"
+                if name.startswith("otlp")
+                else "install the package that provides it"
+            )
+            raise ConfigurationError(
+                f"OTEL_TRACES_EXPORTER={names!r}: no span exporter named {name!r} is "
+                f"installed ({hint}), or set OTEL_TRACES_EXPORTER=console|none"
+            )
+        exporter_class = next(iter(found)).load()
+        provider.add_span_processor(BatchSpanProcessor(exporter_class()))
+    trace.set_tracer_provider(provider)
+    return provider.shutdown

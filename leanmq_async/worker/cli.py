@@ -96,6 +96,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``leanmq-worker``."""
     parser = argparse.ArgumentParser(
@@ -161,6 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("console", "json"),
         default="console",
         help="one line per event on stderr: key=value text, or a JSON object (default: console)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (needs the metrics extra); "
+        "with --workers N, process i serves PORT+i",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",  # all interfaces: Prometheus scrapes from another host
+        metavar="HOST",
+        help="address the metrics server listens on (default: 0.0.0.0)",
+    )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="OpenTelemetry CONSUMER spans around handlers, configured from the OTEL_* "
+        "environment (needs the tracing extra and opentelemetry-sdk)",
     )
     parser.add_argument(
         "--loop",
@@ -278,8 +307,11 @@ def _warn_if_url_ignored(mq: LeanMQ, url: str | None) -> None:
     )
 
 
-def _child_argv(args: argparse.Namespace) -> list[str]:
-    """This command line for a child process (no --workers/--reload; --url is in env)."""
+def _child_argv(args: argparse.Namespace, slot: int | None = None) -> list[str]:
+    """This command line for a child process (no --workers/--reload; --url is in env).
+
+    ``slot``: the child's index in a ``--workers`` pool (its metrics port is PORT+slot).
+    """
     argv = [
         args.app,
         "--app-dir",
@@ -297,6 +329,14 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--grace-period", repr(args.grace_period)]
     if args.burst:
         argv.append("--burst")
+    if args.tracing:
+        argv.append("--tracing")
+    if args.metrics_port is not None:
+        argv += ["--metrics-host", args.metrics_host]
+        if slot is not None:  # --workers: one port per process
+            argv += ["--metrics-port", str(args.metrics_port + slot)]
+        else:
+            argv += ["--metrics-port", str(args.metrics_port)]
     return argv
 
 
@@ -370,7 +410,12 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, second, third)
 
 
-async def _serve(mq: LeanMQ, queues: list[Queue] | None, settings: dict[str, Any]) -> int:
+async def _serve(
+    mq: LeanMQ,
+    queues: list[Queue] | None,
+    settings: dict[str, Any],
+    metrics: tuple[Any, str, int] | None = None,
+) -> int:
     async with mq:
         worker = mq.worker(queues=queues, **settings)
         shutdown = _Shutdown(worker)
@@ -378,6 +423,11 @@ async def _serve(mq: LeanMQ, queues: list[Queue] | None, settings: dict[str, Any
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(capture.run)
+                if metrics is not None:
+                    from leanmq_async.ops.metrics_server import serve_metrics
+
+                    collectors, host, port = metrics
+                    await tg.start(serve_metrics, collectors, port, host, mq)
                 parent = os.environ.get(PARENT_PID_ENV, "")
                 if parent.isdigit():
                     tg.start_soon(_stop_when_orphaned, worker, int(parent))
@@ -417,10 +467,15 @@ def _run_single(args: argparse.Namespace) -> int:
         settings["concurrency"] = args.concurrency
     if args.grace_period is not None:
         settings["grace_period"] = args.grace_period
+    try:
+        metrics = _metrics_of(mq, args)
+        flush_tracing = _tracing_of(mq, args)
+    except ConfigurationError as exc:
+        return _error(str(exc))
     _tune_gc()
     try:
         return anyio.run(
-            functools.partial(_serve, mq, queues, settings),
+            functools.partial(_serve, mq, queues, settings, metrics),
             backend="asyncio",
             backend_options=options,
         )
@@ -438,6 +493,35 @@ def _run_single(args: argparse.Namespace) -> int:
             log.error("worker_crashed", exc_info=error)
             return EXIT_FAILURE
         raise
+    finally:
+        flush_tracing()
+
+
+def _metrics_of(mq: LeanMQ, args: argparse.Namespace) -> tuple[Any, str, int] | None:
+    """--metrics-port: the app's PrometheusMetrics observer (one is added if it has none)."""
+    if args.metrics_port is None:
+        return None
+    from leanmq_async.ops.metrics import PrometheusMetrics
+
+    found = [o for o in mq.observers if isinstance(o, PrometheusMetrics)]
+    if found:
+        collectors = found[0]
+    else:
+        collectors = PrometheusMetrics()
+        mq.add_observer(collectors)
+    return collectors, args.metrics_host, args.metrics_port
+
+
+def _tracing_of(mq: LeanMQ, args: argparse.Namespace) -> Any:
+    """--tracing: an SDK from the OTEL_* environment and the tracing observer; the flush."""
+    if not args.tracing:
+        return lambda: None
+    from leanmq_async.ops.tracing import OpenTelemetryTracing, configure_from_environment
+
+    flush = configure_from_environment()
+    if not any(isinstance(o, OpenTelemetryTracing) for o in mq.observers):
+        mq.add_observer(OpenTelemetryTracing())
+    return flush
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -468,7 +552,9 @@ def _run(args: argparse.Namespace) -> int:
         if not handlers_of(mq, queues):
             return _error(f'no handlers registered on "{args.app}"')
         _warn_if_url_ignored(mq, args.url)
-        return WorkerPool(_child_argv(args), args.workers).run()
+        return WorkerPool(
+            _child_argv(args), args.workers, slot_argv=functools.partial(_child_argv, args)
+        ).run()
     return _run_single(args)
 
 

@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -99,17 +99,26 @@ class _Child:
 class WorkerPool:
     """Run ``count`` worker processes until they finish or a signal stops them."""
 
-    def __init__(self, argv: Sequence[str], count: int) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        count: int,
+        *,
+        slot_argv: Callable[[int], Sequence[str]] | None = None,
+    ) -> None:
         if count < 1:
             raise ValueError("count must be >= 1")
         self.argv = list(argv)
+        # The command line of the child in a given slot (default: argv for all of them).
+        self.slot_argv = slot_argv
         self.count = count
         self.children = [_Child(i) for i in range(count)]
         self.stopping = False
         self.log = get_logger("leanmq_async.cli")
 
     def _start(self, child: _Child) -> None:
-        child.process = _spawn(self.argv)
+        argv = self.argv if self.slot_argv is None else self.slot_argv(child.slot)
+        child.process = _spawn(argv)
         child.started_at = time.monotonic()
         child.restart_at = None
         self.log.info("worker_process_started", slot=child.slot, child_pid=child.process.pid)

@@ -109,6 +109,12 @@ class Worker:
         except TypeError as exc:
             names = sorted(f.name for f in dataclasses.fields(WorkerSettings))
             raise ConfigurationError(f"unknown worker setting: {exc}; valid: {names}") from exc
+        # The client's observers (LeanMQ(observers=...), mq.add_observer) come first.
+        own = [o for o in mq.observers if not any(o is s for s in self.settings.observers)]
+        if own:
+            self.settings = dataclasses.replace(
+                self.settings, observers=(*own, *self.settings.observers)
+            )
         wanted = set(queues) if queues is not None else None
         self.handlers = [h for h in mq.handlers if wanted is None or h.queue in wanted]
         if not self.handlers:
@@ -190,6 +196,7 @@ class Worker:
 
     async def _startup(self) -> None:
         mq = self.mq
+        await mq.store.check_version()
         # Only the groups the handlers read (below): a default group nobody reads would
         # keep every entry from being trimmed and show as a growing backlog.
         for base in sorted({h.queue.base_name for h in self.handlers}):
