@@ -46,7 +46,7 @@ async def test_blocked_loop_is_reported_with_the_handler(
             # Blocks the loop until the watchdog thread has reported it (bounded).
             deadline = time.monotonic() + 20
             while not events(caplog, "loop_blocked") and time.monotonic() < deadline:
-                time.sleep(0.02)
+                time.sleep(0.02)  # noqa: ASYNC251 - blocks the loop on purpose
         done.append(n)
 
     async with mq.worker(**FAST, loop_block_threshold=0.2) as worker:
@@ -73,7 +73,7 @@ async def test_no_watchdog_when_disabled(
 
     @queue.handler()
     async def handle(n: int) -> None:
-        time.sleep(0.3)
+        time.sleep(0.3)  # noqa: ASYNC251 - blocks the loop on purpose
 
     async with mq.worker(**FAST, loop_block_threshold=None):
         await queue.send_message(1)
@@ -122,15 +122,15 @@ async def test_messages_read_by_a_blocked_worker_are_not_run_twice(
         await wait_until(
             lambda: settled(raw, queue.stream, queue.consumer_group), within=20, what="acks"
         )
-        for proc in (proc_a, proc_b):
-            proc.send_signal(signal.SIGTERM)
-        for proc in (proc_a, proc_b):
-            await anyio.to_thread.run_sync(proc.wait)
+        for started in (proc_a, proc_b):
+            started.send_signal(signal.SIGTERM)
+        for started in (proc_a, proc_b):
+            await anyio.to_thread.run_sync(started.wait)
     finally:
-        for proc in (proc_a, proc_b):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for leftover in (proc_a, proc_b):
+            if leftover is not None and leftover.poll() is None:
+                leftover.kill()
+                leftover.wait()
     detail = f"A:\n{log_tail(log_a)}\nB:\n{log_tail(log_b)}"
     assert proc_a.returncode == 0, detail
     runs = await list_items(raw, ledger)

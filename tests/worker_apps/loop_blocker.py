@@ -41,8 +41,8 @@ async def main() -> None:
                 sync.rpush(marker, "blocking")
                 deadline = time.monotonic() + 30
                 # Blocks the whole event loop, as a sync call in an async handler does.
-                while int(sync.llen(ledger)) < until and time.monotonic() < deadline:  # type: ignore[arg-type]
-                    time.sleep(0.05)
+                while int(sync.llen(ledger)) < until and time.monotonic() < deadline:
+                    time.sleep(0.05)  # noqa: ASYNC251 - blocks the loop on purpose
                 sync.rpush(marker, "woke")
                 sync.close()
             await mq.redis.rpush(ledger, f"{consumer}:{message.data}")
