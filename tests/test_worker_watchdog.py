@@ -60,7 +60,7 @@ async def test_blocked_loop_is_reported_with_the_handler(
     assert blocked.__dict__["handler"].endswith("sleepy_handler")
     assert "test_worker_watchdog.py" in blocked.__dict__["where"]
     assert blocked.__dict__["blocked_for"] >= 0.2
-    assert blocked.__dict__["in_flight"] == {worker.runners[0].handler.name: 1}
+    assert blocked.__dict__["in_flight"][worker.runners[0].handler.name] >= 1
     (back,) = events(caplog, "loop_unblocked")
     assert back.__dict__["duration"] >= blocked.__dict__["blocked_for"]
 
