@@ -23,6 +23,8 @@ Nothing is ever pickled or imported from message data.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import sys
 import time
 import uuid
@@ -134,15 +136,16 @@ class Codec:
                 # A reader validates headers as str -> str: a message sent with other
                 # types would be dead-lettered as undecodable on its first read.
                 raise MessageEncodeError(f"headers must map str to str, got {name!r}: {value!r}")
-        envelope = Envelope(id=mid, ts=time.time(), p=payload, h=h)
         try:
-            data = self._encode(envelope)
+            body = self._encode(payload)
         except (TypeError, ValueError, OverflowError) as exc:
             raise MessageEncodeError(
                 f"payload of type {type(payload).__name__} cannot be encoded as {self.name}: "
                 f"{exc}. Send JSON-compatible values (dict, list, str, int, float, bool, None), "
-                "msgspec Structs, dataclasses, pydantic models, or datetimes/UUIDs."
+                "msgspec Structs, dataclasses or pydantic models."
             ) from exc
+        self._check_exact(payload, body)
+        data = self._encode(Envelope(id=mid, ts=time.time(), p=msgspec.Raw(body), h=h))
         if len(data) > self.max_message_size:
             raise MessageTooLargeError(
                 f"encoded message is {len(data)} bytes, over max_message_size="
@@ -150,6 +153,103 @@ class Codec:
                 "or raise max_message_size."
             )
         return mid, data
+
+    def _check_exact(self, payload: Any, body: bytes) -> None:
+        """Refuse a payload that would not arrive exactly as sent (the module's payload rule).
+
+        Untyped values (dicts, lists, scalars) must decode back equal to themselves; a
+        Struct, dataclass or attrs instance must decode back equal through a decoder of its
+        own type (what a handler annotated with that type uses). NaN never compares equal,
+        so it is always refused. Only the bytes already encoded are decoded: no walk of the
+        payload unless it is refused (then to name the offending path).
+        """
+        kind = type(payload)
+        if kind is str or kind is int or kind is bool or payload is None:
+            return  # the common scalars: nothing to lose
+        if kind is float and math.isfinite(payload):
+            return
+        typed = kind is not dict and kind is not list and _is_typed_object(payload)
+        try:
+            decoder = payload_decoder(kind if typed else Any, self.name == "msgpack")
+            back = decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:
+            raise MessageEncodeError(self._inexact(f"$ does not decode back: {exc}")) from exc
+        if back == payload:
+            return
+        raise MessageEncodeError(
+            self._inexact(_difference(payload, back, "$") or "$ differs after a round trip")
+        )
+
+    def _inexact(self, detail: str) -> str:
+        return (
+            f"payload would not arrive exactly as sent ({self.name}): {detail}. Convert it to "
+            "JSON-native values (dicts with str keys, lists, str, int, finite floats, bool, "
+            "None), or send a msgspec Struct or dataclass and annotate the handler with that "
+            "type: its typed fields (datetime, Decimal, UUID, bytes, tuple, set...) are "
+            "decoded back exactly. NaN and infinity are never accepted."
+        )
+
+
+def _is_typed_object(value: Any) -> bool:
+    """A msgspec Struct, dataclass, attrs or pydantic instance (decoded back by its type)."""
+    kind = type(value)
+    return (
+        isinstance(value, msgspec.Struct)
+        or dataclasses.is_dataclass(kind)
+        or hasattr(kind, "__attrs_attrs__")
+        or _is_pydantic_model(kind)
+    )
+
+
+def _field_names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, msgspec.Struct):
+        return value.__struct_fields__
+    if dataclasses.is_dataclass(value):
+        return tuple(f.name for f in dataclasses.fields(value))
+    return tuple(a.name for a in type(value).__attrs_attrs__)
+
+
+_ABSENT: Any = object()
+
+
+def _difference(sent: Any, back: Any, path: str) -> str | None:
+    """Where ``back`` (the decoded value) first differs from ``sent``, and how; None if equal.
+
+    Only called once a payload was found inexact, to name the offending path.
+    """
+    if isinstance(sent, float) and not math.isfinite(sent):
+        return f"{path} is {sent!r}: NaN and infinity have no exact encoding"
+    kind = type(sent)
+    if kind is dict and type(back) is dict:
+        for key, value in sent.items():
+            sub = (
+                f"{path}.{key}"
+                if isinstance(key, str) and key.isidentifier()
+                else f"{path}[{key!r}]"
+            )
+            if key not in back:
+                return f"{path} has the key {key!r} of type {type(key).__name__}: keys must be str"
+            found = _difference(value, back[key], sub)
+            if found:
+                return found
+        return None
+    if kind is list and type(back) is list and len(sent) == len(back):
+        for i, (a, b) in enumerate(zip(sent, back, strict=True)):
+            found = _difference(a, b, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if _is_typed_object(sent) and type(back) is kind:
+        for name in _field_names(sent):
+            found = _difference(getattr(sent, name), getattr(back, name, _ABSENT), f"{path}.{name}")
+            if found:
+                return found
+        return None
+    if kind is not type(back):
+        return f"{path} is a {kind.__name__} and would arrive as a {type(back).__name__}"
+    if sent != back:
+        return f"{path} is {sent!r} and would arrive as {back!r}"
+    return None
 
 
 _CODECS: dict[str, Codec] = {}

@@ -75,12 +75,18 @@ def test_payload_validation_error_names_the_path() -> None:
         decode_payload(entry, Order)
 
 
-def test_datetimes_and_uuids_are_encodable() -> None:
-    when = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    uid = uuid.UUID(int=5)
-    _, body = Codec("json").encode({"when": when, "uid": uid})
+def test_datetimes_and_uuids_round_trip_in_a_struct() -> None:
+    class Stamp(msgspec.Struct):
+        when: dt.datetime
+        uid: uuid.UUID
+
+    stamp = Stamp(when=dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC), uid=uuid.UUID(int=5))
+    _, body = Codec("json").encode(stamp)
     entry = decode_entry({b"j": body}, DEFAULT_MAX_MESSAGE_SIZE)
-    assert decode_payload(entry) == {"when": "2024-01-02T03:04:05Z", "uid": str(uid)}
+    assert decode_payload(entry, Stamp) == stamp
+    # Untyped, they would arrive as strings: refused (tests/test_payload_exact.py).
+    with pytest.raises(MessageEncodeError, match=r"\$\.when is a datetime"):
+        Codec("json").encode({"when": stamp.when})
 
 
 @pytest.mark.parametrize("payload", [object(), {"f": lambda: 1}, {1j}, {object(): 1}])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import linecache
 import logging
 import math
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
@@ -74,12 +75,15 @@ class RunnerStats:
 
 
 class _Work:
-    __slots__ = ("deliveries", "fields", "sid")
+    __slots__ = ("deliveries", "fetched", "fields", "sid")
 
-    def __init__(self, sid: bytes, fields: dict[bytes, bytes] | None, deliveries: int) -> None:
+    def __init__(
+        self, sid: bytes, fields: dict[bytes, bytes] | None, deliveries: int, fetched: float
+    ) -> None:
         self.sid = sid
         self.fields = fields
         self.deliveries = deliveries
+        self.fetched = fetched  # time.monotonic() when read or claimed
 
 
 def _traceback_summary(exc: BaseException) -> str:
@@ -133,6 +137,9 @@ class HandlerRunner:
         self.group = handler.group
         self.concurrency = settings.concurrency or handler.options.concurrency
         self.lease_ms = int(handler.options.visibility_timeout * 1000)
+        # A message waiting longer than this between its read and its start (a blocked
+        # event loop) has its lease confirmed first: another worker may have taken it.
+        self._confirm_after = handler.options.visibility_timeout / 2
         self.max_size = queue.mq.codec.max_message_size
         self.stats = RunnerStats()
         self._read_batch = max(1, min(self.concurrency // 4, 250))
@@ -264,9 +271,13 @@ class HandlerRunner:
         self, entries: Iterable[tuple[bytes, Any]], deliveries: Mapping[bytes, int] | int
     ) -> None:
         """Hand read or claimed entries to the processors (their slots are reserved)."""
+        now = time.monotonic()
         works = [
             _Work(
-                sid, fields, deliveries if isinstance(deliveries, int) else deliveries.get(sid, 2)
+                sid,
+                fields,
+                deliveries if isinstance(deliveries, int) else deliveries.get(sid, 2),
+                now,
             )
             for sid, fields in entries
         ]
@@ -458,11 +469,38 @@ class HandlerRunner:
         work_queue = self._work
         while (work := await work_queue.get()) is not None:
             try:
+                if time.monotonic() - work.fetched > self._confirm_after and (
+                    not await self._still_held(work)
+                ):
+                    continue
                 await self._process(work)
             finally:
                 self._in_flight.discard(work.sid)
                 self._free += 1
                 self._slot_freed.set()
+
+    async def _still_held(self, work: _Work) -> bool:
+        """Confirm (and extend) the lease of a message read long ago and not started yet.
+
+        It waited past half its lease (the event loop was blocked, say): if another worker
+        reclaimed it meanwhile, running it here too would run it twice, so it is skipped.
+        """
+        try:
+            lost = await self.store.extend_leases(
+                self.stream, self.group, self.consumer, [work.sid]
+            )
+        except LeanMQError as exc:
+            self.log.warning("lease_extend_failed", error=str(exc))
+            return True  # unknown: run it, as without this check
+        if lost:
+            self.log.warning(
+                "lease_lost",
+                id=work.sid.decode(),
+                waited=round(time.monotonic() - work.fetched, 3),
+                detail="read but not started within its lease; another worker has it: skipped",
+            )
+            return False
+        return True
 
     async def _process(self, work: _Work) -> None:
         handler = self.handler

@@ -29,6 +29,7 @@ from leanmq_async._log import get_logger
 from leanmq_async.exceptions import ConfigurationError, LeanMQError
 from leanmq_async.worker.maintenance import Maintenance
 from leanmq_async.worker.runner import HandlerRunner, RunnerStats
+from leanmq_async.worker.watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
@@ -54,6 +55,9 @@ class WorkerSettings:
     concurrency: overrides every handler's concurrency (the CLI's ``--concurrency``).
     observers: instrumentation told about every settled message (metrics, tracing); see
         :mod:`leanmq_async.worker.observer`. Empty: no cost.
+    loop_block_threshold: seconds the event loop may go without running before the
+        ``loop_blocked`` warning names the handler blocking it (None: no watchdog); see
+        :mod:`leanmq_async.worker.watchdog`.
     """
 
     block_ms: int = 2000
@@ -68,6 +72,7 @@ class WorkerSettings:
     burst: bool = False
     concurrency: int | None = None
     observers: tuple[Any, ...] = ()
+    loop_block_threshold: float | None = 1.0
 
     def __post_init__(self) -> None:
         observers: Any = self.observers  # a list is accepted too: stored as a tuple
@@ -89,6 +94,13 @@ class WorkerSettings:
                 raise ConfigurationError(f"worker setting {name} must be >= 0")
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1")
+        threshold = self.loop_block_threshold
+        if threshold is not None and (
+            not isinstance(threshold, int | float) or isinstance(threshold, bool) or threshold <= 0
+        ):
+            raise ConfigurationError(
+                "loop_block_threshold must be a number of seconds > 0, or None (no watchdog)"
+            )
 
 
 class Worker:
@@ -231,6 +243,16 @@ class Worker:
                     await self.maintenance.run()
 
             tg.start_soon(run_maintenance)
+            watchdog = anyio.CancelScope()
+            threshold = self.settings.loop_block_threshold
+            if threshold is not None:
+                dog = LoopWatchdog(self.runners, threshold)
+
+                async def run_watchdog(*, task_status: TaskStatus[None]) -> None:
+                    with watchdog:
+                        await dog.run(task_status=task_status)
+
+                await tg.start(run_watchdog)
             for runner in self.runners:
                 await tg.start(runner.run)
             self.log.info(
@@ -246,6 +268,7 @@ class Worker:
             await self._shutdown()
             maintenance.cancel()
             burst_watch.cancel()
+            watchdog.cancel()
 
     async def _stop_when_burst_done(self, scope: anyio.CancelScope) -> None:
         # In `scope`, cancelled once shut down: a burst worker stopped (stop(), or the
