@@ -125,8 +125,13 @@ class Codec:
         payload: Any,
         message_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        payload_type: Any = Any,
     ) -> tuple[str, bytes]:
-        """Return ``(message_id, envelope bytes)``; raise if unencodable or too large."""
+        """Return ``(message_id, envelope bytes)``; raise if unencodable or too large.
+
+        ``payload_type``: the type readers decode the payload as (a typed queue's); the
+        payload must decode back equal through it.
+        """
         mid = message_id if message_id is not None else str(uuid.uuid4())
         if not isinstance(mid, str) or not mid:
             raise ConfigurationError(f"message_id must be a non-empty string, got {mid!r}")
@@ -144,7 +149,7 @@ class Codec:
                 f"{exc}. Send JSON-compatible values (dict, list, str, int, float, bool, None), "
                 "msgspec Structs, dataclasses or pydantic models."
             ) from exc
-        self._check_exact(payload, body)
+        self._check_exact(payload, body, payload_type)
         data = self._encode(Envelope(id=mid, ts=time.time(), p=msgspec.Raw(body), h=h))
         if len(data) > self.max_message_size:
             raise MessageTooLargeError(
@@ -154,12 +159,14 @@ class Codec:
             )
         return mid, data
 
-    def _check_exact(self, payload: Any, body: bytes) -> None:
+    def _check_exact(self, payload: Any, body: bytes, payload_type: Any = Any) -> None:
         """Refuse a payload that would not arrive exactly as sent (the module's payload rule).
 
         Untyped values (dicts, lists, scalars) must decode back equal to themselves; a
-        Struct, dataclass or attrs instance must decode back equal through a decoder of its
-        own type (what a handler annotated with that type uses). NaN never compares equal,
+        Struct, dataclass, attrs or pydantic instance must decode back equal through a
+        decoder of its own type (what a handler annotated with that type uses). On a typed
+        queue a payload may also decode back equal through the queue's type (what its
+        readers use): ``[Item(...)]`` on a ``Queue[list[Item]]``. NaN never compares equal,
         so it is always refused. Only the bytes already encoded are decoded: no walk of the
         payload unless it is refused (then to name the offending path).
         """
@@ -168,16 +175,27 @@ class Codec:
             return  # the common scalars: nothing to lose
         if kind is float and math.isfinite(payload):
             return
-        typed = kind is not dict and kind is not list and _is_typed_object(payload)
-        try:
-            decoder = payload_decoder(kind if typed else Any, self.name == "msgpack")
-            back = decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:
-            raise MessageEncodeError(self._inexact(f"$ does not decode back: {exc}")) from exc
-        if back == payload:
-            return
+        is_msgpack = self.name == "msgpack"
+        if kind is not dict and kind is not list and _is_typed_object(payload):
+            types = [kind if payload_type is Any else payload_type]
+        else:
+            types = [Any] if payload_type is Any else [Any, payload_type]
+        first: Any = None
+        for i, type_ in enumerate(types):
+            try:
+                back = payload_decoder(type_, is_msgpack).decode(body)
+            except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:
+                if i == 0:
+                    first = exc
+                continue
+            if back == payload:
+                return
+            if i == 0:
+                first = back
+        if isinstance(first, Exception):
+            raise MessageEncodeError(self._inexact(f"$ does not decode back: {first}")) from first
         raise MessageEncodeError(
-            self._inexact(_difference(payload, back, "$") or "$ differs after a round trip")
+            self._inexact(_difference(payload, first, "$") or "$ differs after a round trip")
         )
 
     def _inexact(self, detail: str) -> str:

@@ -177,7 +177,7 @@ class Queue(Generic[PayloadT]):
         if self._mq.header_providers:
             headers = self._provided_headers(headers)
         codec = self._mq.codec
-        mid, body = codec.encode(data, message_id, headers)
+        mid, body = codec.encode(data, message_id, headers, self.payload_type)
         ttl_ms, delay_ms = check_ttl_and_delay(ttl, delay)
         member = f"{mid}|{uuid.uuid4().hex}" if delay_ms else ""
         return SendOp(self.keys, codec.field, body, ttl_ms, delay_ms, member), mid
