@@ -31,6 +31,10 @@ from leanmq_async.keys import QueueKeys, registry_key
 
 __all__ = ["RawEntry", "ReclaimResult", "SendOp", "SettleCall", "Store"]
 
+# Ids per script call where a caller passes any number (leases, requeues): bounded work
+# per call (the scripts also slice what they unpack; Lua's unpack fails at ~8,000).
+_ID_BATCH = 1000
+
 RawEntry = tuple[bytes, dict[bytes, bytes] | None]
 """A stream entry as Redis returns it: ``(stream id, fields)``; fields are None if deleted."""
 
@@ -464,12 +468,17 @@ class Store:
         return replies
 
     async def requeue(self, keys: QueueKeys, dlq_group: str, ids: Sequence[str]) -> int:
+        """Requeue DLQ entries (each one atomically); one script call per ``_ID_BATCH``."""
+        moved = 0
         with translate_errors("requeue from DLQ"):
-            return int(
-                await self._requeue(
-                    keys=[keys.dlq, keys.stream, keys.expiry], args=[dlq_group, *ids]
+            for i in range(0, len(ids), _ID_BATCH):
+                batch = ids[i : i + _ID_BATCH]
+                moved += int(
+                    await self._requeue(
+                        keys=[keys.dlq, keys.stream, keys.expiry], args=[dlq_group, *batch]
+                    )
                 )
-            )
+        return moved
 
     async def move_due(self, keys: QueueKeys, limit: int = 500) -> tuple[int, int]:
         """Move due delayed entries into the stream; return ``(moved, ms to next or -1)``."""
@@ -515,9 +524,16 @@ class Store:
     async def extend_leases(
         self, stream: str, group: str, consumer: str, ids: Sequence[bytes | str]
     ) -> list[bytes]:
-        """Reset the idle time of entries still owned; return the ids whose lease was lost."""
+        """Reset the idle time of entries still owned; return the ids whose lease was lost.
+
+        Any number of ids: one script call per ``_ID_BATCH`` of them.
+        """
+        lost: list[bytes] = []
         with translate_errors("extend leases"):
-            return list(await self._extend(keys=[stream], args=[group, consumer, *ids]))
+            for i in range(0, len(ids), _ID_BATCH):
+                batch = ids[i : i + _ID_BATCH]
+                lost += await self._extend(keys=[stream], args=[group, consumer, *batch])
+        return lost
 
     async def trim(self, stream: str, max_age_ms: int) -> int:
         with translate_errors("trim"):
