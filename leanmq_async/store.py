@@ -29,7 +29,7 @@ from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import LeanMQError
 from leanmq_async.keys import QueueKeys, registry_key
 
-__all__ = ["RawEntry", "ReclaimResult", "SendOp", "SettleCall", "Store"]
+__all__ = ["MemoryUsage", "RawEntry", "ReclaimResult", "SendOp", "SettleCall", "Store"]
 
 # Ids per script call where a caller passes any number (leases, requeues): bounded work
 # per call (the scripts also slice what they unpack; Lua's unpack fails at ~8,000).
@@ -77,6 +77,57 @@ class ReclaimResult:
         self.deliveries = deliveries
         self.missing = missing
         self.next_start = next_start
+
+
+class MemoryUsage:
+    """Redis memory use: bytes used, ``maxmemory`` (0: no limit) and the eviction policy."""
+
+    __slots__ = ("maxmemory", "policy", "used")
+
+    # Above this share of maxmemory, Redis is under memory pressure: a worker trims
+    # acknowledged history at once (whatever its retention) and health warns.
+    PRESSURE = 0.9
+    # Within 2 % of maxmemory: a write of any size is refused (the reply to a refusal
+    # frees its buffers, so used memory reads a little under the limit again).
+    FULL = 0.98
+
+    def __init__(self, used: int, maxmemory: int, policy: str) -> None:
+        self.used = used
+        self.maxmemory = maxmemory
+        self.policy = policy
+
+    def __repr__(self) -> str:
+        return f"<MemoryUsage {self.used}/{self.maxmemory} ({self.ratio:.0%}) {self.policy}>"
+
+    @property
+    def ratio(self) -> float:
+        """Used / maxmemory (0.0 when there is no limit)."""
+        return self.used / self.maxmemory if self.maxmemory else 0.0
+
+    @property
+    def under_pressure(self) -> bool:
+        return self.ratio >= self.PRESSURE
+
+    @property
+    def full(self) -> bool:
+        """At ``maxmemory`` with ``noeviction``: Redis refuses writes (sends, retries)."""
+        return self.ratio >= self.FULL and self.policy == "noeviction"
+
+    def advice(self) -> str:
+        """What is wrong and what to do, for a health report."""
+        state = "writes are refused (OOM)" if self.full else "writes will soon be refused"
+        return (
+            f"{self.describe()}: {state}. A running worker trims acknowledged history at once "
+            "under memory pressure (logged as trimmed_early); if memory stays high, what "
+            "remains is unhandled: run or scale workers, empty or requeue the dead-letter "
+            "queues, or raise maxmemory."
+        )
+
+    def describe(self) -> str:
+        return (
+            f"Redis uses {self.used:,} bytes, {self.ratio:.0%} of maxmemory {self.maxmemory:,} "
+            f"(policy {self.policy or '?'})"
+        )
 
 
 class SettleCall:
@@ -548,6 +599,23 @@ class Store:
         """XINFO CONSUMERS: name, pending and idle time of each consumer of ``group``."""
         with translate_errors("XINFO CONSUMERS"):
             return list(await self.client.xinfo_consumers(stream, group))
+
+    async def memory(self) -> MemoryUsage:
+        """``INFO memory``: used memory against ``maxmemory`` (on a cluster, the fullest
+        primary)."""
+        with translate_errors("INFO memory"):
+            reply: Any = await self.client.info("memory")
+        # A cluster client answers per node: {node: {field: value}}.
+        infos = [reply] if "used_memory" in reply else list(reply.values())
+        usages = [
+            MemoryUsage(
+                int(info.get("used_memory", 0)),
+                int(info.get("maxmemory", 0)),
+                str(info.get("maxmemory_policy", "")),
+            )
+            for info in infos
+        ]
+        return max(usages, key=lambda u: u.ratio)
 
     async def ping(self) -> bool:
         with translate_errors("PING"):

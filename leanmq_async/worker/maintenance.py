@@ -63,6 +63,9 @@ class Maintenance:
             tg.start_soon(self._every, self.settings.expire_interval, self.expire_once)
             if self.settings.retention is not None:
                 tg.start_soon(self._every, self.settings.trim_interval, self.trim_once)
+                # Checked more often than the retention pass: memory pressure is urgent.
+                interval = min(self.settings.trim_interval, self.settings.expire_interval)
+                tg.start_soon(self._every, interval, self.relieve_memory_once)
             tg.start_soon(self._every, 60.0, self.housekeeping_once)
 
     async def _mover(self, queue: Queue) -> None:
@@ -114,17 +117,40 @@ class Maintenance:
         self.expired += total
         return total
 
-    async def trim_once(self) -> int:
-        """Trim acknowledged history older than ``retention``; return entries removed."""
+    async def trim_once(self, *, only_under_pressure: bool = False) -> int:
+        """Trim acknowledged history older than ``retention``; return entries removed.
+
+        Under memory pressure (Redis above 90 % of ``maxmemory``) all acknowledged history
+        is trimmed at once, whatever the retention (``trimmed_early``, with the reason):
+        with ``noeviction`` a full Redis refuses every write, sends included, so history
+        kept for an hour would keep the queue refusing messages. Entries some group has
+        not acknowledged are never trimmed. ``only_under_pressure``: do nothing otherwise.
+        """
         assert self.settings.retention is not None
         age_ms = int(self.settings.retention * 1000)
+        usage = await self.store.memory()
+        if usage.under_pressure:
+            age_ms = 0
+        elif only_under_pressure:
+            return 0
         total = 0
         for stream in self.queues:
             total += await self.store.trim(stream, age_ms)
-        if total:
+        if usage.under_pressure and total:
+            self.log.warning(
+                "trimmed_early",
+                count=total,
+                reason=f"memory pressure: {usage.describe()}",
+                retention=self.settings.retention,
+            )
+        elif total:
             self.log.info("trimmed", count=total)
         self.trimmed += total
         return total
+
+    async def relieve_memory_once(self) -> int:
+        """Trim all acknowledged history now if Redis is under memory pressure."""
+        return await self.trim_once(only_under_pressure=True)
 
     async def housekeeping_once(self) -> None:
         """Re-measure the Redis clock; remove long-idle consumers that hold nothing."""
