@@ -24,6 +24,7 @@ from leanmq_async.exceptions import (
     DeadLetterQueueNotFoundError,
     LeanMQError,
     QueueNotFoundError,
+    RedisOperationError,
 )
 from leanmq_async.keys import (
     DLQ_SUFFIX,
@@ -350,6 +351,8 @@ class LeanMQ:
         try:
             await self.store.ping()
             usage = await self.store.memory()
+        except RedisOperationError:  # INFO refused (an ACL user without +info)
+            return {"status": "ok", "redis": True}
         except LeanMQError as exc:
             return {"status": "critical", "redis": False, "error": str(exc)}
         if not usage.under_pressure:

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import anyio
 
 from leanmq_async._log import get_logger
-from leanmq_async.exceptions import LeanMQError
+from leanmq_async.exceptions import LeanMQError, RedisOperationError
 
 if TYPE_CHECKING:
     from leanmq_async.queue import Queue
-    from leanmq_async.store import Store
+    from leanmq_async.store import MemoryUsage, Store
     from leanmq_async.worker.handler import Handler
     from leanmq_async.worker.supervisor import WorkerSettings
 
@@ -55,6 +55,7 @@ class Maintenance:
         self._wake: dict[str, anyio.Event] = {}
         self.expired = 0
         self.trimmed = 0
+        self._memory_warned = False
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -128,15 +129,16 @@ class Maintenance:
         """
         assert self.settings.retention is not None
         age_ms = int(self.settings.retention * 1000)
-        usage = await self.store.memory()
-        if usage.under_pressure:
+        usage = await self._memory()
+        pressed = usage is not None and usage.under_pressure
+        if pressed:
             age_ms = 0
         elif only_under_pressure:
             return 0
         total = 0
         for stream in self.queues:
             total += await self.store.trim(stream, age_ms)
-        if usage.under_pressure and total:
+        if usage is not None and pressed and total:
             self.log.warning(
                 "trimmed_early",
                 count=total,
@@ -147,6 +149,17 @@ class Maintenance:
             self.log.info("trimmed", count=total)
         self.trimmed += total
         return total
+
+    async def _memory(self) -> MemoryUsage | None:
+        """INFO memory, or None when it is refused (an ACL user without ``+info``: then
+        only the retention trims; said once)."""
+        try:
+            return await self.store.memory()
+        except RedisOperationError as exc:
+            if not self._memory_warned:
+                self._memory_warned = True
+                self.log.warning("memory_check_failed", error=str(exc))
+            return None
 
     async def relieve_memory_once(self) -> int:
         """Trim all acknowledged history now if Redis is under memory pressure."""
