@@ -31,14 +31,12 @@ def small_redis() -> Iterator[RedisServer]:
 async def _fill(mq: LeanMQ, name: str) -> int:
     """Send until Redis refuses writes (OOM); return how many were accepted."""
     queue = mq.queue(name)
-    sent = 0
-    for _ in range(10_000):
+    for sent in range(10_000):
         try:
             await queue.send_message(BODY)
         except LeanMQError as exc:
             assert "maxmemory" in str(exc)
             return sent
-        sent += 1
     raise AssertionError("Redis never refused a write: is maxmemory set?")
 
 
