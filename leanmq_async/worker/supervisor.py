@@ -5,8 +5,13 @@ Run it three ways:
 * ``await worker.serve()`` (or ``await mq.run_worker()``) until cancelled or ``stop()``;
   with ``await task_group.start(worker.serve)`` it returns once groups exist and loops run;
 * ``async with mq.worker():`` around an application's lifetime (FastAPI lifespan, aiohttp
-  cleanup_ctx): the worker runs in the background of the block;
+  cleanup_ctx): the worker runs in the background of the block; with ``burst=True``
+  leaving the block waits for the drain, like ``run_worker(burst=True)``;
 * ``leanmq-worker app:mq`` (see :mod:`leanmq_async.worker.cli`), which adds signals.
+
+Start-up (groups, clock, scripts) is retried while Redis is unreachable, for
+``startup_timeout`` seconds (``worker_start_retry``); then ``worker_start_failed`` and the
+error is raised (the CLI exits 1).
 
 Shutdown, whether by :meth:`Worker.stop` or by cancellation: no new reads; in-flight
 handlers get ``grace_period`` seconds to finish; the rest are cancelled and their messages
