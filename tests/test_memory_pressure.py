@@ -85,3 +85,29 @@ async def test_a_full_redis_is_reported_and_relieved_once_everything_is_handled(
         assert early.__dict__["count"] > 0
         assert "memory pressure" in early.__dict__["reason"]
         assert (await mq.health())["status"] == "ok"
+
+
+async def test_a_worker_starts_on_a_full_redis_and_drains_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A worker restarted while Redis is full must start (its start-up writes nothing
+    # for queues and groups that exist: noeviction refuses even no-op writes).
+    caplog.set_level(logging.INFO, logger="leanmq_async")
+    with RedisServer(args=["--maxmemory-policy", "noeviction"]) as server:
+        async with LeanMQ(server.url, prefix="full:") as mq:
+            queue, _ = await mq.create_queue_pair("big")
+            await queue.send_messages([BODY] * 300)
+            info = await mq.redis.info("memory")
+            await mq.redis.config_set("maxmemory", int(info["used_memory"]) - 100_000)
+            assert not await _send_ok(mq, "big")
+            handled = 0
+
+            @queue.handler
+            async def handle(data: str) -> None:
+                nonlocal handled
+                handled += 1
+
+            async with mq.worker(block_ms=100, expire_interval=0.1, startup_timeout=1):
+                await wait_until(lambda: handled == 300, within=60, what="all handled")
+                await wait_until(lambda: _send_ok(mq, "big"), within=60, what="sends accepted")
+    assert not [r for r in caplog.records if r.msg == "worker_start_failed"]

@@ -102,6 +102,10 @@ class WorkerSettings:
             raise ConfigurationError("concurrency must be >= 1")
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class Worker:
     """Runs the handlers registered on a :class:`~leanmq_async.LeanMQ` client."""
 
@@ -204,12 +208,21 @@ class Worker:
         pairs = {(h.queue.base_name, h.queue.consumer_group) for h in self.handlers}
         for base, group in pairs:
             queue = mq.queue(base)
-            await mq.store.create_queue(
-                mq.prefix, queue.keys, group, queue.dead_letter_queue().consumer_group
-            )
-        await mq.store.ensure_groups(
-            [h.queue.stream for h in self.handlers], [h.group for h in self.handlers]
-        )
+            dlq = queue.dead_letter_queue()
+            # Only when missing: a Redis at maxmemory (noeviction) refuses even writes that
+            # change nothing, and a worker must be able to start there to drain it.
+            if await mq.store.queue_exists(queue.keys, dlq.stream):
+                continue
+            await mq.store.create_queue(mq.prefix, queue.keys, group, dlq.consumer_group)
+        wanted = {(h.queue.stream, h.group): h.queue.keys for h in self.handlers}
+        infos = await mq.store.stream_infos([(s, keys) for (s, _), keys in wanted.items()])
+        missing = [
+            pair
+            for pair, info in zip(wanted, infos, strict=True)
+            if pair[1] not in {_text(g["name"]) for g in info["groups"]}
+        ]
+        if missing:
+            await mq.store.ensure_groups([s for s, _ in missing], [g for _, g in missing])
         await mq.store.sync_clock()
         await mq.store.load_scripts()
 
