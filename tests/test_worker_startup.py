@@ -11,8 +11,9 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from leanmq_async import LeanMQ, Message
+from leanmq_async import ConnectionSettings, LeanMQ, Message
 from leanmq_async.testing import RedisServer, free_port
+from tests.reliability.proxy import Proxy
 from tests.test_cli import APPS, WorkerProcess
 from tests.worker_apps.common import settled, wait_until
 
@@ -75,6 +76,37 @@ async def test_a_worker_started_while_redis_is_down_starts_when_it_comes_up(
         assert not events(caplog, "worker_start_failed")
     finally:
         server.close()
+
+
+async def test_replies_lost_at_start_up_are_retried(
+    redis_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The network drops every reply (a lost reply at SCRIPT LOAD, say): start-up times
+    # out, is retried, and succeeds once the network heals.
+    caplog.set_level(logging.INFO, logger="leanmq_async")
+    got: list[str] = []
+    with Proxy(redis_server.port) as proxy:
+        settings = ConnectionSettings(socket_timeout=0.3, socket_connect_timeout=0.3)
+        async with LeanMQ(proxy.url, prefix=prefix, connection=settings) as mq:
+            queue = mq.queue("lossy")
+
+            @queue.handler
+            async def handle(message: Message[str]) -> None:
+                got.append(message.data)
+
+            proxy.black_hole("drop")
+            worker = mq.worker(block_ms=100, startup_timeout=60)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(worker.serve)
+                await wait_until(
+                    lambda: len(events(caplog, "worker_start_retry")) >= 2, what="retries"
+                )
+                proxy.heal()
+                await wait_until(lambda: bool(events(caplog, "worker_started")), within=30)
+                await queue.send_message("hello")
+                await wait_until(lambda: got == ["hello"], what="message handled")
+                worker.stop()
+    assert not events(caplog, "worker_start_failed")
 
 
 async def test_the_cli_exits_1_when_redis_never_comes_up(prefix: str) -> None:
