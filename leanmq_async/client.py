@@ -24,6 +24,7 @@ from leanmq_async.exceptions import (
     DeadLetterQueueNotFoundError,
     LeanMQError,
     QueueNotFoundError,
+    RedisOperationError,
 )
 from leanmq_async.keys import (
     DLQ_SUFFIX,
@@ -429,16 +430,37 @@ class LeanMQ:
         return total
 
     async def health(self) -> dict[str, Any]:
-        """``{"status": "ok"|"critical", "redis": bool, ...}``: is Redis reachable?"""
+        """``{"status": "ok"|"warning"|"critical", "redis": bool, ...}``: is Redis reachable,
+        and does it have memory left?
+
+        Under memory pressure (above 90 % of ``maxmemory``) the report is ``warning``
+        (``critical`` once full with ``noeviction``: writes are refused) with a
+        ``"memory"`` entry saying what is wrong and what to do.
+        """
         try:
             await self.store.ping()
         except LeanMQError as exc:
             return {"status": "critical", "redis": False, "error": str(exc)}
         try:
             await self.store.check_version()
+            usage = await self.store.memory()
+        except RedisOperationError:  # INFO refused (an ACL user without +info)
+            return {"status": "ok", "redis": True}
         except LeanMQError as exc:
             return {"status": "critical", "redis": True, "error": str(exc)}
-        return {"status": "ok", "redis": True}
+        if not usage.under_pressure:
+            return {"status": "ok", "redis": True}
+        return {
+            "status": "critical" if usage.full else "warning",
+            "redis": True,
+            "memory": {
+                "used": usage.used,
+                "maxmemory": usage.maxmemory,
+                "ratio": round(usage.ratio, 3),
+                "policy": usage.policy,
+                "message": usage.advice(),
+            },
+        }
 
     # -- worker --------------------------------------------------------------------------
 

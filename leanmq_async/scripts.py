@@ -68,6 +68,13 @@ local function check_types(keys, types)
   end
   return nil
 end
+-- Lua's unpack fails at ~8,000 values: commands that take a caller-sized list of ids
+-- get them in slices of at most 1,000, one ``call(slice)`` each.
+local function in_slices(ids, call)
+  for i = 1, #ids, 1000 do
+    call({unpack(ids, i, math.min(i + 999, #ids))})
+  end
+end
 local function groups_of(stream)
   if redis.call('EXISTS', stream) == 0 then return {} end
   local out = {}
@@ -490,7 +497,12 @@ for i, p in ipairs(pend) do
   ids[i] = p[1]
   deliveries[p[1]] = p[4] + 1
 end
-local claimed = redis.call('XCLAIM', stream, group, consumer, ARGV[3], unpack(ids))
+local claimed = {}
+in_slices(ids, function(slice)
+  for _, e in ipairs(redis.call('XCLAIM', stream, group, consumer, ARGV[3], unpack(slice))) do
+    claimed[#claimed + 1] = e
+  end
+end)
 local entries, counts, seen = {}, {}, {}
 for _, e in ipairs(claimed) do
   if e[2] ~= nil and e[2] ~= false then
@@ -528,11 +540,11 @@ for k = 3, #ARGV do
     lost[#lost + 1] = ARGV[k]
   end
 end
-if #mine > 0 then
-  -- XCLAIM takes its options after the ids: key group consumer min-idle id... JUSTID
-  mine[#mine + 1] = 'JUSTID'
-  redis.call('XCLAIM', stream, group, consumer, 0, unpack(mine))
-end
+-- XCLAIM takes its options after the ids: key group consumer min-idle id... JUSTID
+in_slices(mine, function(slice)
+  slice[#slice + 1] = 'JUSTID'
+  redis.call('XCLAIM', stream, group, consumer, 0, unpack(slice))
+end)
 return lost
 """
 )

@@ -30,7 +30,19 @@ from leanmq_async.exceptions import ConfigurationError, LeanMQError
 from leanmq_async.keys import QueueKeys, registry_key
 from leanmq_async.message import DeadLetterResult
 
-__all__ = ["ExpireResult", "RawEntry", "ReclaimResult", "SendOp", "SettleCall", "Store"]
+__all__ = [
+    "ExpireResult",
+    "MemoryUsage",
+    "RawEntry",
+    "ReclaimResult",
+    "SendOp",
+    "SettleCall",
+    "Store",
+]
+
+# Ids per script call where a caller passes any number (leases, requeues): bounded work
+# per call (the scripts also slice what they unpack; Lua's unpack fails at ~8,000).
+_ID_BATCH = 1000
 
 RawEntry = tuple[bytes, dict[bytes, bytes] | None]
 """A stream entry as Redis returns it: ``(stream id, fields)``; fields are None if deleted."""
@@ -103,6 +115,57 @@ class ExpireResult:
         return (
             f"<ExpireResult scanned={self.scanned} removed={self.removed} "
             f"unhandled={self.unhandled} rechecked={self.rechecked} left={self.left}>"
+        )
+
+
+class MemoryUsage:
+    """Redis memory use: bytes used, ``maxmemory`` (0: no limit) and the eviction policy."""
+
+    __slots__ = ("maxmemory", "policy", "used")
+
+    # Above this share of maxmemory, Redis is under memory pressure: a worker trims
+    # acknowledged history at once (whatever its retention) and health warns.
+    PRESSURE = 0.9
+    # Within 2 % of maxmemory: a write of any size is refused (the reply to a refusal
+    # frees its buffers, so used memory reads a little under the limit again).
+    FULL = 0.98
+
+    def __init__(self, used: int, maxmemory: int, policy: str) -> None:
+        self.used = used
+        self.maxmemory = maxmemory
+        self.policy = policy
+
+    def __repr__(self) -> str:
+        return f"<MemoryUsage {self.used}/{self.maxmemory} ({self.ratio:.0%}) {self.policy}>"
+
+    @property
+    def ratio(self) -> float:
+        """Used / maxmemory (0.0 when there is no limit)."""
+        return self.used / self.maxmemory if self.maxmemory else 0.0
+
+    @property
+    def under_pressure(self) -> bool:
+        return self.ratio >= self.PRESSURE
+
+    @property
+    def full(self) -> bool:
+        """At ``maxmemory`` with ``noeviction``: Redis refuses writes (sends, retries)."""
+        return self.ratio >= self.FULL and self.policy == "noeviction"
+
+    def advice(self) -> str:
+        """What is wrong and what to do, for a health report."""
+        state = "writes are refused (OOM)" if self.full else "writes will soon be refused"
+        return (
+            f"{self.describe()}: {state}. A running worker trims acknowledged history at once "
+            "under memory pressure (logged as trimmed_early); if memory stays high, what "
+            "remains is unhandled: run or scale workers, empty or requeue the dead-letter "
+            "queues, or raise maxmemory."
+        )
+
+    def describe(self) -> str:
+        return (
+            f"Redis uses {self.used:,} bytes, {self.ratio:.0%} of maxmemory {self.maxmemory:,} "
+            f"(policy {self.policy or '?'})"
         )
 
 
@@ -600,12 +663,17 @@ class Store:
         return replies
 
     async def requeue(self, keys: QueueKeys, dlq_group: str, ids: Sequence[str]) -> int:
+        """Requeue DLQ entries (each one atomically); one script call per ``_ID_BATCH``."""
+        moved = 0
         with translate_errors("requeue from DLQ"):
-            return int(
-                await self._requeue(
-                    keys=[keys.dlq, keys.stream, keys.expiry], args=[dlq_group, *ids]
+            for i in range(0, len(ids), _ID_BATCH):
+                batch = ids[i : i + _ID_BATCH]
+                moved += int(
+                    await self._requeue(
+                        keys=[keys.dlq, keys.stream, keys.expiry], args=[dlq_group, *batch]
+                    )
                 )
-            )
+        return moved
 
     async def move_due(self, keys: QueueKeys, limit: int = 500) -> tuple[int, int]:
         """Move due delayed entries into the stream; return ``(moved, ms to next or -1)``."""
@@ -673,9 +741,16 @@ class Store:
     async def extend_leases(
         self, stream: str, group: str, consumer: str, ids: Sequence[bytes | str]
     ) -> list[bytes]:
-        """Reset the idle time of entries still owned; return the ids whose lease was lost."""
+        """Reset the idle time of entries still owned; return the ids whose lease was lost.
+
+        Any number of ids: one script call per ``_ID_BATCH`` of them.
+        """
+        lost: list[bytes] = []
         with translate_errors("extend leases"):
-            return list(await self._extend(keys=[stream], args=[group, consumer, *ids]))
+            for i in range(0, len(ids), _ID_BATCH):
+                batch = ids[i : i + _ID_BATCH]
+                lost += await self._extend(keys=[stream], args=[group, consumer, *batch])
+        return lost
 
     async def trim(self, stream: str, max_age_ms: int) -> int:
         with translate_errors("trim"):
@@ -690,6 +765,23 @@ class Store:
         """XINFO CONSUMERS: name, pending and idle time of each consumer of ``group``."""
         with translate_errors("XINFO CONSUMERS"):
             return list(await self.client.xinfo_consumers(stream, group))
+
+    async def memory(self) -> MemoryUsage:
+        """``INFO memory``: used memory against ``maxmemory`` (on a cluster, the fullest
+        primary)."""
+        with translate_errors("INFO memory"):
+            reply: Any = await self.client.info("memory")
+        # A cluster client answers per node: {node: {field: value}}.
+        infos = [reply] if "used_memory" in reply else list(reply.values())
+        usages = [
+            MemoryUsage(
+                int(info.get("used_memory", 0)),
+                int(info.get("maxmemory", 0)),
+                str(info.get("maxmemory_policy", "")),
+            )
+            for info in infos
+        ]
+        return max(usages, key=lambda u: u.ratio)
 
     async def ping(self) -> bool:
         with translate_errors("PING"):

@@ -152,8 +152,8 @@ async def test_burst_mode_drains_everything_then_stops(mq: LeanMQ, raw: aioredis
 async def test_a_burst_worker_stopped_before_its_drain_ends_still_stops(
     mq: LeanMQ, raw: aioredis.Redis
 ) -> None:
-    # Leaving `async with mq.worker(burst=True)` early used to hang: the supervisor kept
-    # waiting for the end of a drain that the stop had cut short.
+    # Stopping a burst worker early used to hang: the supervisor kept waiting for the end
+    # of a drain that the stop had cut short. (Leaving the block waits for the drain.)
     queue = mq.queue("burst-early")
     handled: list[int] = []
     ten = anyio.Event()
@@ -169,6 +169,7 @@ async def test_a_burst_worker_stopped_before_its_drain_ends_still_stops(
     with anyio.fail_after(15):  # a hang guard, not a timing check
         async with mq.worker(burst=True, block_ms=50) as worker:
             await ten.wait()
+            worker.stop()
     assert 10 <= len(handled) < 200
     assert worker.stats.handled == len(handled)
     # What was not handled is still there for the next worker, nothing left pending.

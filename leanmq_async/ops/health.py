@@ -96,7 +96,8 @@ class HealthIssue(msgspec.Struct, kw_only=True):
 
     queue: str
     check: str
-    """``backlog``, ``dlq``, ``pending``, ``oldest_pending``, ``error`` or ``redis``."""
+    """``backlog``, ``dlq``, ``pending``, ``oldest_pending``, ``error``, ``redis`` or
+    ``memory`` (Redis above 90 % of ``maxmemory``; critical when full with ``noeviction``)."""
     level: Level
     value: float
     threshold: float | None
@@ -240,7 +241,27 @@ async def check_health(
             error=str(exc),
             thresholds=t,
         )
-    return evaluate(stats, t)
+    report = evaluate(stats, t)
+    try:
+        usage = await mq.store.memory()
+    except LeanMQError as exc:  # INFO refused (an ACL without it): reported, not fatal
+        usage = None
+        mq.log.warning("memory_check_failed", error=str(exc))
+    if usage is not None and usage.under_pressure:
+        level: Level = "critical" if usage.full else "warning"
+        report.issues.append(
+            HealthIssue(
+                queue=REDIS,
+                check="memory",
+                level=level,
+                value=round(usage.ratio, 3),
+                threshold=usage.PRESSURE,
+                message=usage.advice(),
+            )
+        )
+        report.queues[REDIS] = level
+        report.status = worst(report.queues.values())
+    return report
 
 
 # -- alerts -------------------------------------------------------------------------------

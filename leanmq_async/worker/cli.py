@@ -134,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {WorkerSettings().grace_period:g})",
     )
     parser.add_argument(
+        "--startup-timeout",
+        type=_seconds,
+        metavar="S",
+        help="seconds start-up retries while Redis is unreachable before exiting 1 "
+        f"(default: {WorkerSettings().startup_timeout:g})",
+    )
+    parser.add_argument(
         "--burst", action="store_true", help="handle what is queued (and its retries), then exit"
     )
     parser.add_argument(
@@ -327,6 +334,8 @@ def _child_argv(args: argparse.Namespace, slot: int | None = None) -> list[str]:
         argv += ["--concurrency", str(args.concurrency)]
     if args.grace_period is not None:
         argv += ["--grace-period", repr(args.grace_period)]
+    if args.startup_timeout is not None:
+        argv += ["--startup-timeout", repr(args.startup_timeout)]
     if args.burst:
         argv.append("--burst")
     if args.tracing:
@@ -467,6 +476,8 @@ def _run_single(args: argparse.Namespace) -> int:
         settings["concurrency"] = args.concurrency
     if args.grace_period is not None:
         settings["grace_period"] = args.grace_period
+    if args.startup_timeout is not None:
+        settings["startup_timeout"] = args.startup_timeout
     try:
         metrics = _metrics_of(mq, args)
         flush_tracing = _tracing_of(mq, args)

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 import anyio
 
 from leanmq_async._log import get_logger
-from leanmq_async.exceptions import LeanMQError
+from leanmq_async.exceptions import LeanMQError, RedisOperationError
 
 if TYPE_CHECKING:
     from leanmq_async.queue import Queue
-    from leanmq_async.store import Store
+    from leanmq_async.store import MemoryUsage, Store
     from leanmq_async.worker.handler import Handler
     from leanmq_async.worker.supervisor import WorkerSettings
 
@@ -63,6 +63,7 @@ class Maintenance:
         self._wake: dict[str, anyio.Event] = {}
         self.expired = 0
         self.trimmed = 0
+        self._memory_warned = False
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -71,6 +72,9 @@ class Maintenance:
             tg.start_soon(self._every, self.settings.expire_interval, self.expire_once)
             if self.settings.retention is not None:
                 tg.start_soon(self._every, self.settings.trim_interval, self.trim_once)
+                # Checked more often than the retention pass: memory pressure is urgent.
+                interval = min(self.settings.trim_interval, self.settings.expire_interval)
+                tg.start_soon(self._every, interval, self.relieve_memory_once)
             tg.start_soon(self._every, 60.0, self.housekeeping_once)
 
     async def _mover(self, queue: Queue) -> None:
@@ -142,17 +146,52 @@ class Maintenance:
         self.expired += total
         return total
 
-    async def trim_once(self) -> int:
-        """Trim acknowledged history older than ``retention``; return entries removed."""
+    async def trim_once(self, *, only_under_pressure: bool = False) -> int:
+        """Trim acknowledged history older than ``retention``; return entries removed.
+
+        Under memory pressure (Redis above 90 % of ``maxmemory``) all acknowledged history
+        is trimmed at once, whatever the retention (``trimmed_early``, with the reason):
+        with ``noeviction`` a full Redis refuses every write, sends included, so history
+        kept for an hour would keep the queue refusing messages. Entries some group has
+        not acknowledged are never trimmed. ``only_under_pressure``: do nothing otherwise.
+        """
         assert self.settings.retention is not None
         age_ms = int(self.settings.retention * 1000)
+        usage = await self._memory()
+        pressed = usage is not None and usage.under_pressure
+        if pressed:
+            age_ms = 0
+        elif only_under_pressure:
+            return 0
         total = 0
         for stream in self.queues:
             total += await self.store.trim(stream, age_ms)
-        if total:
+        if usage is not None and pressed and total:
+            self.log.warning(
+                "trimmed_early",
+                count=total,
+                reason=f"memory pressure: {usage.describe()}",
+                retention=self.settings.retention,
+            )
+        elif total:
             self.log.info("trimmed", count=total)
         self.trimmed += total
         return total
+
+    async def _memory(self) -> MemoryUsage | None:
+        """INFO memory, or None when it is refused (an ACL user without ``+info``: then
+        only the retention trims; said once)."""
+        try:
+            return await self.store.memory()
+        except RedisOperationError as exc:
+            if not self._memory_warned:
+                self._memory_warned = True
+                self.log.warning("memory_check_failed", error=str(exc))
+            return None
+
+    async def relieve_memory_once(self) -> int:
+        """Trim all acknowledged history now if Redis is under memory pressure."""
+        return await self.trim_once(only_under_pressure=True)
 
     async def housekeeping_once(self) -> None:
         """Re-measure the Redis clock; remove long-idle consumers that hold nothing."""

@@ -58,6 +58,9 @@ _TRACEBACK_LIMIT = 4000
 # How long a busy worker waits to gather a batch of free slots before a read, and of
 # finished messages before an XACK: a few ms of delay buys batched round trips.
 _LINGER = 0.002
+# Most entries one reclaim step claims (a worker with large concurrency reclaims a big
+# backlog in several steps of one scan).
+_RECLAIM_BATCH = 1000
 
 
 @dataclass(slots=True)
@@ -165,6 +168,7 @@ class HandlerRunner:
         self._ack_wakeup = anyio.Event()
         self._processors: anyio.CancelScope | None = None
         self._redis_down = False
+        self.reclaim_scans = 0  # reclaim intervals begun (tests count them)
         self.drained = anyio.Event()
         # Called after a retry is scheduled (the worker wakes its delayed-message mover).
         self.on_scheduled: Callable[[str], None] = lambda stream: None
@@ -262,6 +266,12 @@ class HandlerRunner:
         n, self._free = self._free, 0
         return n
 
+    async def _reserve_batch(self, *, reclaiming: bool = False) -> int:
+        """Reserve free slots for one reclaim step: at most ``_RECLAIM_BATCH``."""
+        n = await self._reserve(reclaiming=reclaiming)
+        self._release(max(0, n - _RECLAIM_BATCH))
+        return min(n, _RECLAIM_BATCH)
+
     def _release(self, n: int) -> None:
         if n:
             self._free += n
@@ -290,7 +300,7 @@ class HandlerRunner:
         """At start, handle what this consumer name still holds from a previous run."""
         start = "-"
         while not self._stop.is_set():
-            n = await self._reserve()
+            n = await self._reserve_batch()
             if n == 0:
                 return
             try:
@@ -373,13 +383,21 @@ class HandlerRunner:
         return not await self.store.range(self.stream, f"({last}", "+", 1)
 
     async def _reclaim_loop(self) -> None:
+        """Every interval, scan the pending list for entries idle past the lease.
+
+        A scan goes on while there is more (bounded batches, as free slots allow), so a
+        large idle backlog (say after Redis refused writes for a while) is taken back in
+        one scan, not ``concurrency`` entries per interval.
+        """
         interval = self.settings.reclaim_interval or min(5.0, self.lease_ms / 2000)
         start = "-"
         while True:
-            await self._pause(interval)
+            if start == "-":
+                await self._pause(interval)
+                self.reclaim_scans += 1
             if self._stop.is_set():
                 return
-            n = await self._reserve(reclaiming=True)
+            n = await self._reserve_batch(reclaiming=True)
             if n == 0:
                 return
             try:
@@ -389,6 +407,7 @@ class HandlerRunner:
             except LeanMQError as exc:
                 self._release(n)
                 self.log.warning("reclaim_failed", error=str(exc))
+                start = "-"
                 continue
             start = found.next_start or "-"
             # An entry this worker is still handling (its lease ran out while Redis was

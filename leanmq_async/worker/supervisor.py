@@ -5,8 +5,13 @@ Run it three ways:
 * ``await worker.serve()`` (or ``await mq.run_worker()``) until cancelled or ``stop()``;
   with ``await task_group.start(worker.serve)`` it returns once groups exist and loops run;
 * ``async with mq.worker():`` around an application's lifetime (FastAPI lifespan, aiohttp
-  cleanup_ctx): the worker runs in the background of the block;
+  cleanup_ctx): the worker runs in the background of the block; with ``burst=True``
+  leaving the block waits for the drain, like ``run_worker(burst=True)``;
 * ``leanmq-worker app:mq`` (see :mod:`leanmq_async.worker.cli`), which adds signals.
+
+Start-up (groups, clock, scripts) is retried while Redis is unreachable, for
+``startup_timeout`` seconds (``worker_start_retry``); then ``worker_start_failed`` and the
+error is raised (the CLI exits 1).
 
 Shutdown, whether by :meth:`Worker.stop` or by cancellation: no new reads; in-flight
 handlers get ``grace_period`` seconds to finish; the rest are cancelled and their messages
@@ -26,7 +31,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from leanmq_async._log import get_logger
-from leanmq_async.exceptions import ConfigurationError, LeanMQError
+from leanmq_async.exceptions import ConfigurationError, LeanMQConnectionError, LeanMQError
 from leanmq_async.worker.maintenance import Maintenance
 from leanmq_async.worker.runner import HandlerRunner, RunnerStats
 from leanmq_async.worker.watchdog import LoopWatchdog
@@ -51,7 +56,11 @@ class WorkerSettings:
     expire_interval, trim_interval: seconds between expiry and retention passes.
     retention: seconds of acknowledged history kept in a stream (None: keep all).
     dead_consumer_idle: seconds after which an idle consumer holding nothing is removed.
-    burst: handle what is there (including retries), then stop.
+    burst: handle what is there (including retries), then stop. Leaving an
+        ``async with mq.worker(burst=True):`` block waits for that drain, as
+        ``run_worker(burst=True)`` does; ``stop()`` ends it early.
+    startup_timeout: seconds start-up keeps retrying while Redis is unreachable (a lost
+        reply, Redis down or restarting) before it gives up (``worker_start_failed``).
     concurrency: overrides every handler's concurrency (the CLI's ``--concurrency``).
     observers: instrumentation told about every settled message (metrics, tracing); see
         :mod:`leanmq_async.worker.observer`. Empty: no cost.
@@ -73,6 +82,7 @@ class WorkerSettings:
     concurrency: int | None = None
     observers: tuple[Any, ...] = ()
     loop_block_threshold: float | None = 1.0
+    startup_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         observers: Any = self.observers  # a list is accepted too: stored as a tuple
@@ -89,6 +99,7 @@ class WorkerSettings:
             "expire_interval",
             "trim_interval",
             "dead_consumer_idle",
+            "startup_timeout",
         ):
             if getattr(self, name) < 0:
                 raise ConfigurationError(f"worker setting {name} must be >= 0")
@@ -101,6 +112,10 @@ class WorkerSettings:
             raise ConfigurationError(
                 "loop_block_threshold must be a number of seconds > 0, or None (no watchdog)"
             )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Worker:
@@ -213,25 +228,69 @@ class Worker:
         # keep every entry from being trimmed and show as a growing backlog.
         for base in sorted({h.queue.base_name for h in self.handlers}):
             queue = mq.queue(base)
+            dlq = queue.dead_letter_queue()
+            # Only when missing: a Redis at maxmemory (noeviction) refuses even writes that
+            # change nothing, and a worker must be able to start there to drain it.
+            if await mq.store.queue_exists(queue.keys, dlq.stream):
+                continue
             await mq.store.create_queue(
                 mq.prefix,
                 queue.keys,
                 queue.consumer_group,
-                queue.dead_letter_queue().consumer_group,
+                dlq.consumer_group,
                 create_group=False,
             )
-        await mq.store.ensure_groups(
-            [h.queue.stream for h in self.handlers], [h.group for h in self.handlers]
-        )
+        wanted = {(h.queue.stream, h.group): h.queue.keys for h in self.handlers}
+        infos = await mq.store.stream_infos([(s, keys) for (s, _), keys in wanted.items()])
+        missing = [
+            pair
+            for pair, info in zip(wanted, infos, strict=True)
+            if pair[1] not in {_text(g["name"]) for g in info["groups"]}
+        ]
+        if missing:
+            await mq.store.ensure_groups([s for s, _ in missing], [g for _, g in missing])
         await mq.store.sync_clock()
         await mq.store.load_scripts()
 
+    async def _start(self) -> None:
+        """:meth:`_startup`, retrying while Redis is unreachable, for ``startup_timeout``.
+
+        Every step is idempotent (groups and metadata are created only if missing), so a
+        step whose reply was lost is simply run again. Returns early on :meth:`stop`.
+        """
+        timeout = self.settings.startup_timeout
+        deadline = anyio.current_time() + timeout
+        attempt, pause = 0, 0.1
+        while True:
+            attempt += 1
+            try:
+                await self._startup()
+                return
+            except LeanMQConnectionError as exc:
+                left = deadline - anyio.current_time()
+                if left <= 0:
+                    self.log.error(
+                        "worker_start_failed",
+                        error=str(exc),
+                        attempts=attempt,
+                        reason=f"Redis stayed unreachable for startup_timeout={timeout:g}s",
+                    )
+                    raise
+                wait = min(pause, left)
+                self.log.warning(
+                    "worker_start_retry", attempt=attempt, error=str(exc), retry_in=round(wait, 3)
+                )
+                with anyio.move_on_after(wait):
+                    await self._stop.wait()
+                if self._stop.is_set():
+                    return
+                pause = min(2.0, pause * 2)
+            except LeanMQError as exc:
+                self.log.error("worker_start_failed", error=str(exc), attempts=attempt)
+                raise
+
     async def _run(self, task_status: TaskStatus[Worker]) -> None:
-        try:
-            await self._startup()
-        except LeanMQError as exc:
-            self.log.error("worker_start_failed", error=str(exc))
-            raise
+        await self._start()
         if self._stop.is_set():
             task_status.started(self)
             return
@@ -271,8 +330,8 @@ class Worker:
             watchdog.cancel()
 
     async def _stop_when_burst_done(self, scope: anyio.CancelScope) -> None:
-        # In `scope`, cancelled once shut down: a burst worker stopped (stop(), or the
-        # `async with` block ending) before its drain is done must not wait for that.
+        # In `scope`, cancelled once shut down: a burst worker stopped (stop(), or an
+        # error leaving its `async with` block) before its drain is done must not wait.
         with scope:
             for runner in self.runners:
                 await runner.burst_done.wait()
@@ -313,6 +372,9 @@ class Worker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        self.stop()
+        # A burst worker's block ends in its drain (as run_worker(burst=True) does): it
+        # stops itself once everything queued is handled. An error in the block stops it.
+        if not self.settings.burst or exc_type is not None:
+            self.stop()
         assert self._tg is not None
         return await self._tg.__aexit__(exc_type, exc, tb)

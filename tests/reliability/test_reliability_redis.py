@@ -403,7 +403,7 @@ async def test_case20_idle_queue_for_ten_minutes(
 
 # The commands the library sends (directly or from its scripts), and nothing else.
 LIBRARY_COMMANDS = (
-    *("ping", "time", "evalsha", "script|load", "type", "exists", "del"),
+    *("ping", "time", "evalsha", "script|load", "type", "exists", "del", "info"),
     *("xadd", "xreadgroup", "xack", "xclaim", "xpending", "xrange", "xlen", "xdel", "xtrim"),
     *("xinfo|groups", "xinfo|consumers", "xinfo|stream", "xgroup|create", "xgroup|delconsumer"),
     *("hsetnx", "hset", "hget", "hdel", "hgetall", "sadd", "srem", "smembers"),
