@@ -32,7 +32,7 @@ async def test_send_move_to_dlq_and_requeue_10000_ids(mq: LeanMQ, raw: aioredis.
     ids = await queue.send_messages(list(range(MANY)), ttl=600)
     assert len(ids) == MANY
     assert await _pending_for(raw, queue.stream, queue.consumer_group, "gone") == ids
-    assert await queue.move_to_dlq(ids, "bulk move") == MANY
+    assert len(await queue.move_to_dlq(ids, "bulk move")) == MANY
     assert await pending_count(raw, queue.stream, queue.consumer_group) == 0
     dlq_ids = [sid.decode() for sid, _ in await raw.xrange(dlq.stream)]
     assert len(dlq_ids) == MANY
