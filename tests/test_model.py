@@ -41,7 +41,7 @@ from leanmq_async.exceptions import MessageDecodeError
 from leanmq_async.queue import Queue
 from leanmq_async.reading import dead_letter_info
 from leanmq_async.testing import RedisServer
-from tests.model_ref import EXPIRED, OPEN, DeadLetter, Entry, Model
+from tests.model_ref import EXPIRED, OPEN, Entry, Model
 
 # Items of issue 11 whose fixes are on other branches, not merged here yet. While an item
 # is listed, the rule that would run into it is held back (its xfail regression test at
@@ -71,9 +71,7 @@ settings.register_profile(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-settings.register_profile(
-    "model-slow", settings.get_profile("model-ci"), max_examples=4000
-)
+settings.register_profile("model-slow", settings.get_profile("model-ci"), max_examples=4000)
 
 
 def _k_of(fields: dict[bytes, bytes] | None) -> tuple[int | None, Any]:
@@ -195,7 +193,9 @@ class QueueMachine(RuleBasedStateMachine):
         for k, _ in items:
             self.model.send("q", k, ttl * S, delay * S)
 
-    @rule(sends=st.lists(st.tuples(st.sampled_from(["q", "r"]), TTLS, DELAYS), min_size=1, max_size=4))
+    @rule(
+        sends=st.lists(st.tuples(st.sampled_from(["q", "r"]), TTLS, DELAYS), min_size=1, max_size=4)
+    )
     def transaction(self, sends: list[tuple[str, int, int]]) -> None:
         plan = []
         for qname, ttl, delay in sends:
@@ -289,16 +289,17 @@ class QueueMachine(RuleBasedStateMachine):
         else:
             item = (d.sid, "rejected", "Reject", "", d.entry.attempts + 1)
             call = store.dead_letter_call(queue.keys, d.group, d.consumer, queue.name, item)
-            expected = self.model.dead_letter(
-                d.queue, d.group, d.consumer, d.entry.seq, "rejected"
-            )
+            expected = self.model.dead_letter(d.queue, d.group, d.consumer, d.entry.seq, "rejected")
         (result,) = self.run(store.settle_many([call]))
         assert result == expected, f"{outcome} of {d.sid} ({d.queue}/{d.group}): {result!r}"
 
     # -- user calls ----------------------------------------------------------------------
 
     @precondition(lambda self: any(self.model.queues["q"].stream))
-    @rule(group=st.sampled_from([DEF, "B"]), picks=st.lists(st.integers(0, 50), min_size=1, max_size=3))
+    @rule(
+        group=st.sampled_from([DEF, "B"]),
+        picks=st.lists(st.integers(0, 50), min_size=1, max_size=3),
+    )
     def move_to_dlq(self, group: str, picks: list[int]) -> None:
         mq = self.model.queues["q"]
         if 5 in self.known_bugs:
@@ -375,7 +376,7 @@ class QueueMachine(RuleBasedStateMachine):
         claimed, missing = self.model.reclaim(qname, group, dead, rescuer)
         assert [_k_of(f)[0] for _, f in found.entries] == [e.k for e in claimed]
         assert len(found.missing) == missing
-        for (raw_sid, fields), e in zip(found.entries, claimed, strict=True):
+        for (raw_sid, _fields), e in zip(found.entries, claimed, strict=True):
             sid = raw_sid.decode()
             assert sid == e.sid, "reclaimed another entry"
             if e.x is not None and e.x <= self.model.now:
@@ -422,7 +423,9 @@ class QueueMachine(RuleBasedStateMachine):
             real = []
             for _, fields in stream:
                 k, entry = _k_of(fields)
-                real.append((k, entry.target_group, entry.attempts, entry.expires_at_ms is not None))
+                real.append(
+                    (k, entry.target_group, entry.attempts, entry.expires_at_ms is not None)
+                )
             want = [(e.k, e.target, e.attempts, e.x is not None) for e in qm.stream.values()]
             assert real == want, f"stream {qname}: redis {real}, model {want}"
             for (sid, _), e in zip(stream, qm.stream.values(), strict=True):
@@ -498,7 +501,67 @@ class QueueMachine(RuleBasedStateMachine):
 
 
 @pytest.mark.timeout(3600)
-def test_delivery_semantics_model(redis_server: RedisServer, request: pytest.FixtureRequest) -> None:
+def test_delivery_semantics_model(
+    redis_server: RedisServer, request: pytest.FixtureRequest
+) -> None:
     QueueMachine.url = redis_server.url
     profile = "model-slow" if request.config.getoption("--slow") else "model-ci"
     run_state_machine_as_test(QueueMachine, settings=settings.get_profile(profile))
+
+
+# -- regression tests: shrunk sequences of the state machine ---------------------------
+# Each was found by the machine with its item taken out of KNOWN_BUGS; the lead removes
+# the xfail mark when the item's branch is merged (strict: an unexpected pass fails).
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(strict=True, reason="issue 11 item 5: fixed on branch api (move_to_dlq)")
+async def test_move_to_dlq_of_an_undelivered_id_does_not_move_it(mq: LeanMQ) -> None:
+    """transaction(q) -> move_to_dlq([id]) by q-group: it was never delivered, so no move."""
+    q, dlq = await mq.create_queue_pair("q")
+    (sid,) = await q.send_messages([{"k": 1}])
+    result = await q.move_to_dlq([sid], "moved")
+    assert _moved_count(result) == 0
+    assert await dlq.peek_messages() == []
+    assert [m.data for m in await q.get_messages(1)] == [{"k": 1}]
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(strict=True, reason="issue 11 item 2: fixed on branch expiry (DLQ group)")
+async def test_expiry_pass_dead_letters_once_per_group_with_its_name(mq: LeanMQ) -> None:
+    """send(q, ttl=15) -> 20 s pass -> expiry pass "dlq": one DLQ entry per group (2 groups)."""
+    q, dlq = await mq.create_queue_pair("q")
+    await mq.store.ensure_groups([q.stream], ["B"])
+    await q.send_message({"k": 1}, ttl=15)
+    mq.store.clock_shift_ms = 20_000
+    await mq.process_expired_messages(policy="dlq")
+    dead = await dlq.peek_messages()
+    assert sorted((m.data, m.dead_letter.group) for m in dead if m.dead_letter) == [
+        ({"k": 1}, "B"),
+        ({"k": 1}, "q-group"),
+    ]
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(strict=True, reason="issue 11 item 6: fixed on branch api (delayed reads)")
+async def test_a_due_delayed_message_is_read_without_a_worker(mq: LeanMQ) -> None:
+    """send(q, delay=5) -> 10 s pass -> get_messages returns it (no move_due call)."""
+    q, _ = await mq.create_queue_pair("q")
+    await q.send_message({"k": 1}, delay=5)
+    mq.store.clock_shift_ms = 10_000
+    assert [m.data for m in await q.get_messages(1)] == [{"k": 1}]
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(strict=True, reason="issue 11 item 1: fixed on branch expiry (pending entries)")
+async def test_expiry_pass_leaves_a_delivered_message_to_its_handler(mq: LeanMQ) -> None:
+    """transaction(r, ttl=15) -> read -> 20 s pass -> expiry pass "drop": the entry is
+    pending (its handler runs), so it stays, and the handler's ack then counts."""
+    r, _ = await mq.create_queue_pair("r")
+    async with mq.transaction() as tx:
+        tx.send_message(r, {"k": 1}, ttl=15)
+    (message,) = await r.get_messages(1)
+    mq.store.clock_shift_ms = 20_000
+    assert await mq.process_expired_messages(policy="drop") == 0
+    assert (await r.get_info()).pending_messages == 1
+    assert await r.acknowledge_messages([message.id]) == 1
