@@ -254,14 +254,6 @@ class Model:
             removed += 1
         return removed
 
-    def expired_pending(self, qname: str) -> bool:
-        """Is an expired entry pending in some group (the case of issue 11 item 1)?"""
-        q = self.queues[qname]
-        return any(
-            x <= self.now and seq in q.stream and q.pending_anywhere(seq)
-            for seq, x in q.expiry.items()
-        )
-
     def trim(self, qname: str, max_age_ms: int) -> int:
         """Stream ids follow the real clock: entries are all 'now' to it, so either every
         entry is older than ``max_age`` (the model clock passed it) or none is."""

@@ -43,18 +43,6 @@ from leanmq_async.reading import dead_letter_info
 from leanmq_async.testing import RedisServer
 from tests.model_ref import EXPIRED, OPEN, Entry, Model
 
-# Items of issue 11 whose fixes are on other branches, not merged here yet. While an item
-# is listed, the rule that would run into it is held back (its xfail regression test at
-# the end of this file shows the violation). After merging a fix, remove its item here
-# and the xfail mark of its regression test.
-#   1: the expiry pass touches entries pending in a group (handled *and* expired)
-#   2: the expiry pass dead-letters with group '' (policy "dlq" held back)
-#   5: move_to_dlq moves ids that are not pending (only pending ids are moved)
-#   6: get_messages never moves due delayed entries (the read rule runs move_due first)
-#   "delay>=ttl": SEMANTICS refuses delay >= ttl (ConfigurationError); not one of the 15
-#   items, accepted today (found by the model, see the regression test at the end)
-KNOWN_BUGS: frozenset[int | str] = frozenset({1, 2, 5, 6, "delay>=ttl"})
-
 DEF = "q-group"
 GROUPS = {"q": [DEF, "B"], "r": ["r-group"]}
 READERS = [("q", DEF), ("q", "B"), ("r", "r-group")]
@@ -111,7 +99,6 @@ class QueueMachine(RuleBasedStateMachine):
     """One example: a fresh key prefix on the session's redis-server, one event loop."""
 
     url = ""
-    known_bugs: frozenset[int | str] = KNOWN_BUGS
 
     def __init__(self) -> None:
         super().__init__()
@@ -167,12 +154,9 @@ class QueueMachine(RuleBasedStateMachine):
     )
     def send(self, qname: str, ttl: int, delay: int, with_mid: bool, with_headers: bool) -> None:
         if ttl and delay >= ttl:
-            if "delay>=ttl" in self.known_bugs:
-                delay = 0
-            else:
-                with pytest.raises(ConfigurationError):
-                    self.run(self.queues[qname].send_message({"k": 0}, ttl=ttl, delay=delay))
-                return
+            with pytest.raises(ConfigurationError):
+                self.run(self.queues[qname].send_message({"k": 0}, ttl=ttl, delay=delay))
+            return
         k, payload = self._payload(with_mid, with_headers)
         sid = self.run(
             self.queues[qname].send_message(
@@ -236,9 +220,6 @@ class QueueMachine(RuleBasedStateMachine):
     def read(self, reader: tuple[str, str], consumer: str, count: int) -> None:
         qname, group = reader
         queue = self.readers[reader]
-        if 6 in self.known_bugs:
-            # Item 6: get_messages does not move due entries yet; a worker's mover would.
-            self.run(self.mq.store.move_due(queue.keys))
         self.model.move_due(qname)
         got = self.run(queue.get_messages(count, consumer_id=consumer))
         expected = self.model.read(qname, group, consumer, count)
@@ -309,11 +290,7 @@ class QueueMachine(RuleBasedStateMachine):
     )
     def move_to_dlq(self, group: str, picks: list[int]) -> None:
         mq = self.model.queues["q"]
-        if 5 in self.known_bugs:
-            # Item 5: only ids pending in the group, until a move of others is refused.
-            pool = [mq.stream[s] for s in mq.pending[group] if s in mq.stream]
-        else:
-            pool = list(mq.stream.values())
+        pool = list(mq.stream.values())
         if not pool:
             return
         chosen = list(dict.fromkeys(pool[p % len(pool)].seq for p in picks))
@@ -348,10 +325,6 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(policy=st.sampled_from(["drop", "dlq"]))
     def expiry_pass(self, policy: str) -> None:
-        if 2 in self.known_bugs and policy == "dlq":
-            policy = "drop"  # item 2: the pass dead-letters with group ''
-        if 1 in self.known_bugs and any(self.model.expired_pending(q) for q in GROUPS):
-            return  # item 1: the pass acks and deletes entries pending in a group
         n = self.run(self.mq.process_expired_messages(policy=policy))
         assert n == sum(self.model.expire(q, policy) for q in GROUPS), "expired count"
 
@@ -517,14 +490,13 @@ def test_delivery_semantics_model(
 
 
 # -- regression tests: shrunk sequences of the state machine ---------------------------
-# Each was found by the machine with its item taken out of KNOWN_BUGS; the lead removes
-# the xfail mark when the item's branch is merged (strict: an unexpected pass fails).
+# Each was found by the machine on the code before issue 11's fixes (each failed then).
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(strict=True, reason="issue 11 item 5: fixed on branch api (move_to_dlq)")
 async def test_move_to_dlq_of_an_undelivered_id_does_not_move_it(mq: LeanMQ) -> None:
-    """transaction(q) -> move_to_dlq([id]) by q-group: it was never delivered, so no move."""
+    """Issue 11 item 5. transaction(q) -> move_to_dlq([id]) by q-group: it was never
+    delivered, so no move."""
     q, dlq = await mq.create_queue_pair("q")
     (sid,) = await q.send_messages([{"k": 1}])
     result = await q.move_to_dlq([sid], "moved")
@@ -534,9 +506,9 @@ async def test_move_to_dlq_of_an_undelivered_id_does_not_move_it(mq: LeanMQ) -> 
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(strict=True, reason="issue 11 item 2: fixed on branch expiry (DLQ group)")
 async def test_expiry_pass_dead_letters_once_per_group_with_its_name(mq: LeanMQ) -> None:
-    """send(q, ttl=15) -> 20 s pass -> expiry pass "dlq": one DLQ entry per group (2 groups)."""
+    """Issue 11 item 2. send(q, ttl=15) -> 20 s pass -> expiry pass "dlq": one DLQ entry
+    per group (2 groups)."""
     q, dlq = await mq.create_queue_pair("q")
     await mq.store.ensure_groups([q.stream], ["B"])
     await q.send_message({"k": 1}, ttl=15)
@@ -550,9 +522,9 @@ async def test_expiry_pass_dead_letters_once_per_group_with_its_name(mq: LeanMQ)
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(strict=True, reason="issue 11 item 6: fixed on branch api (delayed reads)")
 async def test_a_due_delayed_message_is_read_without_a_worker(mq: LeanMQ) -> None:
-    """send(q, delay=5) -> 10 s pass -> get_messages returns it (no move_due call)."""
+    """Issue 11 item 6. send(q, delay=5) -> 10 s pass -> get_messages returns it (no
+    move_due call)."""
     q, _ = await mq.create_queue_pair("q")
     await q.send_message({"k": 1}, delay=5)
     mq.store.clock_shift_ms = 10_000
@@ -560,10 +532,9 @@ async def test_a_due_delayed_message_is_read_without_a_worker(mq: LeanMQ) -> Non
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(strict=True, reason="issue 11 item 1: fixed on branch expiry (pending entries)")
 async def test_expiry_pass_leaves_a_delivered_message_to_its_handler(mq: LeanMQ) -> None:
-    """transaction(r, ttl=15) -> read -> 20 s pass -> expiry pass "drop": the entry is
-    pending (its handler runs), so it stays, and the handler's ack then counts."""
+    """Issue 11 item 1. transaction(r, ttl=15) -> read -> 20 s pass -> expiry pass "drop":
+    the entry is pending (its handler runs), so it stays, and the handler's ack then counts."""
     r, _ = await mq.create_queue_pair("r")
     async with mq.transaction() as tx:
         tx.send_message(r, {"k": 1}, ttl=15)
@@ -575,11 +546,9 @@ async def test_expiry_pass_leaves_a_delivered_message_to_its_handler(mq: LeanMQ)
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True, reason="SEMANTICS 'delay >= ttl is refused': not one of the 15 items; no fix yet"
-)
 async def test_a_send_that_would_expire_before_it_is_visible_is_refused(mq: LeanMQ) -> None:
-    """send(q, ttl=15, delay=15): refused, nothing written."""
+    """Found by the model (SEMANTICS: delay >= ttl is refused). send(q, ttl=15,
+    delay=15): refused, nothing written."""
     q, _ = await mq.create_queue_pair("q")
     with pytest.raises(ConfigurationError):
         await q.send_message({"k": 1}, ttl=15, delay=15)
