@@ -26,7 +26,7 @@ from leanmq_async import (
 )
 from leanmq_async.testing import find_redis_server
 from leanmq_async.testing_cluster import RedisSentinelSet
-from tests.worker_apps.common import wait_until
+from tests.worker_apps.common import events, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -47,10 +47,6 @@ def sentinel_set() -> Iterator[RedisSentinelSet]:
 async def smq(sentinel_set: RedisSentinelSet, prefix: str) -> AsyncIterator[LeanMQ]:
     async with LeanMQ(sentinel_set.url, prefix=prefix) as client:
         yield client
-
-
-def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.msg == name]
 
 
 async def send_all(queue: Any, items: Iterable[int], errors: list[BaseException]) -> None:

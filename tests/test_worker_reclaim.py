@@ -19,6 +19,7 @@ from leanmq_async import LeanMQ, Message, Reject
 from leanmq_async.testing import RedisServer
 from tests.worker_apps.common import (
     app_env,
+    events,
     log_tail,
     pending_count,
     settled,
@@ -29,10 +30,6 @@ from tests.worker_apps.common import (
 pytestmark = pytest.mark.anyio
 
 FAST = {"block_ms": 100, "maintenance_interval": 0.05, "grace_period": 5.0}
-
-
-def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.msg == name]
 
 
 async def test_killed_workers_messages_are_handled_by_another_after_the_lease(

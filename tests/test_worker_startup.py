@@ -15,13 +15,9 @@ from leanmq_async import ConnectionSettings, LeanMQ, Message
 from leanmq_async.testing import RedisServer, free_port
 from tests.reliability.proxy import Proxy
 from tests.test_cli import APPS, WorkerProcess
-from tests.worker_apps.common import settled, wait_until
+from tests.worker_apps.common import events, settled, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.msg == name]
 
 
 async def test_leaving_a_burst_worker_block_waits_for_the_drain(

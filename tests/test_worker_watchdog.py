@@ -17,6 +17,7 @@ from leanmq_async import ConfigurationError, LeanMQ
 from leanmq_async.testing import RedisServer
 from tests.worker_apps.common import (
     app_env,
+    events,
     list_items,
     log_tail,
     settled,
@@ -27,10 +28,6 @@ from tests.worker_apps.common import (
 pytestmark = pytest.mark.anyio
 
 FAST = {"block_ms": 100, "maintenance_interval": 0.05, "grace_period": 5.0}
-
-
-def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.msg == name]
 
 
 async def test_blocked_loop_is_reported_with_the_handler(

@@ -7,6 +7,7 @@ repository root. Each reads its Redis URL and key prefix from the environment
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
+import pytest
 import redis.asyncio as aioredis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +50,11 @@ def start_app(name: str, env: Mapping[str, str], log: Path) -> subprocess.Popen[
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    """The log records of the structlog event ``name`` captured so far."""
+    return [r for r in caplog.records if r.msg == name]
 
 
 def log_tail(log: Path, chars: int = 3000) -> str:
