@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 OPEN, HANDLED, DLQ, EXPIRED, REMOVED = "open", "handled", "dlq", "expired", "removed"
 
 
+# process_expired_messages' default recheck interval (Store.expire's recheck_ms).
+EXPIRY_RECHECK_MS = 1000
+
+
 @dataclass
 class Entry:
     """A stream entry (or a delayed one, before it is due)."""
@@ -243,6 +247,9 @@ class Model:
                 del q.expiry[seq]
                 continue
             if q.pending_anywhere(seq):
+                # Left to its consumer, looked at again a recheck interval later (the
+                # index is re-scored so pending entries never block the scan).
+                q.expiry[seq] = self.now + EXPIRY_RECHECK_MS
                 continue
             for g in q.aimed(e):
                 if e.seq > q.cursor[g]:

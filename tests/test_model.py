@@ -553,3 +553,25 @@ async def test_a_send_that_would_expire_before_it_is_visible_is_refused(mq: Lean
     with pytest.raises(ConfigurationError):
         await q.send_message({"k": 1}, ttl=15, delay=15)
     assert (await q.get_info()).delayed_messages == 0
+
+
+@pytest.mark.anyio
+async def test_an_expired_message_handled_by_one_group_expires_for_the_other_later(
+    mq: LeanMQ,
+) -> None:
+    """Found by the model's slow budget (its reference had no recheck interval): send(q,
+    ttl=15) -> read by q-group -> 20 s pass -> expiry pass (pending: left, re-checked
+    later) -> handler acks -> expiry pass before the recheck: nothing -> after it: expired
+    for group B only, which never received it."""
+    q, dlq = await mq.create_queue_pair("q")
+    await mq.store.ensure_groups([q.stream], ["B"])
+    await q.send_message({"k": 1}, ttl=15)
+    (message,) = await q.get_messages(1)
+    mq.store.clock_shift_ms = 20_000
+    assert await mq.process_expired_messages(policy="dlq") == 0
+    assert await q.acknowledge_messages([message.id]) == 1
+    assert await mq.process_expired_messages(policy="dlq") == 0
+    mq.store.clock_shift_ms = 30_000
+    assert await mq.process_expired_messages(policy="dlq") == 1
+    dead = await dlq.peek_messages()
+    assert [(m.data, m.dead_letter.group) for m in dead if m.dead_letter] == [({"k": 1}, "B")]
