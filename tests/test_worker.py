@@ -470,3 +470,30 @@ async def test_housekeeping_removes_dead_consumers_holding_nothing(
     (holder,) = await raw.xinfo_consumers(queue.stream, group)
     assert holder["pending"] == 1
     assert await pending_count(raw, queue.stream, group) == 1
+
+
+async def test_a_read_waiting_for_slots_is_not_ended_by_a_reclaim_taking_them(mq: LeanMQ) -> None:
+    """Found by reliability case 16 under load: the fetch loop lingered for a batch of free
+    slots, the reclaim loop took them meanwhile, and the fetch loop got 0 (which means
+    "stopping") and ended for good: the worker read nothing more and logged nothing."""
+    queue = mq.queue("slots")
+
+    @queue.handler(concurrency=8)
+    async def handle(data: Any) -> None:
+        pass
+
+    runner = mq.worker().runners[0]
+    runner._free = 1  # one free slot: the fetch loop lingers for a batch of 2
+    got: list[int] = []
+    async with anyio.create_task_group() as tg:
+
+        async def fetch() -> None:
+            got.append(await runner._reserve(batch=2))
+
+        tg.start_soon(fetch)
+        await anyio.sleep(0)  # the fetch loop is lingering now
+        assert await runner._reserve(reclaiming=True) == 1  # the reclaim loop takes it
+        await anyio.sleep(0.05)  # past the linger
+        assert got == []  # still waiting: 0 would mean "stop"
+        runner._release(3)
+    assert got == [3]

@@ -243,28 +243,33 @@ class HandlerRunner:
         wakes them all. The reclaim loop goes first: the fetch loop gives its slots back
         after each read and would otherwise take them again at once, starving reclaims.
         """
-        if reclaiming:
-            self._reclaim_waiting = True
-        try:
-            while not self._stop.is_set() and (
-                self._free == 0 or (self._reclaim_waiting and not reclaiming)
-            ):
-                if self._slot_freed.is_set():
-                    self._slot_freed = anyio.Event()
-                await self._slot_freed.wait()
-        finally:
+        while True:
             if reclaiming:
-                self._reclaim_waiting = False
-        if self._free < batch and not self._stop.is_set():
-            with anyio.move_on_after(_LINGER):
-                while self._free < batch and not self._stop.is_set():
+                self._reclaim_waiting = True
+            try:
+                while not self._stop.is_set() and (
+                    self._free == 0 or (self._reclaim_waiting and not reclaiming)
+                ):
                     if self._slot_freed.is_set():
                         self._slot_freed = anyio.Event()
                     await self._slot_freed.wait()
-        if self._stop.is_set():
-            return 0
-        n, self._free = self._free, 0
-        return n
+            finally:
+                if reclaiming:
+                    self._reclaim_waiting = False
+            if self._free < batch and not self._stop.is_set():
+                with anyio.move_on_after(_LINGER):
+                    while self._free < batch and not self._stop.is_set():
+                        if self._slot_freed.is_set():
+                            self._slot_freed = anyio.Event()
+                        await self._slot_freed.wait()
+            if self._stop.is_set():
+                return 0
+            # Another loop (the reclaim loop goes first) may have taken every free slot
+            # while this one lingered: wait again, never return 0 unless stopping (0 ends
+            # the caller's loop for good).
+            if self._free:
+                n, self._free = self._free, 0
+                return n
 
     async def _reserve_batch(self, *, reclaiming: bool = False) -> int:
         """Reserve free slots for one reclaim step: at most ``_RECLAIM_BATCH``."""
