@@ -491,7 +491,7 @@ async def test_a_read_waiting_for_slots_is_not_ended_by_a_reclaim_taking_them(mq
             got.append(await runner._reserve(batch=2))
 
         tg.start_soon(fetch)
-        await anyio.sleep(0)  # the fetch loop is lingering now
+        await anyio.lowlevel.checkpoint()  # the fetch loop is lingering now
         assert await runner._reserve(reclaiming=True) == 1  # the reclaim loop takes it
         await anyio.sleep(0.05)  # past the linger
         assert got == []  # still waiting: 0 would mean "stop"
