@@ -74,7 +74,7 @@ import contextvars
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 import redis.asyncio as aioredis
@@ -94,9 +94,7 @@ from leanmq_async.connection import (
     url_auth,
 )
 from leanmq_async.exceptions import ConfigurationError, LeanMQError
-
-if TYPE_CHECKING:
-    from leanmq_async.store import SendOp
+from leanmq_async.store_types import SendOp
 
 __all__ = [
     "CLUSTER_SCHEMES",

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -46,18 +45,6 @@ class DeadLetterResult(msgspec.Struct, kw_only=True):
 
     def __len__(self) -> int:
         return len(self.moved)
-
-    @classmethod
-    def from_reply(cls, ids: Sequence[str], reply: Sequence[bytes | str]) -> DeadLetterResult:
-        """Parse the per-id status list of :data:`leanmq_async.scripts.DEAD_LETTER`."""
-        result = cls()
-        for sid, raw in zip(ids, reply, strict=True):
-            status = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if status == "moved":
-                result.moved.append(sid)
-            else:
-                result.not_moved[sid] = status
-        return result
 
 
 class Message(msgspec.Struct, Generic[T], kw_only=True):

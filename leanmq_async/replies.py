@@ -1,0 +1,259 @@
+"""Script replies as typed values: one parser per script of :mod:`leanmq_async.scripts`.
+
+Each ``parse_<script>`` checks the reply's shape against the contract at the top of
+``leanmq_async/lua/<script>.lua`` and returns a typed value, so no caller slices a raw
+reply. A reply of the wrong shape (a server running another version of a script) raises
+:class:`ScriptReplyError`, naming the script and what was expected.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from leanmq_async.exceptions import LeanMQError
+from leanmq_async.message import DeadLetterResult
+from leanmq_async.store_types import RawEntry
+
+__all__ = [
+    "ExpireReadStatus",
+    "ExpireResult",
+    "MoveDueResult",
+    "ReclaimResult",
+    "RetryStatus",
+    "ScriptReplyError",
+    "parse_count",
+    "parse_dead_letter",
+    "parse_dead_letter_one",
+    "parse_delete_idle_consumer",
+    "parse_expire",
+    "parse_expire_read",
+    "parse_extend_leases",
+    "parse_move_due",
+    "parse_reclaim",
+    "parse_retry",
+    "parse_send",
+    "text",
+]
+
+
+class ScriptReplyError(LeanMQError):
+    """A script replied in a shape its contract does not allow (a bug, or another version)."""
+
+
+def text(value: Any) -> str:
+    """A Redis reply value (bytes, str or a number) as text; invalid UTF-8 is replaced."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+# -- shape checks ---------------------------------------------------------------------------
+
+
+def _fail(script: str, expected: str, reply: Any) -> ScriptReplyError:
+    shown = repr(reply)
+    if len(shown) > 200:
+        shown = shown[:197] + "..."
+    return ScriptReplyError(f"script {script} replied {shown}; expected {expected}")
+
+
+def _int(script: str, value: Any, expected: str = "an integer") -> int:
+    if isinstance(value, bool) or not isinstance(value, int | bytes | str):
+        raise _fail(script, expected, value)
+    try:
+        return int(value)
+    except ValueError:
+        raise _fail(script, expected, value) from None
+
+
+def _array(script: str, value: Any, expected: str, length: int | None = None) -> list[Any]:
+    if not isinstance(value, list | tuple) or (length is not None and len(value) != length):
+        raise _fail(script, expected, value)
+    return list(value)
+
+
+def _id(script: str, value: Any, expected: str = "a stream id") -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if not isinstance(value, bytes):
+        raise _fail(script, expected, value)
+    return value
+
+
+def _pairs(script: str, flat: Any, expected: str) -> list[tuple[Any, Any]]:
+    items = _array(script, flat, expected)
+    if len(items) % 2:
+        raise _fail(script, expected, flat)
+    return list(zip(items[::2], items[1::2], strict=True))
+
+
+def _one_of(script: str, value: int, allowed: type[enum.IntEnum]) -> Any:
+    try:
+        return allowed(value)
+    except ValueError:
+        choices = ", ".join(str(int(m)) for m in allowed)
+        raise _fail(script, f"one of {choices}", value) from None
+
+
+# -- send -----------------------------------------------------------------------------------
+
+
+def parse_send(reply: Any, n: int) -> list[str]:
+    """send.lua: one stream id (or delayed member) per message, ``n`` of them."""
+    expected = f"an array of {n} stream ids or delayed members"
+    return [text(_id("send", i, expected)) for i in _array("send", reply, expected, n)]
+
+
+# -- reading and leases ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimResult:
+    """What one reclaim step found (reclaim.lua).
+
+    ``entries``: the claimed entries; ``deliveries``: id -> delivery count after the
+    claim; ``missing``: pending ids deleted from the stream (acked, to be reported as
+    lost); ``next_start``: the next page's start ('' when the scan is done).
+    """
+
+    entries: list[RawEntry]
+    deliveries: dict[bytes, int]
+    missing: list[bytes]
+    next_start: str
+
+
+def parse_reclaim(reply: Any) -> ReclaimResult:
+    """reclaim.lua: ``{entries, counts, missing, next}``."""
+    expected = "{entries, counts, missing, next}"
+    raw_entries, counts, missing, nxt = _array("reclaim", reply, expected, 4)
+    entries: list[RawEntry] = []
+    for entry in _array("reclaim", raw_entries, "an array of {id, fields} entries"):
+        sid, fields = _array("reclaim", entry, "an entry {id, {field, value, ...}}", 2)
+        pairs = _pairs("reclaim", fields, "an entry's flat field list")
+        entries.append((_id("reclaim", sid), {_id("reclaim", k): v for k, v in pairs}))
+    deliveries = {
+        _id("reclaim", sid): _int("reclaim", n, "a delivery count")
+        for sid, n in _pairs("reclaim", counts, "a flat id, delivery count array")
+    }
+    lost = [_id("reclaim", i) for i in _array("reclaim", missing, "an array of missing ids")]
+    if not isinstance(nxt, bytes | str):
+        raise _fail("reclaim", "the next start ('' or '(id')", nxt)
+    return ReclaimResult(entries, deliveries, lost, text(nxt))
+
+
+def parse_extend_leases(reply: Any) -> list[bytes]:
+    """extend_leases.lua: the ids whose lease was lost."""
+    return [_id("extend_leases", i) for i in _array("extend_leases", reply, "an array of ids")]
+
+
+def parse_delete_idle_consumer(reply: Any) -> bool:
+    """delete_idle_consumer.lua: 1 deleted, 0 kept."""
+    value = _int("delete_idle_consumer", reply, "0 or 1")
+    if value not in (0, 1):
+        raise _fail("delete_idle_consumer", "0 or 1", reply)
+    return value == 1
+
+
+# -- settling -------------------------------------------------------------------------------
+
+
+class RetryStatus(enum.IntEnum):
+    """retry.lua's reply."""
+
+    SCHEDULED = 1
+    GONE = 0  # the entry was deleted from the stream: acked, nothing to retry
+    NOT_OWNED = -1  # the lease was taken over: nothing done
+
+
+class ExpireReadStatus(enum.IntEnum):
+    """expire_read.lua's reply."""
+
+    SETTLED = 1  # expired: acked, or dead-lettered
+    LIVE = 0  # not expired by the Redis clock: handle it
+    NOT_OWNED = -1  # expired, but no longer this consumer's: nothing done
+
+
+def parse_retry(reply: Any) -> RetryStatus:
+    """retry.lua: 1, 0 or -1."""
+    status: RetryStatus = _one_of("retry", _int("retry", reply), RetryStatus)
+    return status
+
+
+def parse_expire_read(reply: Any) -> ExpireReadStatus:
+    """expire_read.lua: 1, 0 or -1."""
+    status: ExpireReadStatus = _one_of("expire_read", _int("expire_read", reply), ExpireReadStatus)
+    return status
+
+
+_DEAD_LETTER_STATUSES = frozenset({"moved", "not_owned", "not_pending", "not_found"})
+
+
+def parse_dead_letter(ids: Sequence[str], reply: Any) -> DeadLetterResult:
+    """dead_letter.lua: one status per id, in the order sent."""
+    expected = f"an array of {len(ids)} statuses ({', '.join(sorted(_DEAD_LETTER_STATUSES))})"
+    result = DeadLetterResult()
+    for sid, raw in zip(ids, _array("dead_letter", reply, expected, len(ids)), strict=True):
+        status = text(raw) if isinstance(raw, bytes | str) else ""
+        if status not in _DEAD_LETTER_STATUSES:
+            raise _fail("dead_letter", expected, reply)
+        if status == "moved":
+            result.moved.append(sid)
+        else:
+            result.not_moved[sid] = status
+    return result
+
+
+def parse_dead_letter_one(sid: str, reply: Any) -> int:
+    """dead_letter.lua for one id, as a settle result: 1 moved, 0 not."""
+    return parse_dead_letter([sid], reply).count
+
+
+# -- queue upkeep ---------------------------------------------------------------------------
+
+
+class MoveDueResult(NamedTuple):
+    """move_due.lua: entries moved, and ms until the next delayed entry is due (-1: none)."""
+
+    moved: int
+    next_due_ms: int
+
+
+def parse_move_due(reply: Any) -> MoveDueResult:
+    """move_due.lua: ``{moved, wait}``."""
+    moved, wait = _array("move_due", reply, "{moved, wait}", 2)
+    return MoveDueResult(_int("move_due", moved), _int("move_due", wait))
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireResult:
+    """What one expiry batch (expire.lua) did.
+
+    ``scanned``: index members looked at (equal to the limit: more may be due);
+    ``removed``: entries deleted; ``unhandled``: entries that expired unhandled for at
+    least one group; ``rechecked``: entries pending in a group, left to their consumer
+    and looked at again later; ``left``: index members still due after the batch
+    (counted up to the batch's limit).
+    """
+
+    scanned: int
+    removed: int
+    unhandled: int
+    rechecked: int
+    left: int
+
+
+def parse_expire(reply: Any) -> ExpireResult:
+    """expire.lua: ``{scanned, removed, unhandled, rechecked, left}``."""
+    expected = "{scanned, removed, unhandled, rechecked, left}"
+    values = _array("expire", reply, expected, 5)
+    return ExpireResult(*(_int("expire", v) for v in values))
+
+
+def parse_count(script: str, reply: Any) -> int:
+    """A script whose reply is one count >= 0: requeue, trim, purge, create_groups,
+    count_after."""
+    value = _int(script, reply, "a count >= 0")
+    if value < 0:
+        raise _fail(script, "a count >= 0", reply)
+    return value

@@ -1,0 +1,189 @@
+"""A queue's life: create, inspect, empty, delete; and its upkeep (delayed entries that
+are due, expiry, trimming)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis.exceptions as redis_errors
+
+from leanmq_async.cluster import queue_slot
+from leanmq_async.connection import translate_errors
+from leanmq_async.keys import QueueKeys, registry_key
+from leanmq_async.replies import ExpireResult, parse_count, parse_expire, parse_move_due, text
+from leanmq_async.store.base import StoreBase, chunked
+
+__all__ = ["QueueAdmin"]
+
+
+class QueueAdmin(StoreBase):
+    """Queue-level operations of :class:`~leanmq_async.store.Store`."""
+
+    async def create_queue(
+        self,
+        prefix: str,
+        keys: QueueKeys,
+        group: str,
+        dlq_group: str,
+        *,
+        create_group: bool = True,
+    ) -> None:
+        """Create both streams with their groups, the metadata and the registry entry.
+
+        Two round trips: the groups first, so a key of the wrong type fails the call
+        before the queue is registered. ``create_group=False``: only the DLQ's group
+        (a worker creates the groups its handlers read, not a default nobody reads:
+        retention keeps every entry a group has not acknowledged).
+        """
+        streams, groups = [keys.dlq], [dlq_group]
+        if create_group:
+            streams, groups = [keys.stream, keys.dlq], [group, dlq_group]
+        with translate_errors("create queue"):
+            await self.scripts.create_groups(keys=streams, args=groups)
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hsetnx(keys.meta, "created_at", repr(time.time()))
+                pipe.hsetnx(keys.meta, "consumer_group", group)
+                pipe.hsetnx(keys.meta, "dlq_group", dlq_group)
+                pipe.sadd(registry_key(prefix), keys.base)
+                await pipe.execute()
+
+    async def ensure_groups(self, streams: Sequence[str], groups: Sequence[str]) -> int:
+        """Create missing consumer groups (reading from the start); return how many.
+
+        On a cluster one script call per hash slot (a script's keys share one slot).
+        """
+        batches: dict[int, tuple[list[str], list[str]]] = {}
+        for stream, group in zip(streams, groups, strict=True):
+            slot = queue_slot(stream) if self.cluster else 0
+            batch = batches.setdefault(slot, ([], []))
+            batch[0].append(stream)
+            batch[1].append(group)
+        created = 0
+        with translate_errors("XGROUP CREATE"):
+            for keys, args in batches.values():
+                reply = await self.scripts.create_groups(keys=keys, args=args)
+                created += parse_count("create_groups", reply)
+        return created
+
+    async def queue_exists(self, keys: QueueKeys, stream: str | None = None) -> bool:
+        """Was the pair created (its metadata exists), and does ``stream`` exist if given?"""
+        with translate_errors("EXISTS"):
+            if stream is None:
+                return bool(await self.client.exists(keys.meta))
+            return int(await self.client.exists(keys.meta, stream)) == 2
+
+    async def registered_queues(self, prefix: str) -> list[str]:
+        with translate_errors("SMEMBERS"):
+            names = await self.client.smembers(registry_key(prefix))
+        return sorted(text(n) for n in names)
+
+    async def delete_queue(self, prefix: str, keys: QueueKeys, delete_dlq: bool) -> int:
+        """Delete a queue's keys (and its DLQ's); return the number of keys removed.
+
+        Without ``delete_dlq`` the metadata and registry entry stay, for the DLQ's sake.
+        """
+        kept = () if delete_dlq else (keys.dlq, keys.meta)
+        doomed = [k for k in keys.all() if k not in kept]
+        with translate_errors("delete queue"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.delete(*doomed)
+                if delete_dlq:
+                    pipe.srem(registry_key(prefix), keys.base)
+                removed, *_ = await pipe.execute()
+        return int(removed)
+
+    async def stream_infos(self, items: Sequence[tuple[str, QueueKeys]]) -> list[dict[str, Any]]:
+        """XLEN, groups, metadata and delayed count for each ``(stream, keys)``: one round trip."""
+        with translate_errors("queue info"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for stream, keys in items:
+                    pipe.xlen(stream)
+                    pipe.xinfo_groups(stream)
+                    pipe.hgetall(keys.meta)
+                    pipe.zcard(keys.delayed)
+                replies = await pipe.execute(raise_on_error=False)
+        out: list[dict[str, Any]] = []
+        for length, groups, meta, delayed in chunked(replies, 4):
+            for reply in (length, meta, delayed):
+                if isinstance(reply, Exception):
+                    with translate_errors("queue info"):
+                        raise reply
+            # XLEN answered, so an XINFO error means the stream does not exist.
+            missing = isinstance(groups, redis_errors.ResponseError)
+            out.append(
+                {
+                    "length": int(length),
+                    "exists": not missing,
+                    "groups": [] if missing else groups,
+                    "meta": {k.decode(): v.decode() for k, v in meta.items()},
+                    "delayed": int(delayed),
+                }
+            )
+        return out
+
+    async def purge(self, keys: QueueKeys, stream: str, include_delayed: bool) -> int:
+        expiry = keys.expiry_of(stream)
+        with translate_errors("purge"):
+            reply = await self.scripts.purge(
+                keys=[stream, expiry, keys.delayed, keys.delayed_data],
+                args=["1" if include_delayed else "0"],
+            )
+        return parse_count("purge", reply)
+
+    async def clear_queue(self, keys: QueueKeys, include_dlq: bool) -> tuple[int, int, int]:
+        """Empty a queue (stream, delayed and expiry index) and optionally its DLQ, in one
+        MULTI; groups are kept. Return ``(stream entries, delayed, DLQ entries)`` removed."""
+        with translate_errors("clear queue"):
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.zcard(keys.delayed)
+                await self.scripts.purge(
+                    keys=[keys.stream, keys.expiry, keys.delayed, keys.delayed_data],
+                    args=["1"],
+                    client=pipe,
+                )
+                if include_dlq:
+                    await self.scripts.purge(
+                        keys=[keys.dlq, keys.dlq_expiry, keys.delayed, keys.delayed_data],
+                        args=["0"],
+                        client=pipe,
+                    )
+                delayed, stream, *dlq = await pipe.execute()
+        dlq_removed = parse_count("purge", dlq[0]) if dlq else 0
+        return parse_count("purge", stream), int(delayed), dlq_removed
+
+    # -- upkeep --------------------------------------------------------------------------
+
+    async def move_due(self, keys: QueueKeys, limit: int = 500) -> tuple[int, int]:
+        """Move due delayed entries into the stream; return ``(moved, ms to next or -1)``."""
+        with translate_errors("move due"):
+            reply = await self.scripts.move_due(
+                keys=[keys.stream, keys.delayed, keys.delayed_data, keys.expiry],
+                args=[limit, self.clock_shift_ms],
+            )
+        return parse_move_due(reply)
+
+    async def expire(
+        self,
+        keys: QueueKeys,
+        source_name: str,
+        policy: str,
+        limit: int,
+        recheck_ms: int = 1000,
+        group_policies: Mapping[str, str] | None = None,
+    ) -> ExpireResult:
+        """One bounded expiry batch (``lua/expire.lua``): remove (or dead-letter) up to
+        ``limit`` expired entries pending in no group; re-check pending ones after
+        ``recheck_ms``. ``group_policies`` overrides ``policy`` for the groups named."""
+        args: list[Any] = [limit, policy, source_name, self.clock_shift_ms, recheck_ms]
+        for group, group_policy in (group_policies or {}).items():
+            args += [group, group_policy]
+        with translate_errors("expire"):
+            reply = await self.scripts.expire(keys=[keys.stream, keys.expiry, keys.dlq], args=args)
+        return parse_expire(reply)
+
+    async def trim(self, stream: str, max_age_ms: int) -> int:
+        with translate_errors("trim"):
+            reply = await self.scripts.trim(keys=[stream], args=[max_age_ms, self.clock_shift_ms])
+        return parse_count("trim", reply)
