@@ -16,7 +16,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-import leanmq_async.store as store_module
+import leanmq_async.store.base as store_module  # the clock lives there
 import leanmq_async.worker.maintenance as maintenance_module
 from leanmq_async import ConfigurationError, LeanMQ, Queue
 from tests.worker_apps.common import entries, pending_count, settled, wait_until

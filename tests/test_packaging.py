@@ -1,10 +1,17 @@
-"""Release metadata: licence, extras named by install hints, no development extra."""
+"""Release metadata: licence, extras named by install hints, no development extra; what
+the wheel and the sdist ship."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import tarfile
 import tomllib
+import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -40,3 +47,23 @@ def test_readme_has_no_relative_links() -> None:
     # PyPI renders the README away from the repository: relative links would be dead.
     readme = (ROOT / "README.md").read_text()
     assert re.findall(r"\]\((?!https?://)[^)]*\)", readme) == []
+
+
+def test_wheel_and_sdist_ship_the_lua_scripts(tmp_path: Path) -> None:
+    pytest.importorskip("hatchling")
+    subprocess.run(
+        [sys.executable, "-m", "hatchling", "build", "-d", str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    scripts = {f"leanmq_async/lua/{p.name}" for p in (ROOT / "leanmq_async" / "lua").glob("*.lua")}
+    assert "leanmq_async/lua/prelude.lua" in scripts and len(scripts) > 10
+    (wheel,) = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        assert scripts <= set(zf.namelist())
+    (sdist,) = tmp_path.glob("*.tar.gz")
+    with tarfile.open(sdist) as tf:
+        shipped = {name.split("/", 1)[1] for name in tf.getnames() if "/" in name}
+    assert scripts <= shipped
