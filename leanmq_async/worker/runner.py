@@ -57,6 +57,7 @@ class HandlerRunner:
         self.group = handler.group
         self.concurrency = settings.concurrency or handler.options.concurrency
         self.lease_ms = int(handler.options.visibility_timeout * 1000)
+        self.max_size = queue.mq.codec.max_message_size
         self.state = state = RunnerState(self.concurrency, queue.name, self.group)
         self.stats: RunnerStats = state.stats
         self.log = state.log
