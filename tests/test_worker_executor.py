@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from leanmq_async import LeanMQ, Reject, Retry
+from leanmq_async.testing import RedisServer
 from leanmq_async.worker.executor import traceback_summary
 from leanmq_async.worker.runner import HandlerRunner
 from leanmq_async.worker.state import Work
@@ -154,3 +155,23 @@ async def test_a_processor_skips_a_message_it_no_longer_holds(
     assert calls == []
     assert not state.in_flight
     assert state.slots.free == state.slots.concurrency
+
+
+async def test_a_message_with_a_ttl_is_handled_while_redis_cannot_remeasure_the_clock() -> None:
+    """Redis went away just when the clock estimate was due for re-measuring: the TIME
+    call's LeanMQConnectionError escaped the processor and ended the worker. The estimate
+    now goes on from the last measurement."""
+    with RedisServer() as server:
+        async with LeanMQ(server.url, prefix="c:") as mq:
+            runner, calls = await _runner(mq, "ttl")
+            await runner.queue.send_message("x", ttl=600)
+            async with aioredis.Redis.from_url(server.url) as raw:
+                ((sid, fields),) = await read_as(
+                    raw, runner.group, runner.consumer, runner.stream, 1
+                )
+            await mq.store.sync_clock()
+            server.kill()
+            mq.store._clock_synced_at -= 3600  # re-measuring is due
+            await runner.executor.process(Work(sid, fields, 1, time.monotonic()))
+    assert calls == ["x"]
+    assert runner.settler.unacked() == {sid}

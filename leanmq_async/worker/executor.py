@@ -21,6 +21,7 @@ The slot is freed when the message is settled (or skipped).
 from __future__ import annotations
 
 import linecache
+import math
 import time
 import traceback
 from contextlib import AsyncExitStack
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from leanmq_async.envelope import decode_payload
-from leanmq_async.exceptions import MessageDecodeError, Reject, Retry
+from leanmq_async.exceptions import LeanMQError, MessageDecodeError, Reject, Retry
 from leanmq_async.reading import FOREIGN, expired, to_message, triage_entry
 from leanmq_async.worker.backoff import retry_delay
 
@@ -113,7 +114,7 @@ class Executor:
         expires = entry.expires_at_ms
         if (
             expires is not None
-            and expired(entry, await self.store.redis_now_ms())
+            and expired(entry, await self._redis_now_ms())
             and await settler.expire(sid, expires, entry.message_id)
         ):
             return
@@ -129,6 +130,17 @@ class Executor:
             )
             return
         await self._call(work, sid, entry, payload)
+
+    async def _redis_now_ms(self) -> float:
+        """The Redis clock estimate; the last one when Redis cannot re-measure it now.
+
+        Re-measuring (every minute) needs Redis: during an outage the estimate goes on
+        from the last measurement instead of failing the processor (and the worker).
+        """
+        try:
+            return await self.store.redis_now_ms()
+        except LeanMQError:
+            return await self.store.redis_now_ms(max_age=math.inf)
 
     async def _call(self, work: Work, sid: str, entry: DecodedEntry, payload: Any) -> None:
         """Call the handler and settle by its outcome."""
