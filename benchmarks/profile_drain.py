@@ -4,7 +4,7 @@ Fills a private Redis with ``--messages`` envelopes (default 30,000), then runs 
 burst drain as ``drain.py`` (concurrency ``--concurrency``, default 500) under a sampling
 profiler, and prints:
 
-* self time grouped by area (runner.py, store.py, envelope.py, anyio memory streams,
+* self time grouped by area (the worker pipeline, store.py, envelope.py, anyio memory streams,
   other anyio, redis-py parsing / connection / client, the asyncio loop, waiting in
   ``select``), in % of the sampled time;
 * the top functions by self time, and by inclusive time.
@@ -49,8 +49,17 @@ from benchmarks._consumers import lmq_drain, lmq_names
 
 REPO = Path(__file__).resolve().parent.parent
 IDLE = "waiting in select() (idle, I/O)"
+PIPELINE = "leanmq_async worker pipeline (runner and its parts)"
 AREAS = [
-    ("leanmq_async/worker/runner.py", "leanmq_async runner.py"),
+    ("leanmq_async/worker/runner.py", PIPELINE),
+    ("leanmq_async/worker/state.py", PIPELINE),
+    ("leanmq_async/worker/dispatch.py", PIPELINE),
+    ("leanmq_async/worker/fetcher.py", PIPELINE),
+    ("leanmq_async/worker/executor.py", PIPELINE),
+    ("leanmq_async/worker/settler.py", PIPELINE),
+    ("leanmq_async/worker/settle_batch.py", PIPELINE),
+    ("leanmq_async/worker/leases.py", PIPELINE),
+    ("leanmq_async/worker/recovery.py", PIPELINE),
     ("leanmq_async/worker/", "leanmq_async worker (other)"),
     ("leanmq_async/store.py", "leanmq_async store.py"),
     ("leanmq_async/envelope.py", "leanmq_async envelope.py"),

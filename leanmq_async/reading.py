@@ -14,7 +14,22 @@ from leanmq_async.envelope import DLQ_FIELD_PREFIX, DecodedEntry, decode_entry
 from leanmq_async.exceptions import MessageDecodeError
 from leanmq_async.message import DeadLetterInfo, Message
 
-__all__ = ["Triage", "dead_letter_info", "to_message", "triage"]
+__all__ = [
+    "BAD",
+    "FOREIGN",
+    "GOOD",
+    "Triage",
+    "dead_letter_info",
+    "expired",
+    "to_message",
+    "triage",
+    "triage_entry",
+]
+
+# The verdicts of :func:`triage_entry`.
+GOOD = "good"  # for this group: a message, unless :func:`expired`
+FOREIGN = "foreign"  # meant for another consumer group
+BAD = "bad"  # undecodable, deleted or oversized: dead-lettered with its reason
 
 
 class Triage:
@@ -30,6 +45,32 @@ class Triage:
         self.bad: list[tuple[str, str]] = []
 
 
+def triage_entry(
+    fields: Mapping[bytes, bytes] | None, group: str, max_size: int
+) -> tuple[str, DecodedEntry | str]:
+    """Sort one entry for consumer group ``group``: ``(verdict, decoded entry)``.
+
+    The verdict is :data:`GOOD` or :data:`FOREIGN` with the decoded entry, or :data:`BAD`
+    with the reason (the decode error's text) in place of the entry. A good entry may
+    still have :func:`expired`.
+    """
+    try:
+        entry = decode_entry(fields, max_size)
+    except MessageDecodeError as exc:
+        return BAD, str(exc)
+    if entry.target_group is not None and entry.target_group != group:
+        return FOREIGN, entry
+    return GOOD, entry
+
+
+def expired(entry: DecodedEntry, now_ms: float) -> bool:
+    """Has ``entry`` expired by ``now_ms``, the reader's estimate of the Redis clock?
+
+    An estimate: the caller settles an expired entry only if Redis agrees.
+    """
+    return entry.expires_at_ms is not None and entry.expires_at_ms <= now_ms
+
+
 def triage(
     entries: Iterable[tuple[bytes, Mapping[bytes, bytes] | None]],
     group: str,
@@ -40,14 +81,12 @@ def triage(
     out = Triage()
     for raw_id, fields in entries:
         sid = raw_id.decode()
-        try:
-            entry = decode_entry(fields, max_size)
-        except MessageDecodeError as exc:
-            out.bad.append((sid, str(exc)))
-            continue
-        if entry.target_group is not None and entry.target_group != group:
+        verdict, entry = triage_entry(fields, group, max_size)
+        if isinstance(entry, str):
+            out.bad.append((sid, entry))
+        elif verdict is FOREIGN:
             out.foreign.append(sid)
-        elif entry.expires_at_ms is not None and entry.expires_at_ms <= now_ms:
+        elif expired(entry, now_ms):
             out.expired.append((sid, entry))
         else:
             out.good.append((sid, entry))

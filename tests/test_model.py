@@ -345,7 +345,7 @@ class QueueMachine(RuleBasedStateMachine):
     )
     def reclaim(self, reader: tuple[str, str], dead: str, policy: str) -> None:
         """``dead`` died: another consumer claims its entries (min idle 0) and processes
-        each like the worker's ``_process`` does."""
+        each like the worker's executor (``Executor.process``) does."""
         qname, group = reader
         rescuer = f"r-{dead}"
         self.deliveries = [

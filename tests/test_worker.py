@@ -482,18 +482,18 @@ async def test_a_read_waiting_for_slots_is_not_ended_by_a_reclaim_taking_them(mq
     async def handle(data: Any) -> None:
         pass
 
-    runner = mq.worker().runners[0]
-    runner._free = 1  # one free slot: the fetch loop lingers for a batch of 2
+    slots = mq.worker().runners[0].state.slots
+    slots.free = 1  # one free slot: the fetch loop lingers for a batch of 2
     got: list[int] = []
     async with anyio.create_task_group() as tg:
 
         async def fetch() -> None:
-            got.append(await runner._reserve(batch=2))
+            got.append(await slots.reserve(batch=2))
 
         tg.start_soon(fetch)
         await anyio.lowlevel.checkpoint()  # the fetch loop is lingering now
-        assert await runner._reserve(reclaiming=True) == 1  # the reclaim loop takes it
+        assert await slots.reserve(reclaiming=True) == 1  # the reclaim loop takes it
         await anyio.sleep(0.05)  # past the linger
         assert got == []  # still waiting: 0 would mean "stop"
-        runner._release(3)
+        slots.release(3)
     assert got == [3]

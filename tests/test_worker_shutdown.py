@@ -189,15 +189,15 @@ async def test_burst_is_not_done_while_anything_is_unread_pending_or_delayed(
     async def handle(data: object) -> None: ...
 
     (runner,) = mq.worker(burst=True).runners
-    assert await runner._burst_done()
+    assert await runner.fetcher.nothing_left()
     await queue.send_message("retry copy")
-    assert not await runner._burst_done()  # unread
+    assert not await runner.fetcher.nothing_left()  # unread
     ((sid, _),) = await read_as(raw, queue.consumer_group, "c", queue.stream, 1)
-    assert not await runner._burst_done()  # pending
+    assert not await runner.fetcher.nothing_left()  # pending
     await raw.xack(queue.stream, queue.consumer_group, sid)
-    assert await runner._burst_done()
+    assert await runner.fetcher.nothing_left()
     await queue.send_message("later", delay=60)
-    assert not await runner._burst_done()  # delayed
+    assert not await runner.fetcher.nothing_left()  # delayed
 
 
 async def test_a_worker_serves_once(mq: LeanMQ) -> None:

@@ -16,14 +16,14 @@ Every hook gets the :class:`~leanmq_async.worker.runner.HandlerRunner` first: it
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from leanmq_async.message import Message
     from leanmq_async.worker.runner import HandlerRunner
 
-__all__ = ["WorkerObserver", "has_handler_context"]
+__all__ = ["Notifier", "WorkerObserver", "has_handler_context"]
 
 
 class WorkerObserver:
@@ -68,3 +68,47 @@ def has_handler_context(observer: Any) -> bool:
     """Does ``observer`` define a ``handler_context`` of its own (not the no-op one)?"""
     method = getattr(type(observer), "handler_context", None)
     return method is not None and method is not WorkerObserver.handler_context
+
+
+class Notifier:
+    """Calls one runner's observers; a hook that raises is logged, never propagated.
+
+    ``observers`` is empty (falsy) without observers: callers test it before building a
+    hook's arguments, so the hot path pays one truthiness test.
+    """
+
+    __slots__ = ("contexts", "log", "observers", "runner")
+
+    def __init__(self, observers: tuple[Any, ...], runner: HandlerRunner, log: Any) -> None:
+        self.observers = observers
+        self.contexts = tuple(o for o in observers if has_handler_context(o))
+        self.runner = runner
+        self.log = log
+
+    def notify(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` on every observer that has it."""
+        for observer in self.observers:
+            method = getattr(observer, hook, None)
+            if method is None:
+                continue
+            try:
+                method(self.runner, *args)
+            except Exception as exc:  # noqa: BLE001 - instrumentation never fails a message
+                self.log.error(
+                    "observer_failed", hook=hook, observer=type(observer).__name__, error=repr(exc)
+                )
+
+    async def enter_contexts(self, stack: AsyncExitStack, message: Message[Any]) -> None:
+        """Enter every observer's ``handler_context`` for ``message`` on ``stack``."""
+        for observer in self.contexts:
+            try:
+                context = observer.handler_context(self.runner, message)
+                if context is not None:
+                    await stack.enter_async_context(context)
+            except Exception as exc:  # noqa: BLE001 - instrumentation never fails a message
+                self.log.error(
+                    "observer_failed",
+                    hook="handler_context",
+                    observer=type(observer).__name__,
+                    error=repr(exc),
+                )

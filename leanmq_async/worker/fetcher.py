@@ -1,0 +1,185 @@
+"""Feeding the work queue: reads of new messages, and reclaims of abandoned ones.
+
+The first part of a runner's pipeline (see :mod:`leanmq_async.worker.runner`). Two loops
+put :class:`~leanmq_async.worker.state.Work` items into the shared work queue, each only
+after reserving free slots (:class:`~leanmq_async.worker.state.Slots`), so a worker never
+holds more messages than it can run:
+
+* the fetch loop reads with XREADGROUP as many new messages as there are free slots; the
+  acks buffered so far ride with the read. In burst mode, an empty read asks whether
+  anything is left at all (:meth:`Fetcher.nothing_left`) and ends the drain;
+* the reclaim loop scans the pending list every interval for entries idle past the lease
+  (their consumer died) and claims them; a scan goes on while more remain.
+
+A failed read goes to :class:`~leanmq_async.worker.recovery.Recovery`, which repairs or
+pauses. :meth:`Fetcher.stop` abandons a blocking read under way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+
+from leanmq_async.exceptions import LeanMQError
+
+if TYPE_CHECKING:
+    from leanmq_async.queue import Queue
+    from leanmq_async.store import RawEntry
+    from leanmq_async.worker.observer import Notifier
+    from leanmq_async.worker.recovery import Recovery
+    from leanmq_async.worker.settler import Settler
+    from leanmq_async.worker.state import RunnerState
+
+__all__ = ["Fetcher"]
+
+
+class Fetcher:
+    """The fetch and reclaim loops of one runner; see the module docstring."""
+
+    def __init__(
+        self,
+        queue: Queue[Any],
+        group: str,
+        consumer: str,
+        *,
+        lease_ms: int,
+        block_ms: int,
+        burst: bool,
+        reclaim_interval: float | None,
+        state: RunnerState,
+        settler: Settler,
+        recovery: Recovery,
+        notifier: Notifier,
+    ) -> None:
+        self.queue = queue
+        self.store = queue.mq.store
+        self.stream = queue.stream
+        self.group = group
+        self.consumer = consumer
+        self.lease_ms = lease_ms
+        self.burst = burst
+        # In burst mode a short block: an empty read is how the drain's end is noticed.
+        self.block_ms = min(block_ms, 100) if burst else block_ms
+        self.reclaim_interval = reclaim_interval or min(5.0, lease_ms / 2000)
+        self.state = state
+        self.read_batch = max(1, min(state.slots.concurrency // 4, 250))
+        self.settler = settler
+        self.recovery = recovery
+        self.notifier = notifier
+        self.log = state.log
+        self._read_scope: anyio.CancelScope | None = None
+        self.reclaim_scans = 0  # reclaim intervals begun (tests count them)
+        self.burst_done = anyio.Event()
+
+    def stop(self) -> None:
+        """Abandon a blocking read under way (its connection is closed)."""
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
+    async def fetch_loop(self) -> None:
+        """Read new messages into free slots until shutdown (or a burst's drain)."""
+        state, slots, settler, recovery = self.state, self.state.slots, self.settler, self.recovery
+        failures = 0
+        while True:
+            n = await slots.reserve(batch=self.read_batch)
+            if n == 0:
+                return
+            entries: list[RawEntry] = []
+            # Acks buffered so far ride with the read: no XACK round trip of their own.
+            acks = settler.take_acks()
+            read = False
+            try:
+                # Cancelled by stop(): no read outlives the decision to stop.
+                with anyio.CancelScope() as self._read_scope:
+                    entries = await self.store.read_group(
+                        self.stream, self.group, self.consumer, n, self.block_ms, acks=acks
+                    )
+                    read = True
+            except LeanMQError as exc:
+                slots.release(n)
+                failures += 1
+                await recovery.on_redis_error(exc, failures)
+                continue
+            finally:
+                scope, self._read_scope = self._read_scope, None
+                settler.return_acks(acks, sent=read)
+            if scope is not None and scope.cancel_called and not entries:
+                slots.release(n)
+                return
+            if failures or recovery.redis_down:
+                failures = 0
+                recovery.on_redis_back()
+            slots.release(n - len(entries))
+            state.stats.received += len(entries)
+            if entries:
+                state.dispatch(entries, 1)
+                # Let the processors start on these before the next read is sent: it
+                # saves the handlers the time it takes to issue that read.
+                await anyio.lowlevel.checkpoint()
+            elif self.burst and await self.nothing_left():
+                self.burst_done.set()
+                return
+
+    async def nothing_left(self) -> bool:
+        """In burst mode: is there nothing left in flight, pending, scheduled or unread?
+
+        Unread too: a retry the mover put into the stream just after a read came back
+        empty is neither pending nor delayed any more, but still to be handled.
+        """
+        if self.state.slots.free != self.state.slots.concurrency or self.settler.acks_buffered:
+            return False
+        (info,) = await self.store.stream_infos([(self.stream, self.queue.keys)])
+        mine = [g for g in info["groups"] if g["name"].decode() == self.group]
+        if not mine or int(mine[0]["pending"]) or info["delayed"]:
+            return False
+        last = mine[0]["last-delivered-id"]
+        last = last.decode() if isinstance(last, bytes) else str(last)
+        return not await self.store.range(self.stream, f"({last}", "+", 1)
+
+    async def reclaim_loop(self) -> None:
+        """Every interval, scan the pending list for entries idle past the lease.
+
+        A scan goes on while there is more (bounded batches, as free slots allow), so a
+        large idle backlog (say after Redis refused writes for a while) is taken back in
+        one scan, not ``concurrency`` entries per interval.
+        """
+        state, slots = self.state, self.state.slots
+        start = "-"
+        while True:
+            if start == "-":
+                await state.pause(self.reclaim_interval)
+                self.reclaim_scans += 1
+            if state.stopping.is_set():
+                return
+            n = await slots.reserve_batch(reclaiming=True)
+            if n == 0:
+                return
+            try:
+                found = await self.store.reclaim(
+                    self.stream, self.group, self.consumer, self.lease_ms, n, start
+                )
+            except LeanMQError as exc:
+                slots.release(n)
+                self.log.warning("reclaim_failed", error=str(exc))
+                start = "-"
+                continue
+            start = found.next_start or "-"
+            # An entry this worker is still handling (its lease ran out while Redis was
+            # slow to answer the extension) is now ours again: do not run it twice.
+            # One it handled whose ack could not be written yet (Redis was away longer than
+            # settle_timeout) is done: send that ack rather than run it again.
+            unacked = self.settler.unacked()
+            in_flight = state.in_flight
+            claimed = [e for e in found.entries if e[0] not in in_flight and e[0] not in unacked]
+            if unacked and len(claimed) < len(found.entries):
+                self.settler.wake()
+            slots.release(n - len(claimed))
+            state.report_missing(found.missing)
+            if claimed:
+                state.stats.reclaimed += len(claimed)
+                self.log.info("reclaimed", count=len(claimed))
+                if self.notifier.observers:
+                    self.notifier.notify("on_reclaimed", len(claimed))
+            state.dispatch(claimed, found.deliveries)
