@@ -18,7 +18,12 @@ from leanmq_async.connection import (
     build_url,
     check_borrowed_client,
 )
-from leanmq_async.envelope import DEFAULT_MAX_MESSAGE_SIZE, Serializer, get_codec
+from leanmq_async.envelope import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Serializer,
+    get_codec,
+    payload_decoder,
+)
 from leanmq_async.exceptions import (
     ConfigurationError,
     DeadLetterQueueNotFoundError,
@@ -40,7 +45,7 @@ from leanmq_async.store import Store
 from leanmq_async.transaction import Transaction
 
 if TYPE_CHECKING:
-    from leanmq_async.worker.handler import Handler
+    from leanmq_async.registration import Handler
     from leanmq_async.worker.supervisor import Worker
 
 __all__ = ["HeaderProvider", "LeanMQ"]
@@ -291,8 +296,6 @@ class LeanMQ:
         return declared
 
     def _typed_queue(self, name: str, payload_type: Any) -> Queue[Any]:
-        from leanmq_async.envelope import payload_decoder
-
         try:
             payload_decoder(payload_type)
         except (TypeError, ValueError) as exc:
@@ -470,6 +473,7 @@ class LeanMQ:
         Use ``async with mq.worker():`` to run it in the background of a block (for app
         lifespans), or ``await mq.run_worker()`` to run until cancelled.
         """
+        # Imported here so that `import leanmq_async` does not load the worker runtime.
         from leanmq_async.worker.supervisor import Worker
 
         return Worker(self, **settings)

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from leanmq_async.client import LeanMQ
     from leanmq_async.queue import Queue
-    from leanmq_async.worker.handler import HandlerFunc, HandlerKwargs
+    from leanmq_async.registration import HandlerFunc, HandlerKwargs
 
 __all__ = ["PARTITION_SEPARATOR", "PartitionedQueue", "partition_index"]
 

@@ -22,6 +22,12 @@ from leanmq_async.exceptions import (
 from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, default_group
 from leanmq_async.message import DeadLetterResult, Message, QueueInfo
 from leanmq_async.reading import dead_letter_info, to_message, triage
+from leanmq_async.registration import (
+    HandlerFunc,
+    HandlerKwargs,
+    HandlerOptions,
+    register_handler,
+)
 from leanmq_async.store import RawEntry, SendOp
 
 if TYPE_CHECKING:
@@ -31,7 +37,6 @@ if TYPE_CHECKING:
 
     from leanmq_async.client import LeanMQ
     from leanmq_async.cluster import Durability
-    from leanmq_async.worker.handler import HandlerFunc, HandlerKwargs, HandlerOptions
 
     # A bare `Queue` means `Queue[Any]` (PEP 696 default; typing has it from 3.13 only).
     PayloadT = DefaultTypeVar("PayloadT", default=Any)
@@ -489,8 +494,6 @@ class Queue(Generic[PayloadT]):
         Use bare (``@queue.handler``) or with options (``@queue.handler(concurrency=50,
         max_retries=5, timeout=30, group="billing")``); see :class:`HandlerOptions`.
         """
-        from leanmq_async.worker.handler import register_handler
-
         self._require_main("handler")
 
         def decorate(f: F) -> F:
