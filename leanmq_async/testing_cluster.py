@@ -3,8 +3,8 @@
 * :class:`RedisCluster`: ``primaries`` cluster primaries with ``replicas`` replicas each,
   every node a private ``redis-server --cluster-enabled yes`` on a free loopback port,
   joined with ``redis-cli --cluster create``.
-* :class:`RedisSentinelSet` (re-exported from :mod:`.testing_sentinel`): one primary, one replica and three sentinels watching the
-  primary as ``mymaster``.
+* :class:`RedisSentinelSet` (re-exported from :mod:`.testing_sentinel`): one primary,
+  one replica and three sentinels watching the primary as ``mymaster``.
 
 Both have a sync API (call it from the main thread, outside the event loop: servers die
 with the thread that started them, see :mod:`leanmq_async.testing`) with ``start``,
