@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.json = getattr(args, "json", False)
     if hasattr(args, "log_level"):  # otherwise logging stays as it is (WARNING+ to stderr)
-        from leanmq_async.worker.cli import configure_logging
+        from leanmq_async.worker.cli_logging import configure_logging
 
         configure_logging(args.log_level, "console")
     try:
