@@ -44,7 +44,7 @@ from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import ConfigurationError, LeanMQError, PartialSendError
 from leanmq_async.keys import validate_queue_name
 from leanmq_async.message import QueueInfo
-from leanmq_async.queue import check_ttl_and_delay
+from leanmq_async.validation import check_ttl_and_delay
 
 if TYPE_CHECKING:
     from typing import Unpack
