@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from leanmq_async._log import get_logger
+from leanmq_async.client_ops import expire_everywhere, info_from, redis_health
 from leanmq_async.cluster import Durability, build_redis_client, sentinel_url
 from leanmq_async.connection import (
     ConnectionSettings,
@@ -27,9 +28,7 @@ from leanmq_async.envelope import (
 from leanmq_async.exceptions import (
     ConfigurationError,
     DeadLetterQueueNotFoundError,
-    LeanMQError,
     QueueNotFoundError,
-    RedisOperationError,
 )
 from leanmq_async.keys import (
     DLQ_SUFFIX,
@@ -353,30 +352,10 @@ class LeanMQ:
         queues = [self._queue_object(b, dlq) for b in bases for dlq in (False, True)]
         infos = await self.store.stream_infos([(q.stream, q.keys) for q in queues])
         return [
-            self._info_from(q, info)
+            info_from(q, info)
             for q, info in zip(queues, infos, strict=True)
             if info.get("exists", True)
         ]
-
-    def _info_from(self, queue: Queue, info: dict[str, Any]) -> QueueInfo:
-        pending = 0
-        names = []
-        for group in info["groups"]:
-            name = group["name"].decode()
-            names.append(name)
-            if name == queue.consumer_group:
-                pending = int(group["pending"])
-        created = info["meta"].get("created_at")
-        return QueueInfo(
-            name=queue.name,
-            is_dlq=queue.is_dlq,
-            message_count=info["length"],
-            consumer_group=queue.consumer_group,
-            pending_messages=pending,
-            created_at=float(created) if created else None,
-            delayed_messages=0 if queue.is_dlq else info["delayed"],
-            consumer_groups=tuple(names),
-        )
 
     async def delete_queue(self, queue_name: str, delete_dlq: bool = True) -> bool:
         """Delete a queue (and by default its DLQ); True if anything was deleted."""
@@ -416,21 +395,7 @@ class LeanMQ:
         group (delivered, not yet settled) is left to that group's consumer and checked
         again later. Works in batches of ``limit`` until a batch comes back short.
         """
-        if policy not in ("drop", "dlq"):
-            raise ConfigurationError(f"policy must be 'drop' or 'dlq', got {policy!r}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigurationError(f"limit must be a positive integer, got {limit!r}")
-        total = 0
-        for base in await self.store.registered_queues(self.prefix):
-            queue = self._queue_object(base, False)
-            while True:
-                result = await self.store.expire(queue.keys, queue.name, policy, limit)
-                total += result.removed
-                if result.scanned < limit or not result.left:
-                    break
-        if total:
-            self.log.info("expired", count=total)
-        return total
+        return await expire_everywhere(self, policy, limit)
 
     async def health(self) -> dict[str, Any]:
         """``{"status": "ok"|"warning"|"critical", "redis": bool, ...}``: is Redis reachable,
@@ -440,30 +405,7 @@ class LeanMQ:
         (``critical`` once full with ``noeviction``: writes are refused) with a
         ``"memory"`` entry saying what is wrong and what to do.
         """
-        try:
-            await self.store.ping()
-        except LeanMQError as exc:
-            return {"status": "critical", "redis": False, "error": str(exc)}
-        try:
-            await self.store.check_version()
-            usage = await self.store.memory()
-        except RedisOperationError:  # INFO refused (an ACL user without +info)
-            return {"status": "ok", "redis": True}
-        except LeanMQError as exc:
-            return {"status": "critical", "redis": True, "error": str(exc)}
-        if not usage.under_pressure:
-            return {"status": "ok", "redis": True}
-        return {
-            "status": "critical" if usage.full else "warning",
-            "redis": True,
-            "memory": {
-                "used": usage.used,
-                "maxmemory": usage.maxmemory,
-                "ratio": round(usage.ratio, 3),
-                "policy": usage.policy,
-                "message": usage.advice(),
-            },
-        }
+        return await redis_health(self.store)
 
     # -- worker --------------------------------------------------------------------------
 

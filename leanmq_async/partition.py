@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 
+from leanmq_async.client_ops import info_from
 from leanmq_async.cluster import Durability, NotReplicatedError, check_wait_support
 from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import ConfigurationError, LeanMQError, PartialSendError
@@ -275,7 +276,7 @@ class PartitionedQueue:
         """:class:`QueueInfo` of every partition, in index order (one pipelined call)."""
         parts = self._partitions
         infos = await self._mq.store.stream_infos([(p.stream, p.keys) for p in parts])
-        return [self._mq._info_from(p, info) for p, info in zip(parts, infos, strict=True)]
+        return [info_from(p, info) for p, info in zip(parts, infos, strict=True)]
 
     async def get_info(self) -> QueueInfo:
         """The partitions' info summed: message, pending and delayed counts.

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from leanmq_async.client_ops import info_from
 from leanmq_async.exceptions import (
     ConfigurationError,
     WrongQueueKindError,
@@ -275,7 +276,7 @@ class Queue(Generic[PayloadT]):
     async def get_info(self) -> QueueInfo:
         """Length, pending count, groups and creation time of this queue (one round trip)."""
         (info,) = await self._mq.store.stream_infos([(self.stream, self.keys)])
-        return self._mq._info_from(self, info)
+        return info_from(self, info)
 
     # -- worker --------------------------------------------------------------------------
 
