@@ -12,12 +12,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from leanmq_async._log import get_logger
+from leanmq_async.client_connect import choose_client
 from leanmq_async.client_ops import expire_everywhere, info_from, redis_health
-from leanmq_async.cluster import Durability, build_redis_client, sentinel_url
+from leanmq_async.cluster import Durability, build_redis_client
 from leanmq_async.connection import (
     ConnectionSettings,
-    build_url,
-    check_borrowed_client,
 )
 from leanmq_async.envelope import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -122,44 +121,23 @@ class LeanMQ:
         self.max_retries = max_retries
         self.consumer_name = consumer_name or make_consumer_name()
         self.connection_settings = connection or ConnectionSettings()
-        keywords = (redis_host, redis_port, redis_db, redis_password, redis_username)
-        keywords_given = ssl or any(k is not None for k in keywords)
-        if client is not None:
-            if url is not None:
-                raise ConfigurationError("pass either url or client, not both")
-            check_borrowed_client(client)
-            self._owns_client = False
-            self.url = "<borrowed client>"
-        elif sentinels is not None or service_name is not None:
-            if url is not None or cluster or redis_host is not None or redis_port is not None:
-                raise ConfigurationError(
-                    "sentinels/service_name replace url, cluster, redis_host and redis_port"
-                )
-            self.url = sentinel_url(
-                sentinels or [], service_name or "", redis_db or 0, redis_username,
-                redis_password, ssl,
-            )  # fmt: skip
-            client = build_redis_client(self.url, self.connection_settings)
-            self._owns_client = True
-        else:
-            self.url = (
-                url
-                or (None if keywords_given else os.environ.get("LEANMQ_URL"))
-                or build_url(
-                    redis_host or "localhost",
-                    6379 if redis_port is None else redis_port,
-                    redis_db or 0,
-                    redis_password,
-                    redis_username,
-                    ssl,
-                )
-            )
-            client = build_redis_client(self.url, self.connection_settings, cluster=cluster)
-            self._owns_client = True
+        self.redis, self.url, self._owns_client = choose_client(
+            url,
+            client,
+            self.connection_settings,
+            redis_host=redis_host,
+            redis_port=redis_port,
+            redis_db=redis_db,
+            redis_password=redis_password,
+            redis_username=redis_username,
+            ssl=ssl,
+            cluster=cluster,
+            sentinels=sentinels,
+            service_name=service_name,
+        )
         if durability is not None:
             durability.check(self.connection_settings)
-        self.redis = client
-        self.store = Store(client)
+        self.store = Store(self.redis)
         self.store.durability = durability
         self.log = get_logger("leanmq_async", prefix=self.prefix)
         self.handlers: list[Handler] = []
