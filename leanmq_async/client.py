@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from leanmq_async._log import get_logger
-from leanmq_async.client_connect import choose_client
+from leanmq_async.client_connect import choose_client, redact_url
 from leanmq_async.client_ops import expire_everywhere, info_from, redis_health
 from leanmq_async.cluster import Durability, build_redis_client
 from leanmq_async.connection import (
@@ -147,7 +147,7 @@ class LeanMQ:
 
     def __repr__(self) -> str:
         return (
-            f"<LeanMQ url={_redact(self.url)!r} prefix={self.prefix!r} "
+            f"<LeanMQ url={redact_url(self.url)!r} prefix={self.prefix!r} "
             f"consumer={self.consumer_name!r} handlers={len(self.handlers)}>"
         )
 
@@ -403,10 +403,3 @@ class LeanMQ:
         from anyio import TASK_STATUS_IGNORED
 
         await self.worker(**settings).serve(task_status=task_status or TASK_STATUS_IGNORED)
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -9,7 +9,7 @@ from leanmq_async.cluster import AnyRedis, build_redis_client, sentinel_url
 from leanmq_async.connection import ConnectionSettings, build_url, check_borrowed_client
 from leanmq_async.exceptions import ConfigurationError
 
-__all__ = ["choose_client"]
+__all__ = ["choose_client", "redact_url"]
 
 
 def choose_client(
@@ -58,3 +58,11 @@ def choose_client(
         )
     )
     return build_redis_client(url, settings, cluster=cluster), url, True
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its user and password replaced by ``***`` (for logs and reprs)."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

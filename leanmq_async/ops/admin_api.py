@@ -16,11 +16,6 @@ from leanmq_async.exceptions import (
 )
 from leanmq_async.ops import dlq_tools
 from leanmq_async.ops.health import HealthThresholds, check_health
-from leanmq_async.ops.stats import StatsSampler
-
-if TYPE_CHECKING:
-    from leanmq_async.client import LeanMQ
-    from leanmq_async.ops.metrics import PrometheusMetrics
 from leanmq_async.ops.http_request import (
     HTTPError,
     Receive,
@@ -34,6 +29,11 @@ from leanmq_async.ops.http_request import (
     looks_like_id,
     read_body,
 )
+from leanmq_async.ops.stats import StatsSampler
+
+if TYPE_CHECKING:
+    from leanmq_async.client import LeanMQ
+    from leanmq_async.ops.metrics import PrometheusMetrics
 
 
 class AdminAPI:

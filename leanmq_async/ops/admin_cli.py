@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import anyio
 
 from leanmq_async._version import __version__
+from leanmq_async.client import LeanMQ
 from leanmq_async.exceptions import (
     ConfigurationError,
     InvalidMessageIdError,
@@ -54,6 +55,7 @@ from leanmq_async.ops.cli.common import (
     table,
 )
 from leanmq_async.ops.health import EXIT_CODES
+from leanmq_async.worker.cli_logging import configure_logging
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "PROG", "build_parser", "main", "table"]
 
@@ -97,8 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from leanmq_async.client import LeanMQ
-
     url = getattr(args, "url", None)
     prefix = getattr(args, "prefix", None)
     if prefix is None:
@@ -117,8 +117,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.json = getattr(args, "json", False)
     if hasattr(args, "log_level"):  # otherwise logging stays as it is (WARNING+ to stderr)
-        from leanmq_async.worker.cli_logging import configure_logging
-
         configure_logging(args.log_level, "console")
     try:
         return anyio.run(functools.partial(_run, args), backend="asyncio")

@@ -45,18 +45,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+from leanmq_async.ops.admin_api import AdminAPI
 from leanmq_async.ops.health import HealthThresholds
+from leanmq_async.ops.http_request import (
+    MAX_BODY,
+    split_list,
+)
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from leanmq_async.client import LeanMQ
     from leanmq_async.ops.metrics import PrometheusMetrics
-from leanmq_async.ops.admin_api import AdminAPI
-from leanmq_async.ops.http_request import (
-    MAX_BODY,
-    split_list,
-)
 
 __all__ = ["AdminAPI", "admin_app", "aiohttp_admin_app"]
 

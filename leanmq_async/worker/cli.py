@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from leanmq_async._log import get_logger
+from leanmq_async.client_connect import redact_url
 from leanmq_async.exceptions import ConfigurationError, LeanMQError
 from leanmq_async.worker.cli_logging import configure_logging
 from leanmq_async.worker.cli_options import (
@@ -102,13 +103,11 @@ def _hard_exit(code: int) -> None:
 def _warn_if_url_ignored(mq: LeanMQ, url: str | None) -> None:
     if url is None or mq.url == url or mq.url == "<borrowed client>":
         return
-    from leanmq_async.client import _redact
-
     get_logger("leanmq_async.cli").warning(
         "url_option_ignored",
         detail="--url only sets LEANMQ_URL, used when the app's LeanMQ() gets no url",
-        option=_redact(url),
-        app_url=_redact(mq.url),
+        option=redact_url(url),
+        app_url=redact_url(mq.url),
     )
 
 

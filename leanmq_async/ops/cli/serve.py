@@ -15,6 +15,7 @@ from leanmq_async.ops.cli.common import (
     UsageError,
     err,
 )
+from leanmq_async.ops.http import admin_app, aiohttp_admin_app
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
@@ -27,8 +28,6 @@ def _installed(module: str) -> bool:
 
 
 async def _cmd_serve(mq: LeanMQ, args: argparse.Namespace) -> int:
-    from leanmq_async.ops.http import admin_app, aiohttp_admin_app
-
     if args.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         err(f"warning: serving on {args.host} without --token: anyone who can connect can")
         err("         purge and clear queues")
