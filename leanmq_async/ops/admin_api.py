@@ -138,6 +138,7 @@ class AdminAPI:
             if self.metrics is None:
                 raise HTTPError(404, "no metrics: pass metrics=PrometheusMetrics(...)")
             await self.metrics.collect(self.mq)
+            # Here: ops.metrics needs the optional prometheus-client ([metrics] extra).
             from leanmq_async.ops.metrics import CONTENT_TYPE_LATEST
 
             return Response(

@@ -195,6 +195,7 @@ async def _serve(
             async with anyio.create_task_group() as tg:
                 await tg.start(capture.run)
                 if metrics is not None:
+                    # Optional extras ([metrics], [tracing]) are imported when asked for.
                     from leanmq_async.ops.metrics_server import serve_metrics
 
                     collectors, host, port = metrics
@@ -274,7 +275,7 @@ def _metrics_of(mq: LeanMQ, args: argparse.Namespace) -> tuple[Any, str, int] | 
     """--metrics-port: the app's PrometheusMetrics observer (one is added if it has none)."""
     if args.metrics_port is None:
         return None
-    from leanmq_async.ops.metrics import PrometheusMetrics
+    from leanmq_async.ops.metrics import PrometheusMetrics  # the [metrics] extra
 
     found = [o for o in mq.observers if isinstance(o, PrometheusMetrics)]
     if found:
@@ -289,6 +290,7 @@ def _tracing_of(mq: LeanMQ, args: argparse.Namespace) -> Any:
     """--tracing: an SDK from the OTEL_* environment and the tracing observer; the flush."""
     if not args.tracing:
         return lambda: None
+    # The [tracing] extra.
     from leanmq_async.ops.tracing import OpenTelemetryTracing, configure_from_environment
 
     flush = configure_from_environment()
