@@ -7,8 +7,9 @@ its path, line count and the first line of its docstring).
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -61,33 +62,42 @@ def _run_time_imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
             yield from _run_time_imports(node)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the package modules it imports at run time (relative imports resolved).
+def module_imports(text: str, name: str, is_package: bool, known: Iterable[str]) -> set[str]:
+    """The modules of ``known`` that module ``name`` (source ``text``) imports at run time.
 
     ``from pkg import name`` counts as importing ``pkg.name`` when that is a module, else
-    ``pkg``. Importing ``a.b`` also runs ``a/__init__``; those implicit parent-package edges
-    are left out (every package ``__init__`` re-exports its own modules).
+    ``pkg``; relative imports are resolved against ``name``.
+    """
+    known = set(known)
+    package = name if is_package else name.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in _run_time_imports(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+            continue
+        if node.level:
+            parts = package.split(".")
+            base = parts[: len(parts) - (node.level - 1)]
+            source = ".".join([*base, *([node.module] if node.module else [])])
+        else:
+            source = node.module or ""
+        for alias in node.names:
+            sub = f"{source}.{alias.name}"
+            targets.add(sub if sub in known else source)
+    return {t for t in targets if t in known and t != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports at run time.
+
+    Importing ``a.b`` also runs ``a/__init__``; those implicit parent-package edges are left
+    out (every package ``__init__`` re-exports its own modules).
     """
     modules = module_files()
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        is_package = path.name == "__init__.py"
-        package = name if is_package else name.rpartition(".")[0]
-        targets: set[str] = set()
-        for node in _run_time_imports(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                targets.update(alias.name for alias in node.names)
-                continue
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                source = ".".join([*base, *([node.module] if node.module else [])])
-            else:
-                source = node.module or ""
-            for alias in node.names:
-                sub = f"{source}.{alias.name}"
-                targets.add(sub if sub in modules else source)
-        graph[name] = {t for t in targets if t in modules and t != name}
-    return graph
+    return {
+        name: module_imports(path.read_text(), name, path.name == "__init__.py", modules)
+        for name, path in modules.items()
+    }
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -158,10 +168,49 @@ def test_the_import_graph_sees_function_local_imports_not_type_checking_ones() -
     assert "leanmq_async.client" not in graph["leanmq_async.queue"]
 
 
+def test_module_imports_resolves_relative_and_skips_type_checking_imports() -> None:
+    known = {"p", "p.a", "p.b", "p.sub", "p.sub.c", "p.sub.d", "p.e"}
+    text = """
+from typing import TYPE_CHECKING
+from . import d
+from .. import a
+from ..b import thing
+if TYPE_CHECKING:
+    from p import e
+else:
+    import p.e
+def f():
+    from p.sub import c
+"""
+    assert module_imports(text, "p.sub.x", False, known) == {
+        "p.sub.d",
+        "p.a",
+        "p.b",
+        "p.e",
+        "p.sub.c",
+    }
+    assert module_imports("from . import c", "p.sub", True, known) == {"p.sub.c"}
+    assert module_imports("if TYPE_CHECKING:\n    import p.a", "p.b", False, known) == set()
+
+
 def test_the_queue_does_not_import_the_worker() -> None:
     graph = import_graph()
     for name in ("leanmq_async.queue", "leanmq_async.registration", "leanmq_async.webhook"):
         assert not {t for t in graph[name] if t.startswith("leanmq_async.worker")}, name
+
+
+def test_importing_the_library_does_not_load_the_worker_runtime() -> None:
+    code = (
+        "import sys, leanmq_async\n"
+        "mq = leanmq_async.LeanMQ('redis://localhost:1/0')\n"
+        "@mq.queue('q').handler\n"
+        "async def h(data: object) -> None: ...\n"
+        "print(sorted(m for m in sys.modules if m.startswith('leanmq_async.worker')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_every_module_states_its_job_in_one_sentence() -> None:
