@@ -213,6 +213,15 @@ def test_importing_the_library_does_not_load_the_worker_runtime() -> None:
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+def test_every_admin_command_module_is_listed_and_has_add_parser() -> None:
+    from leanmq_async.ops.cli import COMMAND_MODULES
+
+    listed = {m.__name__.rpartition(".")[2] for m in COMMAND_MODULES}
+    files = {p.stem for p in (PACKAGE / "ops" / "cli").glob("*.py")} - {"__init__", "common"}
+    assert listed == files, "list each command module of ops/cli/ in COMMAND_MODULES"
+    assert all(callable(getattr(m, "add_parser", None)) for m in COMMAND_MODULES)
+
+
 def test_every_module_states_its_job_in_one_sentence() -> None:
     bad = {}
     for path in module_files().values():
