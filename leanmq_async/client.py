@@ -13,7 +13,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from leanmq_async._log import get_logger
 from leanmq_async.client_connect import choose_client, redact_url
-from leanmq_async.client_ops import expire_everywhere, info_from, redis_health
+from leanmq_async.client_ops import expire_everywhere, redis_health
 from leanmq_async.cluster import Durability, build_redis_client
 from leanmq_async.connection import (
     ConnectionSettings,
@@ -39,6 +39,7 @@ from leanmq_async.keys import (
 from leanmq_async.message import QueueInfo
 from leanmq_async.partition import PartitionedQueue
 from leanmq_async.queue import Queue
+from leanmq_async.queue_read import info_from
 from leanmq_async.store import Store
 from leanmq_async.transaction import Transaction
 

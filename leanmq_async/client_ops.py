@@ -1,40 +1,16 @@
-"""Whole-client operations of LeanMQ: queue info, expiry over every queue, the health report."""
+"""Whole-client operations of LeanMQ: expiry over every queue, and the health report."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from leanmq_async.exceptions import ConfigurationError, LeanMQError, RedisOperationError
-from leanmq_async.message import QueueInfo
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
-    from leanmq_async.queue import Queue
     from leanmq_async.store import Store
 
-__all__ = ["expire_everywhere", "info_from", "redis_health"]
-
-
-def info_from(queue: Queue[Any], info: dict[str, Any]) -> QueueInfo:
-    """The :class:`QueueInfo` of ``queue`` from what the store read about its stream."""
-    pending = 0
-    names = []
-    for group in info["groups"]:
-        name = group["name"].decode()
-        names.append(name)
-        if name == queue.consumer_group:
-            pending = int(group["pending"])
-    created = info["meta"].get("created_at")
-    return QueueInfo(
-        name=queue.name,
-        is_dlq=queue.is_dlq,
-        message_count=info["length"],
-        consumer_group=queue.consumer_group,
-        pending_messages=pending,
-        created_at=float(created) if created else None,
-        delayed_messages=0 if queue.is_dlq else info["delayed"],
-        consumer_groups=tuple(names),
-    )
+__all__ = ["expire_everywhere", "redis_health"]
 
 
 async def expire_everywhere(mq: LeanMQ, policy: str, limit: int) -> int:

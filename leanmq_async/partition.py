@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 
-from leanmq_async.client_ops import info_from
 from leanmq_async.cluster import Durability, NotReplicatedError, check_wait_support
 from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import ConfigurationError, LeanMQError, PartialSendError
 from leanmq_async.keys import validate_queue_name
 from leanmq_async.message import QueueInfo
+from leanmq_async.queue_read import info_from
 from leanmq_async.validation import check_ttl_and_delay
 
 if TYPE_CHECKING:

@@ -6,14 +6,13 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from leanmq_async.client_ops import info_from
 from leanmq_async.exceptions import (
     ConfigurationError,
     WrongQueueKindError,
 )
 from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, default_group
 from leanmq_async.message import DeadLetterResult, Message, QueueInfo
-from leanmq_async.queue_read import peek_messages, read_messages
+from leanmq_async.queue_read import info_from, peek_messages, read_messages
 from leanmq_async.registration import (
     HandlerFunc,
     HandlerKwargs,

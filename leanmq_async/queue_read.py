@@ -1,4 +1,4 @@
-"""Reading a queue for the caller: group reads, triage of what was read, and peeking."""
+"""Reading a queue for the caller: group reads, triage of what was read, peeking, info."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from leanmq_async.exceptions import (
     QueueNotFoundError,
     RedisOperationError,
 )
-from leanmq_async.message import Message
+from leanmq_async.message import Message, QueueInfo
 from leanmq_async.reading import dead_letter_info, to_message, triage
 from leanmq_async.store import RawEntry
 from leanmq_async.validation import id_key, to_ms
@@ -172,3 +172,25 @@ async def peek_messages(queue: Queue[Any], count: int = 10, start: str = "-") ->
         except MessageDecodeError:
             out.append(Message(id=raw_id.decode(), data=None, timestamp=0.0, queue=queue.name))
     return out
+
+
+def info_from(queue: Queue[Any], info: dict[str, Any]) -> QueueInfo:
+    """The :class:`QueueInfo` of ``queue`` from what the store read about its stream."""
+    pending = 0
+    names = []
+    for group in info["groups"]:
+        name = group["name"].decode()
+        names.append(name)
+        if name == queue.consumer_group:
+            pending = int(group["pending"])
+    created = info["meta"].get("created_at")
+    return QueueInfo(
+        name=queue.name,
+        is_dlq=queue.is_dlq,
+        message_count=info["length"],
+        consumer_group=queue.consumer_group,
+        pending_messages=pending,
+        created_at=float(created) if created else None,
+        delayed_messages=0 if queue.is_dlq else info["delayed"],
+        consumer_groups=tuple(names),
+    )
