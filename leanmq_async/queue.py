@@ -21,6 +21,7 @@ from leanmq_async.registration import (
 )
 from leanmq_async.store import SendOp
 from leanmq_async.validation import check_ttl_and_delay, validate_ids
+from leanmq_async.validation import to_ms as to_ms
 
 if TYPE_CHECKING:
     from typing import Unpack

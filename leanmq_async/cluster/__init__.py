@@ -81,6 +81,8 @@ from leanmq_async.cluster.durability import (
 )
 from leanmq_async.cluster.slots import check_one_slot, queue_slot
 from leanmq_async.cluster.types import CLUSTER_SCHEMES, SENTINEL_SCHEMES, AnyRedis, is_cluster
+from leanmq_async.cluster.urls import ClusterAddress as ClusterAddress
+from leanmq_async.cluster.urls import SentinelAddress as SentinelAddress
 from leanmq_async.cluster.urls import parse_cluster_url, parse_sentinel_url, sentinel_url
 
 __all__ = [

@@ -54,6 +54,7 @@ from leanmq_async.ops.cli.common import (
     err,
     table,
 )
+from leanmq_async.ops.cli.stats import DEPTH_LEGEND as DEPTH_LEGEND
 from leanmq_async.ops.health import EXIT_CODES
 from leanmq_async.worker.cli_logging import configure_logging
 

@@ -51,6 +51,10 @@ from leanmq_async.ops.http_request import (
     MAX_BODY,
     split_list,
 )
+from leanmq_async.ops.http_request import Receive as Receive
+from leanmq_async.ops.http_request import Response as Response
+from leanmq_async.ops.http_request import Scope as Scope
+from leanmq_async.ops.http_request import Send as Send
 
 if TYPE_CHECKING:
     from aiohttp import web

@@ -45,6 +45,7 @@ from leanmq_async.worker.cli_options import (
     build_parser,
     child_argv,
 )
+from leanmq_async.worker.cli_options import LOG_LEVELS as LOG_LEVELS
 from leanmq_async.worker.importer import (
     AppImportError,
     handlers_of,

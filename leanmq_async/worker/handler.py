@@ -1,6 +1,7 @@
 """Re-exports :mod:`leanmq_async.registration` (what ``@queue.handler`` records) for the worker."""
 
 from leanmq_async.registration import (
+    ExpiredPolicy,
     Handler,
     HandlerFunc,
     HandlerKwargs,
@@ -8,4 +9,11 @@ from leanmq_async.registration import (
     register_handler,
 )
 
-__all__ = ["Handler", "HandlerFunc", "HandlerKwargs", "HandlerOptions", "register_handler"]
+__all__ = [
+    "ExpiredPolicy",
+    "Handler",
+    "HandlerFunc",
+    "HandlerKwargs",
+    "HandlerOptions",
+    "register_handler",
+]
