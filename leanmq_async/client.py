@@ -12,19 +12,22 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from leanmq_async._log import get_logger
-from leanmq_async.cluster import Durability, build_redis_client, sentinel_url
+from leanmq_async.client_connect import choose_client, redact_url
+from leanmq_async.client_ops import expire_everywhere, redis_health
+from leanmq_async.cluster import Durability, build_redis_client
 from leanmq_async.connection import (
     ConnectionSettings,
-    build_url,
-    check_borrowed_client,
 )
-from leanmq_async.envelope import DEFAULT_MAX_MESSAGE_SIZE, Serializer, get_codec
+from leanmq_async.envelope import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Serializer,
+    get_codec,
+    payload_decoder,
+)
 from leanmq_async.exceptions import (
     ConfigurationError,
     DeadLetterQueueNotFoundError,
-    LeanMQError,
     QueueNotFoundError,
-    RedisOperationError,
 )
 from leanmq_async.keys import (
     DLQ_SUFFIX,
@@ -36,11 +39,12 @@ from leanmq_async.keys import (
 from leanmq_async.message import QueueInfo
 from leanmq_async.partition import PartitionedQueue
 from leanmq_async.queue import Queue
+from leanmq_async.queue_read import info_from
 from leanmq_async.store import Store
 from leanmq_async.transaction import Transaction
 
 if TYPE_CHECKING:
-    from leanmq_async.worker.handler import Handler
+    from leanmq_async.registration import Handler
     from leanmq_async.worker.supervisor import Worker
 
 __all__ = ["HeaderProvider", "LeanMQ"]
@@ -118,44 +122,23 @@ class LeanMQ:
         self.max_retries = max_retries
         self.consumer_name = consumer_name or make_consumer_name()
         self.connection_settings = connection or ConnectionSettings()
-        keywords = (redis_host, redis_port, redis_db, redis_password, redis_username)
-        keywords_given = ssl or any(k is not None for k in keywords)
-        if client is not None:
-            if url is not None:
-                raise ConfigurationError("pass either url or client, not both")
-            check_borrowed_client(client)
-            self._owns_client = False
-            self.url = "<borrowed client>"
-        elif sentinels is not None or service_name is not None:
-            if url is not None or cluster or redis_host is not None or redis_port is not None:
-                raise ConfigurationError(
-                    "sentinels/service_name replace url, cluster, redis_host and redis_port"
-                )
-            self.url = sentinel_url(
-                sentinels or [], service_name or "", redis_db or 0, redis_username,
-                redis_password, ssl,
-            )  # fmt: skip
-            client = build_redis_client(self.url, self.connection_settings)
-            self._owns_client = True
-        else:
-            self.url = (
-                url
-                or (None if keywords_given else os.environ.get("LEANMQ_URL"))
-                or build_url(
-                    redis_host or "localhost",
-                    6379 if redis_port is None else redis_port,
-                    redis_db or 0,
-                    redis_password,
-                    redis_username,
-                    ssl,
-                )
-            )
-            client = build_redis_client(self.url, self.connection_settings, cluster=cluster)
-            self._owns_client = True
+        self.redis, self.url, self._owns_client = choose_client(
+            url,
+            client,
+            self.connection_settings,
+            redis_host=redis_host,
+            redis_port=redis_port,
+            redis_db=redis_db,
+            redis_password=redis_password,
+            redis_username=redis_username,
+            ssl=ssl,
+            cluster=cluster,
+            sentinels=sentinels,
+            service_name=service_name,
+        )
         if durability is not None:
             durability.check(self.connection_settings)
-        self.redis = client
-        self.store = Store(client)
+        self.store = Store(self.redis)
         self.store.durability = durability
         self.log = get_logger("leanmq_async", prefix=self.prefix)
         self.handlers: list[Handler] = []
@@ -165,7 +148,7 @@ class LeanMQ:
 
     def __repr__(self) -> str:
         return (
-            f"<LeanMQ url={_redact(self.url)!r} prefix={self.prefix!r} "
+            f"<LeanMQ url={redact_url(self.url)!r} prefix={self.prefix!r} "
             f"consumer={self.consumer_name!r} handlers={len(self.handlers)}>"
         )
 
@@ -291,8 +274,6 @@ class LeanMQ:
         return declared
 
     def _typed_queue(self, name: str, payload_type: Any) -> Queue[Any]:
-        from leanmq_async.envelope import payload_decoder
-
         try:
             payload_decoder(payload_type)
         except (TypeError, ValueError) as exc:
@@ -350,30 +331,10 @@ class LeanMQ:
         queues = [self._queue_object(b, dlq) for b in bases for dlq in (False, True)]
         infos = await self.store.stream_infos([(q.stream, q.keys) for q in queues])
         return [
-            self._info_from(q, info)
+            info_from(q, info)
             for q, info in zip(queues, infos, strict=True)
             if info.get("exists", True)
         ]
-
-    def _info_from(self, queue: Queue, info: dict[str, Any]) -> QueueInfo:
-        pending = 0
-        names = []
-        for group in info["groups"]:
-            name = group["name"].decode()
-            names.append(name)
-            if name == queue.consumer_group:
-                pending = int(group["pending"])
-        created = info["meta"].get("created_at")
-        return QueueInfo(
-            name=queue.name,
-            is_dlq=queue.is_dlq,
-            message_count=info["length"],
-            consumer_group=queue.consumer_group,
-            pending_messages=pending,
-            created_at=float(created) if created else None,
-            delayed_messages=0 if queue.is_dlq else info["delayed"],
-            consumer_groups=tuple(names),
-        )
 
     async def delete_queue(self, queue_name: str, delete_dlq: bool = True) -> bool:
         """Delete a queue (and by default its DLQ); True if anything was deleted."""
@@ -413,21 +374,7 @@ class LeanMQ:
         group (delivered, not yet settled) is left to that group's consumer and checked
         again later. Works in batches of ``limit`` until a batch comes back short.
         """
-        if policy not in ("drop", "dlq"):
-            raise ConfigurationError(f"policy must be 'drop' or 'dlq', got {policy!r}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigurationError(f"limit must be a positive integer, got {limit!r}")
-        total = 0
-        for base in await self.store.registered_queues(self.prefix):
-            queue = self._queue_object(base, False)
-            while True:
-                result = await self.store.expire(queue.keys, queue.name, policy, limit)
-                total += result.removed
-                if result.scanned < limit or not result.left:
-                    break
-        if total:
-            self.log.info("expired", count=total)
-        return total
+        return await expire_everywhere(self, policy, limit)
 
     async def health(self) -> dict[str, Any]:
         """``{"status": "ok"|"warning"|"critical", "redis": bool, ...}``: is Redis reachable,
@@ -437,30 +384,7 @@ class LeanMQ:
         (``critical`` once full with ``noeviction``: writes are refused) with a
         ``"memory"`` entry saying what is wrong and what to do.
         """
-        try:
-            await self.store.ping()
-        except LeanMQError as exc:
-            return {"status": "critical", "redis": False, "error": str(exc)}
-        try:
-            await self.store.check_version()
-            usage = await self.store.memory()
-        except RedisOperationError:  # INFO refused (an ACL user without +info)
-            return {"status": "ok", "redis": True}
-        except LeanMQError as exc:
-            return {"status": "critical", "redis": True, "error": str(exc)}
-        if not usage.under_pressure:
-            return {"status": "ok", "redis": True}
-        return {
-            "status": "critical" if usage.full else "warning",
-            "redis": True,
-            "memory": {
-                "used": usage.used,
-                "maxmemory": usage.maxmemory,
-                "ratio": round(usage.ratio, 3),
-                "policy": usage.policy,
-                "message": usage.advice(),
-            },
-        }
+        return await redis_health(self.store)
 
     # -- worker --------------------------------------------------------------------------
 
@@ -470,6 +394,7 @@ class LeanMQ:
         Use ``async with mq.worker():`` to run it in the background of a block (for app
         lifespans), or ``await mq.run_worker()`` to run until cancelled.
         """
+        # Imported here so that `import leanmq_async` does not load the worker runtime.
         from leanmq_async.worker.supervisor import Worker
 
         return Worker(self, **settings)
@@ -479,10 +404,3 @@ class LeanMQ:
         from anyio import TASK_STATUS_IGNORED
 
         await self.worker(**settings).serve(task_status=task_status or TASK_STATUS_IGNORED)
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -1,5 +1,7 @@
-"""The objects a reader gets back: :class:`Message`, :class:`DeadLetterInfo`, :class:`QueueInfo`,
-:class:`DeadLetterResult`."""
+"""The objects a reader gets back: messages, dead-letter details and queue information.
+
+:class:`Message`, :class:`DeadLetterInfo`, :class:`QueueInfo`, :class:`DeadLetterResult`.
+"""
 
 from __future__ import annotations
 

@@ -44,14 +44,15 @@ from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import ConfigurationError, LeanMQError, PartialSendError
 from leanmq_async.keys import validate_queue_name
 from leanmq_async.message import QueueInfo
-from leanmq_async.queue import check_ttl_and_delay
+from leanmq_async.queue_read import info_from
+from leanmq_async.validation import check_ttl_and_delay
 
 if TYPE_CHECKING:
     from typing import Unpack
 
     from leanmq_async.client import LeanMQ
     from leanmq_async.queue import Queue
-    from leanmq_async.worker.handler import HandlerFunc, HandlerKwargs
+    from leanmq_async.registration import HandlerFunc, HandlerKwargs
 
 __all__ = ["PARTITION_SEPARATOR", "PartitionedQueue", "partition_index"]
 
@@ -275,7 +276,7 @@ class PartitionedQueue:
         """:class:`QueueInfo` of every partition, in index order (one pipelined call)."""
         parts = self._partitions
         infos = await self._mq.store.stream_infos([(p.stream, p.keys) for p in parts])
-        return [self._mq._info_from(p, info) for p, info in zip(parts, infos, strict=True)]
+        return [info_from(p, info) for p, info in zip(parts, infos, strict=True)]
 
     async def get_info(self) -> QueueInfo:
         """The partitions' info summed: message, pending and delayed counts.

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import math
-import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-import anyio
-
-from leanmq_async.envelope import decode_entry, decode_payload
 from leanmq_async.exceptions import (
     ConfigurationError,
-    InvalidMessageIdError,
-    MessageDecodeError,
-    QueueNotFoundError,
-    RedisOperationError,
     WrongQueueKindError,
 )
 from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, default_group
 from leanmq_async.message import DeadLetterResult, Message, QueueInfo
-from leanmq_async.reading import dead_letter_info, to_message, triage
-from leanmq_async.store import RawEntry, SendOp
+from leanmq_async.queue_read import info_from, peek_messages, read_messages
+from leanmq_async.registration import (
+    HandlerFunc,
+    HandlerKwargs,
+    HandlerOptions,
+    register_handler,
+)
+from leanmq_async.store import SendOp
+from leanmq_async.validation import check_ttl_and_delay, validate_ids
+from leanmq_async.validation import to_ms as to_ms
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 
     from leanmq_async.client import LeanMQ
     from leanmq_async.cluster import Durability
-    from leanmq_async.worker.handler import HandlerFunc, HandlerKwargs, HandlerOptions
 
     # A bare `Queue` means `Queue[Any]` (PEP 696 default; typing has it from 3.13 only).
     PayloadT = DefaultTypeVar("PayloadT", default=Any)
@@ -40,70 +38,8 @@ else:
 
 __all__ = ["Queue"]
 
-_STREAM_ID = re.compile(r"([0-9]+)-([0-9]+)")
-_MAX_ID_PART = 2**64 - 1
-# A blocking read never waits longer than this in one command, so a dead connection is
-# noticed within the socket timeout; longer waits are split into several reads.
-_MAX_BLOCK_CHUNK_MS = 5_000
 
 F = TypeVar("F", bound="HandlerFunc")
-
-
-def validate_ids(ids: Iterable[str | bytes]) -> list[str]:
-    """Normalise stream ids to str; raise :class:`InvalidMessageIdError` on a malformed one."""
-    if ids is None:
-        raise InvalidMessageIdError("pass a list of message ids, got None")
-    if isinstance(ids, str | bytes):
-        raise InvalidMessageIdError(
-            f"pass a list of message ids, not a single id: [{ids!r}] instead of {ids!r}"
-        )
-    out = []
-    for mid in ids:
-        sid = mid.decode(errors="replace") if isinstance(mid, bytes) else mid
-        match = _STREAM_ID.fullmatch(sid) if isinstance(sid, str) else None
-        # Both parts are unsigned 64-bit in Redis: a larger one is refused by the server,
-        # possibly half-way through a script.
-        if match is None or any(
-            len(part) > 20 or int(part) > _MAX_ID_PART for part in match.groups()
-        ):
-            raise InvalidMessageIdError(
-                f"{mid!r} is not a stream id like '1700000000000-0'; use Message.id "
-                "(not Message.message_id)"
-            )
-        out.append(sid)
-    return out
-
-
-def _id_key(sid: str) -> tuple[int, int]:
-    ms, _, seq = sid.partition("-")
-    return int(ms), int(seq)
-
-
-def to_ms(seconds: float | None, what: str) -> int:
-    """Seconds (None or > 0) to whole milliseconds, or :class:`ConfigurationError`."""
-    if seconds is None:
-        return 0
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, int | float)
-        or not math.isfinite(seconds)
-        or seconds <= 0
-    ):
-        raise ConfigurationError(f"{what} must be a positive number of seconds, got {seconds!r}")
-    return max(1, round(seconds * 1000))
-
-
-def check_ttl_and_delay(ttl: float | None, delay: float | None) -> tuple[int, int]:
-    """``(ttl_ms, delay_ms)``, or :class:`ConfigurationError` for a bad value, or for a
-    ``delay`` not shorter than ``ttl`` (both count from the send)."""
-    ttl_ms, delay_ms = to_ms(ttl, "ttl"), to_ms(delay, "delay")
-    if ttl_ms and delay_ms >= ttl_ms:
-        raise ConfigurationError(
-            f"delay ({delay}s) must be shorter than ttl ({ttl}s): both count from the "
-            "send, so this message would expire before it becomes visible; use a "
-            "longer ttl (or no ttl)"
-        )
-    return ttl_ms, delay_ms
 
 
 class Queue(Generic[PayloadT]):
@@ -259,140 +195,11 @@ class Queue(Generic[PayloadT]):
         acknowledged and not returned. A read that yields only such entries is followed
         by another, so an empty result means no message was waiting (or the wait ended).
         """
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ConfigurationError(f"count must be a positive integer, got {count!r}")
-        consumer = consumer_id or self._mq.consumer_name
-        store = self._mq.store
-        wait_ms = to_ms(block_for_seconds, "block_for_seconds") if block_for_seconds else 0
-        deadline = anyio.current_time() + wait_ms / 1000
-        # Each read of a main queue first moves its due delayed messages into the stream
-        # and learns when the next one is due (-1: none waiting). The first read does not
-        # block, so that a blocking one wakes when the next delayed message comes due.
-        next_due_ms = -1
-        first = True
-        while True:
-            block = None
-            if wait_ms and (self.is_dlq or not first):
-                block = min(wait_ms, _MAX_BLOCK_CHUNK_MS)
-                if next_due_ms >= 0:
-                    block = max(1, min(block, next_due_ms))
-            try:
-                if self.is_dlq:
-                    raw = await store.read_group(
-                        self.stream, self.consumer_group, consumer, count, block
-                    )
-                else:
-                    raw, next_due_ms = await store.read_after_due(
-                        self.keys, self.consumer_group, consumer, count, block
-                    )
-            except RedisOperationError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                raise QueueNotFoundError(
-                    f"queue {self.name!r} has no consumer group {self.consumer_group!r} "
-                    f"under prefix {self._mq.prefix!r}; create it with "
-                    f"await mq.create_queue_pair({self.base_name!r})"
-                ) from exc
-            if raw:
-                if self.is_dlq:
-                    return self._dlq_messages(raw)
-                messages = await self._sort_out(raw, consumer)
-                if messages:
-                    return messages
-                # Only expired, foreign or bad entries: they are settled; read on.
-            elif not wait_ms:
-                return []
-            first = False
-            if wait_ms:
-                wait_ms = int((deadline - anyio.current_time()) * 1000)
-                if wait_ms <= 0:
-                    return []
-
-    async def _sort_out(self, raw: list[RawEntry], consumer: str) -> list[Message[PayloadT]]:
-        store = self._mq.store
-        now = await store.redis_now_ms()
-        sorted_ = triage(raw, self.consumer_group, now, self._mq.codec.max_message_size)
-        good = sorted_.good
-        expired = 0
-        if sorted_.expired:
-            # The local estimate said expired; Redis confirms it (and acks) atomically.
-            calls = [
-                store.expire_read_call(
-                    self.keys,
-                    self.consumer_group,
-                    consumer,
-                    self.name,
-                    "drop",
-                    sid,
-                    entry.expires_at_ms or 0,
-                )
-                for sid, entry in sorted_.expired
-            ]
-            results = await store.settle_many(calls)
-            live = False
-            for (sid, entry), result in zip(sorted_.expired, results, strict=True):
-                if isinstance(result, Exception):
-                    raise result
-                if result == 0:
-                    good.append((sid, entry))
-                    live = True
-                elif result == 1:
-                    expired += 1
-            if live:
-                good.sort(key=lambda item: _id_key(item[0]))
-        messages = []
-        for sid, entry in good:
-            try:
-                payload = decode_payload(entry, self.payload_type)
-            except MessageDecodeError as exc:
-                sorted_.bad.append((sid, str(exc)))
-                continue
-            messages.append(to_message(sid, entry, payload, self.name))
-        if sorted_.foreign:
-            await store.ack(self.stream, self.consumer_group, sorted_.foreign)
-        if expired:
-            self._mq.log.info("expired", queue=self.name, count=expired)
-        if sorted_.bad:
-            items = [(sid, reason, "MessageDecodeError", "", 0) for sid, reason in sorted_.bad]
-            await store.dead_letter(self.keys, self.consumer_group, consumer, self.name, items)
-            self._mq.log.warning("dead_lettered", queue=self.name, count=len(items))
-        return messages
-
-    def _dlq_messages(self, raw: list[RawEntry]) -> list[Message[Any]]:
-        out = []
-        for raw_id, fields in raw:
-            info = dead_letter_info(fields)
-            try:
-                entry = decode_entry(fields, self._mq.codec.max_message_size)
-                payload = decode_payload(entry)
-            except MessageDecodeError:
-                out.append(
-                    Message(
-                        id=raw_id.decode(),
-                        data=None,
-                        timestamp=0.0,
-                        queue=self.name,
-                        dead_letter=info,
-                    )
-                )
-                continue
-            out.append(to_message(raw_id.decode(), entry, payload, self.name, 1, info))
-        return out
+        return await read_messages(self, count, block_for_seconds, consumer_id)
 
     async def peek_messages(self, count: int = 10, start: str = "-") -> list[Message[PayloadT]]:
         """Read up to ``count`` entries from ``start`` without consuming them (XRANGE)."""
-        raw = await self._mq.store.range(self.stream, start, "+", count)
-        if self.is_dlq:
-            return self._dlq_messages(raw)
-        out = []
-        for raw_id, fields in raw:
-            try:
-                entry = decode_entry(fields, self._mq.codec.max_message_size)
-                payload = decode_payload(entry, self.payload_type)
-                out.append(to_message(raw_id.decode(), entry, payload, self.name))
-            except MessageDecodeError:
-                out.append(Message(id=raw_id.decode(), data=None, timestamp=0.0, queue=self.name))
-        return out
+        return await peek_messages(self, count, start)
 
     # -- settling ------------------------------------------------------------------------
 
@@ -469,7 +276,7 @@ class Queue(Generic[PayloadT]):
     async def get_info(self) -> QueueInfo:
         """Length, pending count, groups and creation time of this queue (one round trip)."""
         (info,) = await self._mq.store.stream_infos([(self.stream, self.keys)])
-        return self._mq._info_from(self, info)
+        return info_from(self, info)
 
     # -- worker --------------------------------------------------------------------------
 
@@ -489,8 +296,6 @@ class Queue(Generic[PayloadT]):
         Use bare (``@queue.handler``) or with options (``@queue.handler(concurrency=50,
         max_retries=5, timeout=30, group="billing")``); see :class:`HandlerOptions`.
         """
-        from leanmq_async.worker.handler import register_handler
-
         self._require_main("handler")
 
         def decorate(f: F) -> F:

@@ -1,5 +1,6 @@
-"""The values handed to and returned by :class:`~leanmq_async.store.Store` (besides
-script replies, which :mod:`leanmq_async.replies` types and parses).
+"""The values handed to and returned by the store, besides script replies.
+
+Script replies are typed and parsed by :mod:`leanmq_async.replies`.
 
 A module of its own, importing nothing of the store, so that :mod:`leanmq_async.cluster`
 and the callers can name these types without importing the store.

@@ -38,10 +38,10 @@ from anyio.abc import TaskStatus
 
 from leanmq_async.client import LeanMQ
 from leanmq_async.exceptions import ConfigurationError
+from leanmq_async.registration import HandlerFunc, HandlerOptions
 
 if TYPE_CHECKING:
     from leanmq_async.queue import Queue
-    from leanmq_async.worker.handler import HandlerFunc
     from leanmq_async.worker.supervisor import Worker
 
 __all__ = [
@@ -264,9 +264,6 @@ class LeanMQWebhook:
 
 def _check_options(options: Mapping[str, Any], where: str) -> None:
     """Reject unknown or invalid handler options early, with the valid names."""
-    # Imported here: `import leanmq_async` does not load the worker runtime.
-    from leanmq_async.worker.handler import HandlerOptions
-
     valid = {f.name for f in fields(HandlerOptions)}
     unknown = set(options) - valid
     if unknown:

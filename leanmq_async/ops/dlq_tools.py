@@ -33,7 +33,7 @@ from leanmq_async.exceptions import (
 )
 from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, make_consumer_name, validate_queue_name
 from leanmq_async.message import Message
-from leanmq_async.queue import validate_ids
+from leanmq_async.validation import validate_ids
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ

@@ -1,5 +1,7 @@
-"""A queue's life: create, inspect, empty, delete; and its upkeep (delayed entries that
-are due, expiry, trimming)."""
+"""A queue's life: create, inspect, empty and delete it, and its upkeep.
+
+Upkeep: delayed entries that are due, expiry, trimming.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Questions about the server (version, memory, liveness) and the one-round-trip snapshot
-the stats are computed from."""
+"""Questions about the server: version, memory, liveness, and the stats snapshot.
+
+The snapshot is one round trip; the stats are computed from it.
+"""
 
 from __future__ import annotations
 

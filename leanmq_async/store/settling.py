@@ -1,5 +1,7 @@
-"""Settling handled entries as one atomic script each: retry, dead-letter, expire on
-read, redeliver; requeueing from the DLQ; and running many such calls in one pipeline."""
+"""Settling handled entries, one atomic script each, many of them in one pipeline.
+
+Retry, dead-letter, expire on read, redeliver; and requeueing from the DLQ.
+"""
 
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ from leanmq_async.exceptions import LeanMQError, RedisOperationError
 
 if TYPE_CHECKING:
     from leanmq_async.queue import Queue
+    from leanmq_async.registration import Handler
     from leanmq_async.store import MemoryUsage, Store
-    from leanmq_async.worker.handler import Handler
     from leanmq_async.worker.supervisor import WorkerSettings
 
 __all__ = ["Maintenance"]
