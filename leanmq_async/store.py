@@ -27,7 +27,12 @@ from leanmq_async.cluster import (
 )
 from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import ConfigurationError, LeanMQError
-from leanmq_async.keys import QueueKeys, registry_key
+from leanmq_async.keys import (
+    QueueKeys,
+    legacy_registry_key,
+    registry_key,
+    validate_queue_name,
+)
 from leanmq_async.message import DeadLetterResult
 
 __all__ = [
@@ -194,6 +199,15 @@ class SettleCall:
 _DUE_BATCH = 500
 
 
+def _is_queue_name(name: str) -> bool:
+    """Could ``name`` be a queue of this library? (LeanMQ 0.2 members may be anything.)"""
+    try:
+        validate_queue_name(name)
+    except ConfigurationError:
+        return False
+    return True
+
+
 def _read_entries(reply: Any) -> list[RawEntry]:
     """The entries of an XREADGROUP reply for one stream."""
     if not reply:
@@ -355,9 +369,37 @@ class Store:
             return int(await self.client.exists(keys.meta, stream)) == 2
 
     async def registered_queues(self, prefix: str) -> list[str]:
+        # --- migration from LeanMQ 0.2 (issue 15): the registry moved; read both names ---
+        """The registry's queue names, with those an earlier version left in the old key.
+
+        One round trip; two while the old key (LeanMQ 0.2's registry, see
+        :func:`~leanmq_async.keys.legacy_registry_key`) has members: only those whose
+        ``:meta`` hash exists are queues of this library.
+        """
         with translate_errors("SMEMBERS"):
-            names = await self.client.smembers(registry_key(prefix))
-        return sorted(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.smembers(registry_key(prefix))
+                pipe.type(legacy_registry_key(prefix))
+                pipe.smembers(legacy_registry_key(prefix))
+                current, kind, old = await pipe.execute(raise_on_error=False)
+            if isinstance(current, Exception):
+                raise current
+            names = {n.decode() if isinstance(n, bytes) else str(n) for n in current}
+            kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+            extra = (
+                []
+                if kind != "set" or isinstance(old, Exception)
+                else [n.decode() if isinstance(n, bytes) else str(n) for n in old]
+            )
+            extra = [n for n in extra if n not in names and _is_queue_name(n)]
+            if extra:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for name in extra:
+                        pipe.exists(QueueKeys(prefix, name).meta)
+                    found = await pipe.execute()
+                names.update(n for n, hit in zip(extra, found, strict=True) if hit)
+        return sorted(names)
+        # --- end migration from LeanMQ 0.2 ---
 
     async def delete_queue(self, prefix: str, keys: QueueKeys, delete_dlq: bool) -> int:
         """Delete a queue's keys (and its DLQ's); return the number of keys removed.

@@ -12,6 +12,7 @@ from leanmq_async.keys import (
     QueueKeys,
     default_group,
     make_consumer_name,
+    legacy_registry_key,
     registry_key,
     validate_prefix,
     validate_queue_name,
@@ -36,7 +37,8 @@ def test_key_names() -> None:
         keys.expiry,
         keys.meta,
     )
-    assert registry_key("mq:") == "mq:registry"
+    assert registry_key("mq:") == "mq:{}:registry"
+    assert legacy_registry_key("mq:") == "mq:registry"  # LeanMQ 0.2's own key: read only
     assert default_group("orders") == "orders-group"
 
 
