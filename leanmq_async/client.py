@@ -158,6 +158,7 @@ class LeanMQ:
         self.store = Store(client)
         self.store.durability = durability
         self.log = get_logger("leanmq_async", prefix=self.prefix)
+        self._legacy_logged = False  # LeanMQ 0.2 queues reported (issue 15)
         self.handlers: list[Handler] = []
         self._queues: dict[tuple[str, bool], Queue] = {}
         self._partitioned: dict[str, PartitionedQueue] = {}
@@ -344,9 +345,17 @@ class LeanMQ:
         """Info on every created queue and its DLQ (two round trips in all).
 
         A main queue deleted with ``delete_queue(name, delete_dlq=False)`` is left out;
-        its dead-letter queue is still listed.
+        its dead-letter queue is still listed. LeanMQ 0.2 queues under the prefix are not
+        listed (their layout differs): the first call that finds some logs the warning
+        ``legacy_queues_found`` with their counts and how to migrate them.
         """
         bases = await self.store.registered_queues(self.prefix)
+        # --- migration from LeanMQ 0.2 (issue 15): say so, once, when its queues exist ---
+        if self.store.legacy_registry_members and not self._legacy_logged:
+            from leanmq_async.ops.legacy import log_legacy_queues
+
+            self._legacy_logged = bool(await log_legacy_queues(self, self.log))
+        # --- end migration from LeanMQ 0.2 ---
         queues = [self._queue_object(b, dlq) for b in bases for dlq in (False, True)]
         infos = await self.store.stream_infos([(q.stream, q.keys) for q in queues])
         return [

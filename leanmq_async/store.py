@@ -251,6 +251,8 @@ class Store:
         # Wait for replicas after producer sends (None: the fast path, no WAIT).
         self.durability: Durability | None = None
         self._scripts: list[AsyncScript] = []
+        # Members of LeanMQ 0.2's registry seen by the last registered_queues (issue 15).
+        self.legacy_registry_members = 0
 
         def register(text: str) -> AsyncScript:
             script: AsyncScript = client.register_script(text)
@@ -369,13 +371,14 @@ class Store:
             return int(await self.client.exists(keys.meta, stream)) == 2
 
     async def registered_queues(self, prefix: str) -> list[str]:
-        # --- migration from LeanMQ 0.2 (issue 15): the registry moved; read both names ---
         """The registry's queue names, with those an earlier version left in the old key.
 
         One round trip; two while the old key (LeanMQ 0.2's registry, see
         :func:`~leanmq_async.keys.legacy_registry_key`) has members: only those whose
-        ``:meta`` hash exists are queues of this library.
+        ``:meta`` hash exists are queues of this library. The others (LeanMQ 0.2's own
+        queues) are counted in :attr:`legacy_registry_members`.
         """
+        # --- migration from LeanMQ 0.2 (issue 15): the registry moved; read both names ---
         with translate_errors("SMEMBERS"):
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.smembers(registry_key(prefix))
@@ -391,13 +394,17 @@ class Store:
                 if kind != "set" or isinstance(old, Exception)
                 else [n.decode() if isinstance(n, bytes) else str(n) for n in old]
             )
-            extra = [n for n in extra if n not in names and _is_queue_name(n)]
-            if extra:
+            extra = [n for n in extra if n not in names]
+            candidates = [n for n in extra if _is_queue_name(n)]
+            found: list[Any] = []
+            if candidates:
                 async with self.client.pipeline(transaction=False) as pipe:
-                    for name in extra:
+                    for name in candidates:
                         pipe.exists(QueueKeys(prefix, name).meta)
                     found = await pipe.execute()
-                names.update(n for n, hit in zip(extra, found, strict=True) if hit)
+            ours = {n for n, hit in zip(candidates, found, strict=True) if hit}
+            names.update(ours)
+            self.legacy_registry_members = len(extra) - len(ours)
         return sorted(names)
         # --- end migration from LeanMQ 0.2 ---
 

@@ -12,6 +12,8 @@
     leanmq force-process orders --batch-size 100
     leanmq watch --interval 2
     leanmq serve --port 8080 --token "$ADMIN_TOKEN"
+    leanmq migrate --all --dry-run                 # LeanMQ 0.2 queues: then --confirm
+    leanmq bridge                                  # while LeanMQ 0.2 producers still write
 
 ``--url`` defaults to ``$LEANMQ_URL`` (then redis://localhost:6379/0), ``--prefix`` to
 ``$LEANMQ_PREFIX`` (then ``mq:``). Tables for people by default, ``--json`` for scripts.
@@ -45,7 +47,7 @@ from leanmq_async.exceptions import (
     QueueNotFoundError,
     WrongQueueKindError,
 )
-from leanmq_async.ops import dlq_tools
+from leanmq_async.ops import dlq_tools, migrate_cli
 from leanmq_async.ops.health import (
     EXIT_CODES,
     AlertEvent,
@@ -54,6 +56,7 @@ from leanmq_async.ops.health import (
     HealthWatcher,
     check_health,
 )
+from leanmq_async.ops.legacy import legacy_notice
 from leanmq_async.ops.stats import Stats, StatsSampler, collect_stats
 
 if TYPE_CHECKING:
@@ -246,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer token required by the API ($LEANMQ_ADMIN_TOKEN)",
     )
     p.add_argument("--server", choices=("auto", "uvicorn", "aiohttp"), default="auto")
+
+    migrate_cli.add_parsers(command)  # migrate, bridge: LeanMQ 0.2 (issue 15)
     return parser
 
 
@@ -338,7 +343,7 @@ def _stats_text(stats: Stats) -> str:
                 "-" if rate is None else f"{rate:.1f}%",
             ]
         )
-    if not rows:
+    if not rows and not any(q.total for q in stats.legacy):
         return f"no queues under prefix {stats.prefix!r}"
     parts = [
         table(
@@ -375,6 +380,8 @@ def _stats_text(stats: Stats) -> str:
     if stats.window_s:
         parts.append(f"rates over {stats.window_s:.1f}s")
     parts.extend(f"error in {q.name}: {q.error}" for q in stats.queues if q.error)
+    if any(q.total for q in stats.legacy):  # LeanMQ 0.2 (issue 15)
+        parts.append(f"\n{legacy_notice([q for q in stats.legacy if q.total])}")
     return "\n".join(parts)
 
 
@@ -691,6 +698,9 @@ _COMMANDS: dict[str, Callable[[LeanMQ, argparse.Namespace], Coroutine[Any, Any, 
     "force-process": _cmd_force_process,
     "watch": _cmd_watch,
     "serve": _cmd_serve,
+    # LeanMQ 0.2 (issue 15)
+    "migrate": migrate_cli.cmd_migrate,
+    "bridge": migrate_cli.cmd_bridge,
 }
 
 
