@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import leanmq
@@ -226,26 +226,33 @@ async def test_migrate_killed_at_random_points_then_rerun_loses_and_duplicates_n
             n += await raw.xlen(keys.dlq) if await raw.exists(keys.dlq) else 0
         return n
 
-    kills, partial = 0, 0
+    kills, partial, points = 0, 0, []
     while True:
         proc = spawn(cli_cmd(redis_server, prefix, "migrate", "--all", "--confirm", "--batch", "2"))
-        if partial < 5 and kills < 40:
+        if partial < 10 and kills < 60:
             # Kill at a random point once it is moving (else most kills would land during
             # the interpreter's start-up).
             before = await moved()
-            while proc.poll() is None and await moved() == before:
-                await anyio.sleep(0.002)
+
+            async def started(p: subprocess.Popen[str] = proc, n: int = before) -> bool:
+                return p.poll() is not None or await moved() != n
+
+            await wait_until(started, within=60, interval=0.002, what="migrate moving")
             await anyio.sleep(rng.uniform(0.0, 0.2))
             if proc.poll() is None:
                 finish(proc, signal.SIGKILL)
                 kills += 1
                 after = await moved()
                 partial += 0 < after < total and after > before
+                points.append(after)
                 continue
         out, err = finish(proc)
         assert proc.returncode == 0, err
         break
-    print(f"\nmigrate: {kills} SIGKILLs ({partial} mid-way), then a clean run: {out.strip()}")  # noqa: T201
+    print(  # noqa: T201
+        f"\nmigrate: {kills} SIGKILLs ({partial} mid-way, after {points} of {total} moved), "
+        f"then a clean run: {out.strip()}"
+    )
     assert partial >= 2
 
     async with LeanMQ(redis_server.url, prefix=prefix) as mq:
@@ -255,12 +262,13 @@ async def test_migrate_killed_at_random_points_then_rerun_loses_and_duplicates_n
         for name, e in expected.items():
             keys = QueueKeys(prefix, name)
             ids: Counter[str] = Counter()
-            for _, fields in await raw.xrange(keys.stream):
+            rows = cast(list[tuple[bytes, dict[bytes, bytes]]], await raw.xrange(keys.stream))
+            for sid, fields in rows:
                 env = json.loads(fields[b"j"])
                 ids[env["id"]] += 1
                 if env["id"] in e["ttl"]:
                     assert int(fields[b"x"]) == round(e["ttl"][env["id"]] * 1000)
-                    assert await raw.zscore(keys.expiry, _) is not None
+                    assert await raw.zscore(keys.expiry, sid) is not None
                 else:
                     assert b"x" not in fields
             assert ids == Counter(e["handle"]), name
