@@ -382,16 +382,14 @@ class Store:
         with translate_errors("SMEMBERS"):
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.smembers(registry_key(prefix))
-                pipe.type(legacy_registry_key(prefix))
-                pipe.smembers(legacy_registry_key(prefix))
-                current, kind, old = await pipe.execute(raise_on_error=False)
+                pipe.smembers(legacy_registry_key(prefix))  # not a set: an error, ignored
+                current, old = await pipe.execute(raise_on_error=False)
             if isinstance(current, Exception):
                 raise current
             names = {n.decode() if isinstance(n, bytes) else str(n) for n in current}
-            kind = kind.decode() if isinstance(kind, bytes) else str(kind)
             extra = (
                 []
-                if kind != "set" or isinstance(old, Exception)
+                if isinstance(old, Exception)
                 else [n.decode() if isinstance(n, bytes) else str(n) for n in old]
             )
             extra = [n for n in extra if n not in names]

@@ -91,17 +91,16 @@ def legacy_notice(queues: list[LegacyQueue]) -> str:
 async def find_legacy_queues(mq: LeanMQ) -> list[LegacyQueue]:
     """The LeanMQ 0.2 queue pairs registered under ``mq.prefix``, with their counts.
 
-    Two round trips (three when a group's lag must be counted); one when there is no
+    Three round trips (four when a group's lag must be counted); one when there is no
     LeanMQ 0.2 registry. A standalone Redis is assumed (LeanMQ 0.2 has no cluster mode).
     """
     prefix, client = mq.prefix, mq.store.client
     key = legacy_registry_key(prefix)
     with translate_errors("find LeanMQ 0.2 queues"):
         async with client.pipeline(transaction=False) as pipe:
-            pipe.type(key)
-            pipe.smembers(key)
-            kind, members = await pipe.execute(raise_on_error=False)
-        if _text(kind) != "set" or isinstance(members, Exception):
+            pipe.smembers(key)  # not a set (someone else's key): an error, ignored
+            (members,) = await pipe.execute(raise_on_error=False)
+        if isinstance(members, Exception):
             return []
         names = sorted(
             m for m in (_text(x) for x in members) if m.startswith(prefix) and m != prefix
