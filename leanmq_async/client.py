@@ -324,9 +324,12 @@ class LeanMQ:
         base, is_dlq = self._split(queue_name)
         keys = QueueKeys(self.prefix, base)
         if not await self.store.queue_exists(keys, keys.dlq if is_dlq else keys.stream):
+            from leanmq_async.ops.legacy import legacy_hint  # LeanMQ 0.2 (issue 15)
+
             raise QueueNotFoundError(
                 f"queue {queue_name!r} does not exist under prefix {self.prefix!r}; "
                 f"create it with await mq.create_queue_pair({base!r})"
+                + await legacy_hint(self, base)
             )
         return self._queue_object(base, is_dlq)
 
@@ -335,9 +338,12 @@ class LeanMQ:
         base, _ = self._split(queue_name)
         keys = QueueKeys(self.prefix, base)
         if not await self.store.queue_exists(keys, keys.dlq):
+            from leanmq_async.ops.legacy import legacy_hint  # LeanMQ 0.2 (issue 15)
+
             raise DeadLetterQueueNotFoundError(
                 f"queue {base!r} has no dead-letter queue under prefix {self.prefix!r}; "
                 f"create the pair with await mq.create_queue_pair({base!r})"
+                + await legacy_hint(self, base)
             )
         return self._queue_object(base, True)
 

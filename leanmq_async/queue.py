@@ -288,10 +288,13 @@ class Queue(Generic[PayloadT]):
             except RedisOperationError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
+                from leanmq_async.ops.legacy import legacy_hint  # LeanMQ 0.2 (issue 15)
+
                 raise QueueNotFoundError(
                     f"queue {self.name!r} has no consumer group {self.consumer_group!r} "
                     f"under prefix {self._mq.prefix!r}; create it with "
                     f"await mq.create_queue_pair({self.base_name!r})"
+                    + await legacy_hint(self._mq, self.base_name)
                 ) from exc
             if raw:
                 if self.is_dlq:

@@ -16,12 +16,14 @@ from collections import Counter
 from typing import Any, cast
 
 import anyio
+import httpx
 import leanmq
 import pytest
 import redis.asyncio as aioredis
 
-from leanmq_async import LeanMQ, Message
+from leanmq_async import LeanMQ, Message, QueueNotFoundError
 from leanmq_async.keys import QueueKeys, legacy_registry_key, registry_key
+from leanmq_async.ops import admin_app
 from leanmq_async.ops.health import check_health
 from leanmq_async.ops.legacy import LEGACY_EVENT, find_legacy_queues
 from leanmq_async.ops.migrate import migrate_registry
@@ -190,6 +192,21 @@ async def test_legacy_queues_are_reported_with_their_counts(
         assert report.status == "warning"
         (issue,) = report.issues
         assert issue.check == "legacy" and "leanmq migrate" in issue.message
+
+        # The dashboard's data, and the advice of a "not found" error.
+        app = admin_app(mq)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://admin"
+        ) as http:
+            body = (await http.get("/stats")).json()
+            assert body["legacy"][0]["name"] == "orders"
+            assert body["legacy"][0]["dead"] == 3
+            page = (await http.get("/")).text
+            assert "legacy-section" in page
+        with pytest.raises(QueueNotFoundError, match="leanmq migrate orders --dry-run"):
+            await mq.get_queue("orders")
+        with pytest.raises(QueueNotFoundError, match="leanmq migrate orders"):
+            await mq.queue("orders").get_messages()
 
         caplog.clear()
         queue = mq.queue("orders")

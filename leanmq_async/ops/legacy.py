@@ -33,6 +33,7 @@ __all__ = [
     "LEGACY_EVENT",
     "LegacyQueue",
     "find_legacy_queues",
+    "legacy_hint",
     "legacy_notice",
     "log_legacy_queues",
 ]
@@ -85,6 +86,24 @@ def legacy_notice(queues: list[LegacyQueue]) -> str:
         "Move them with `leanmq migrate --all --dry-run`, then `--confirm` "
         "(or run `leanmq bridge` while LeanMQ 0.2 producers still write); see the README, "
         "'Migrating from LeanMQ 0.2'."
+    )
+
+
+async def legacy_hint(mq: LeanMQ, base: str) -> str:
+    """For a "queue not found" error: advice if a LeanMQ 0.2 queue ``base`` exists, else "".
+
+    One ``EXISTS``; never raises (the error being reported matters more).
+    """
+    try:
+        found = await mq.store.client.exists(f"{mq.prefix}{base}:metadata")
+    except Exception:  # noqa: BLE001 - a hint only
+        return ""
+    if not found:
+        return ""
+    return (
+        f". A LeanMQ 0.2 queue {mq.prefix}{base} exists (another key layout, not read by "
+        f"leanmq_async): move its messages with `leanmq migrate {base} --dry-run`, then "
+        "`--confirm`, rather than creating an empty queue beside it"
     )
 
 
