@@ -158,7 +158,7 @@ class LeanMQ:
         self.store = Store(client)
         self.store.durability = durability
         self.log = get_logger("leanmq_async", prefix=self.prefix)
-        self._legacy_logged = False  # LeanMQ 0.2 queues reported (issue 15)
+        self._legacy_logged = False  # LeanMQ 0.2 queues looked for (issue 15): once
         self.handlers: list[Handler] = []
         self._queues: dict[tuple[str, bool], Queue] = {}
         self._partitioned: dict[str, PartitionedQueue] = {}
@@ -360,7 +360,8 @@ class LeanMQ:
         if self.store.legacy_registry_members and not self._legacy_logged:
             from leanmq_async.ops.legacy import log_legacy_queues
 
-            self._legacy_logged = bool(await log_legacy_queues(self, self.log))
+            self._legacy_logged = True
+            await log_legacy_queues(self, self.log)
         # --- end migration from LeanMQ 0.2 ---
         queues = [self._queue_object(b, dlq) for b in bases for dlq in (False, True)]
         infos = await self.store.stream_infos([(q.stream, q.keys) for q in queues])
