@@ -352,7 +352,8 @@ async def test_bridge_while_leanmq_0_2_producers_keep_writing_loses_nothing(
     hook = leanmq.LeanMQWebhook(redis_host="127.0.0.1", redis_port=redis_server.port, prefix=prefix)
     hook.send("/order/created", {"n": -2})
 
-    bridge = spawn(cli_cmd(redis_server, prefix, "bridge", "--interval", "0.02", "--min-idle", "0"))
+    bridge_cmd = cli_cmd(redis_server, prefix, "bridge", "--interval", "0.02", "--min-idle", "0")
+    bridge = spawn(bridge_cmd)
     sent: list[int] = []
 
     def produce() -> None:  # LeanMQ 0.2 producers, still running during the cut-over
@@ -362,7 +363,7 @@ async def test_bridge_while_leanmq_0_2_producers_keep_writing_loses_nothing(
             else:
                 queue.send_message({"n": i}, ttl=3600 if i % 5 == 0 else None)
             sent.append(i)
-            time.sleep(0.001)
+            time.sleep(0.004)
 
     handled: Counter[int] = Counter()
     try:
@@ -374,8 +375,15 @@ async def test_bridge_while_leanmq_0_2_producers_keep_writing_loses_nothing(
                     handled[data["n"]] += 1
 
             async with mq.worker(**FAST):
-                thread = threading.Thread(target=produce)
+                # The bridge runs (what was waiting before the cut-over is handled) ...
+                await wait_until(lambda: {-1, -2} <= set(handled), within=60, what="bridged")
+                thread = threading.Thread(target=produce)  # ... while 0.2 producers write.
                 thread.start()
+                # Mid-way, the bridge is killed (-9) and another one started.
+                await wait_until(lambda: len(handled) >= n // 4, within=60, what="a quarter")
+                finish(bridge, signal.SIGKILL)
+                sent_at_kill = len(sent)
+                bridge = spawn(bridge_cmd)
                 await anyio.to_thread.run_sync(thread.join)
                 await wait_until(lambda: len(handled) >= n + 2, within=60, what="all handled")
                 await anyio.sleep(0.3)  # a late duplicate would show up here
@@ -390,5 +398,7 @@ async def test_bridge_while_leanmq_0_2_producers_keep_writing_loses_nothing(
         hook.close()
     assert set(handled) == set(range(-2, n)) and max(handled.values()) == 1
     print(  # noqa: T201
-        f"\nbridge: {n + 2} LeanMQ 0.2 messages (queue + webhook) handled once each; {out.strip()}"
+        f"\nbridge: {n + 2} LeanMQ 0.2 messages (queue + webhook) handled once each; "
+        f"bridge killed (-9) and restarted after {sent_at_kill} sent; "
+        f"{out.strip()}"
     )
