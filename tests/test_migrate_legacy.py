@@ -26,7 +26,7 @@ from leanmq_async.keys import QueueKeys, legacy_registry_key, registry_key
 from leanmq_async.ops import admin_app
 from leanmq_async.ops.health import check_health
 from leanmq_async.ops.legacy import LEGACY_EVENT, find_legacy_queues
-from leanmq_async.ops.migrate import migrate_registry
+from leanmq_async.ops.migrate import migrate, migrate_registry
 from leanmq_async.ops.stats import collect_stats
 from leanmq_async.testing import RedisServer
 from tests.worker_apps.common import wait_until
@@ -402,3 +402,30 @@ async def test_bridge_while_leanmq_0_2_producers_keep_writing_loses_nothing(
         f"bridge killed (-9) and restarted after {sent_at_kill} sent; "
         f"{out.strip()}"
     )
+
+
+async def test_migrate_into_a_queue_in_use_and_odd_entries(
+    redis_server: RedisServer, prefix: str, raw: aioredis.Redis
+) -> None:
+    payload = {"text": "caf\u00e9 \u2603", "big": 2**70, "f": 0.1 + 0.2, "nested": [{"a": None}]}
+    old = old_mq(redis_server, prefix)
+    queue, _ = old.create_queue_pair("orders")
+    first = queue.send_message(payload, ttl=600)
+    await raw.xadd(f"{prefix}orders", {"foo": "bar", "x": "not a number"})  # not LeanMQ 0.2's
+    old.close()
+    async with LeanMQ(redis_server.url, prefix=prefix) as mq:
+        orders, _ = await mq.create_queue_pair("orders")
+        await orders.send_message({"new": True})  # a newer id than the 0.2 entries
+        (report,) = await migrate(mq)
+        assert (report.waiting, report.pending, report.dead) == (2, 0, 0)
+        got = await orders.get_messages(count=10)
+        assert [m.data for m in got] == [{"new": True}, payload]  # the foreign one: see below
+        moved = got[1]
+        assert moved.headers["leanmq02.id"] == first
+        assert moved.id != first  # the 0.2 id no longer sorts last: a new one, kept in a header
+        assert moved.expires_at is not None
+        # The foreign entry moved unchanged, and was dead-lettered as undecodable on read.
+        dlq = await mq.get_dead_letter_queue("orders")
+        (dead,) = await dlq.get_messages()
+        assert dead.dead_letter is not None
+        assert "not a leanmq message" in dead.dead_letter.reason

@@ -22,7 +22,8 @@ the TTL (the 0.2 expiry time becomes the ``x`` field and the expiry index entry)
 for dead letters the reason and time of the last failure (``dlq.reason``, ``dlq.at``;
 the whole ``_failures`` list in the header ``leanmq02.failures``). An entry that is not
 a LeanMQ 0.2 message is moved with its fields unchanged (the worker then dead-letters
-it as undecodable: visible, not lost).
+it as undecodable: visible, not lost); so is a payload leanmq_async cannot carry exactly
+(NaN or Infinity, which LeanMQ 0.2's ``json`` wrote), whose reason says why.
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ for _ = 1, n do
       new_id = redis.call('XADD', new, '*', unpack(fields))
     end
     for i = 1, #fields, 2 do
-      if fields[i] == 'x' then redis.call('ZADD', new_exp, fields[i + 1], new_id) end
+      local x = fields[i] == 'x' and tonumber(fields[i + 1])
+      if x then redis.call('ZADD', new_exp, x, new_id) end
     end
     redis.call('XDEL', old, id)
     redis.call('ZREM', old_exp, id)
@@ -187,7 +189,10 @@ def convert_entry(
         ts = float(meta.get("timestamp") or _id_seconds(sid))
     except (TypeError, ValueError):
         ts = _id_seconds(sid)
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate (from a "\ud800" escape): keep it escaped
+        payload = json.dumps(data, separators=(",", ":")).encode()
     envelope = Envelope(id=str(meta.get("id") or sid), ts=ts, p=msgspec.Raw(payload), h=headers)
     out = [FIELD_JSON, msgspec.json.encode(envelope)]
     if expires_at is not None:
