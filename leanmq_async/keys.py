@@ -20,7 +20,7 @@ No key is shared with LeanMQ 0.2, whose keys under the same prefix are ``{prefix
 a queue name starting with a brace), and the registry's empty hash tag ``{}`` can never
 be a queue's (queue names are non-empty and brace-free).
 
-Transition: versions up to 0.x wrote the registry to ``{prefix}registry``, the very key
+Transition: earlier versions (0.1.0) wrote the registry to ``{prefix}registry``, the very key
 LeanMQ 0.2 uses for its own registry. That key is now only *read* (never written): its
 members that are queues of this library (their ``:meta`` hash exists) are listed as
 well (:func:`legacy_registry_key`); ``leanmq migrate --registry --confirm`` copies them
