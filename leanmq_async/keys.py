@@ -23,7 +23,7 @@ be a queue's (queue names are non-empty and brace-free).
 Transition: earlier versions (0.1.0) wrote the registry to ``{prefix}registry``, the very key
 LeanMQ 0.2 uses for its own registry. That key is now only *read* (never written): its
 members that are queues of this library (their ``:meta`` hash exists) are listed as
-well (:func:`legacy_registry_key`); ``leanmq migrate --registry --confirm`` copies them
+well (:func:`legacy_registry_key`); ``leanmq migrate --all --confirm`` copies them
 to the new registry and removes them from the old key. The read goes in a later release.
 """
 
