@@ -29,6 +29,7 @@ from leanmq_async.exceptions import (
     DeadLetterQueueNotFoundError,
     QueueNotFoundError,
 )
+from leanmq_async.legacy import legacy_hint, log_legacy_queues
 from leanmq_async.keys import (
     DLQ_SUFFIX,
     QueueKeys,
@@ -141,6 +142,7 @@ class LeanMQ:
         self.store = Store(self.redis)
         self.store.durability = durability
         self.log = get_logger("leanmq_async", prefix=self.prefix)
+        self._legacy_logged = False  # LeanMQ 0.2 queues looked for (issue 15): once
         self.handlers: list[Handler] = []
         self._queues: dict[tuple[str, bool], Queue] = {}
         self._partitioned: dict[str, PartitionedQueue] = {}
@@ -307,6 +309,7 @@ class LeanMQ:
             raise QueueNotFoundError(
                 f"queue {queue_name!r} does not exist under prefix {self.prefix!r}; "
                 f"create it with await mq.create_queue_pair({base!r})"
+                + await legacy_hint(self, base)
             )
         return self._queue_object(base, is_dlq)
 
@@ -318,6 +321,7 @@ class LeanMQ:
             raise DeadLetterQueueNotFoundError(
                 f"queue {base!r} has no dead-letter queue under prefix {self.prefix!r}; "
                 f"create the pair with await mq.create_queue_pair({base!r})"
+                + await legacy_hint(self, base)
             )
         return self._queue_object(base, True)
 
@@ -325,9 +329,16 @@ class LeanMQ:
         """Info on every created queue and its DLQ (two round trips in all).
 
         A main queue deleted with ``delete_queue(name, delete_dlq=False)`` is left out;
-        its dead-letter queue is still listed.
+        its dead-letter queue is still listed. LeanMQ 0.2 queues under the prefix are not
+        listed (their layout differs): the first call that finds some logs the warning
+        ``legacy_queues_found`` with their counts and how to migrate them.
         """
         bases = await self.store.registered_queues(self.prefix)
+        # --- migration from LeanMQ 0.2 (issue 15): say so, once, when its queues exist ---
+        if self.store.legacy_registry_members and not self._legacy_logged:
+            self._legacy_logged = True
+            await log_legacy_queues(self, self.log)
+        # --- end migration from LeanMQ 0.2 ---
         queues = [self._queue_object(b, dlq) for b in bases for dlq in (False, True)]
         infos = await self.store.stream_infos([(q.stream, q.keys) for q in queues])
         return [

@@ -8,11 +8,23 @@ All keys of one queue share one Redis Cluster hash tag, the queue name in braces
     {prefix}{orders}:delayed:data     HASH  member -> packed stream fields of the delayed entry
     {prefix}{orders}:expiry           ZSET  stream id -> expiry time (ms, Redis clock)
     {prefix}{orders}:meta             HASH  created_at, consumer_group, dlq_group
-    {prefix}registry                  SET   names of the queues created with this prefix
+    {prefix}{}:registry               SET   names of the queues created with this prefix
 
 so every multi-key step on one queue is a single atomic Lua script, also on a cluster.
 The registry is the only key outside a queue's slot; it is only an index for
 ``list_queues`` and is never part of an atomic step.
+
+No key is shared with LeanMQ 0.2, whose keys under the same prefix are ``{prefix}orders``,
+``{prefix}orders:dlq``, ``{prefix}orders:metadata``, ``{prefix}orders:expiry`` and
+``{prefix}registry``: every key above starts with ``{prefix}{`` (LeanMQ 0.2 would need
+a queue name starting with a brace), and the registry's empty hash tag ``{}`` can never
+be a queue's (queue names are non-empty and brace-free).
+
+Transition: earlier versions (0.1.0) wrote the registry to ``{prefix}registry``, the very key
+LeanMQ 0.2 uses for its own registry. That key is now only *read* (never written): its
+members that are queues of this library (their ``:meta`` hash exists) are listed as
+well (:func:`legacy_registry_key`); ``leanmq migrate --all --confirm`` copies them
+to the new registry and removes them from the old key. The read goes in a later release.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ __all__ = [
     "DLQ_SUFFIX",
     "QueueKeys",
     "default_group",
+    "legacy_registry_key",
     "make_consumer_name",
     "registry_key",
     "validate_prefix",
@@ -123,4 +136,9 @@ class QueueKeys:
 
 def registry_key(prefix: str) -> str:
     """The set that lists the base names of all queues created under ``prefix``."""
+    return f"{prefix}{{}}:registry"
+
+
+def legacy_registry_key(prefix: str) -> str:
+    """Where earlier versions kept the registry: LeanMQ 0.2's own registry key (read only)."""
     return f"{prefix}registry"

@@ -13,6 +13,7 @@ from leanmq_async.exceptions import (
     QueueNotFoundError,
     RedisOperationError,
 )
+from leanmq_async.legacy import legacy_hint
 from leanmq_async.message import Message, QueueInfo
 from leanmq_async.reading import dead_letter_info, to_message, triage
 from leanmq_async.store import RawEntry
@@ -66,6 +67,7 @@ async def read_messages(
                 f"queue {queue.name!r} has no consumer group {queue.consumer_group!r} "
                 f"under prefix {queue.mq.prefix!r}; create it with "
                 f"await mq.create_queue_pair({queue.base_name!r})"
+                + await legacy_hint(queue.mq, queue.base_name)  # LeanMQ 0.2 (issue 15)
             ) from exc
         if raw:
             if queue.is_dlq:

@@ -48,7 +48,7 @@ async def test_create_queue_pair_creates_everything(
     assert meta[b"consumer_group"] == b"orders-group"
     assert meta[b"dlq_group"] == b"orders-group-dlq"
     assert before - 1 <= float(meta[b"created_at"]) <= time.time() + 1
-    assert await raw.smembers(f"{prefix}registry") == {b"orders"}
+    assert await raw.smembers(f"{prefix}{{}}:registry") == {b"orders"}
 
 
 async def test_create_queue_pair_is_idempotent(mq: LeanMQ, raw: aioredis.Redis) -> None:

@@ -72,7 +72,7 @@ async def test_url_and_prefix(redis_server: RedisServer, prefix: str, raw: aiore
         assert mq.prefix == prefix
         assert mq.url == redis_server.url
         await _roundtrip(mq)
-    assert await raw.exists(f"{prefix}{{conn}}", f"{prefix}registry") == 2
+    assert await raw.exists(f"{prefix}{{conn}}", f"{prefix}{{}}:registry") == 2
 
 
 async def test_keywords_with_password_and_db(auth_server: RedisServer, no_env_url: None) -> None:

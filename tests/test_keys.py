@@ -11,6 +11,7 @@ from leanmq_async.keys import (
     DLQ_SUFFIX,
     QueueKeys,
     default_group,
+    legacy_registry_key,
     make_consumer_name,
     registry_key,
     validate_prefix,
@@ -36,7 +37,8 @@ def test_key_names() -> None:
         keys.expiry,
         keys.meta,
     )
-    assert registry_key("mq:") == "mq:registry"
+    assert registry_key("mq:") == "mq:{}:registry"
+    assert legacy_registry_key("mq:") == "mq:registry"  # LeanMQ 0.2's own key: read only
     assert default_group("orders") == "orders-group"
 
 

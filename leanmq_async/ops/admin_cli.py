@@ -12,6 +12,8 @@
     leanmq force-process orders --batch-size 100
     leanmq watch --interval 2
     leanmq serve --port 8080 --token "$ADMIN_TOKEN"
+    leanmq migrate --all --dry-run                 # LeanMQ 0.2 queues: then --confirm
+    leanmq bridge                                  # while LeanMQ 0.2 producers still write
 
 ``--url`` defaults to ``$LEANMQ_URL`` (then redis://localhost:6379/0), ``--prefix`` to
 ``$LEANMQ_PREFIX`` (then ``mq:``). Tables for people by default, ``--json`` for scripts.

@@ -96,8 +96,9 @@ class HealthIssue(msgspec.Struct, kw_only=True):
 
     queue: str
     check: str
-    """``backlog``, ``dlq``, ``pending``, ``oldest_pending``, ``error``, ``redis`` or
-    ``memory`` (Redis above 90 % of ``maxmemory``; critical when full with ``noeviction``)."""
+    """``backlog``, ``dlq``, ``pending``, ``oldest_pending``, ``error``, ``redis``,
+    ``memory`` (Redis above 90 % of ``maxmemory``; critical when full with ``noeviction``)
+    or ``legacy`` (a LeanMQ 0.2 queue with messages not migrated yet)."""
     level: Level
     value: float
     threshold: float | None
@@ -197,6 +198,25 @@ def evaluate(stats: Stats, thresholds: HealthThresholds | None = None) -> Health
         found = _queue_issues(q, t)
         levels[q.name] = worst(i.level for i in found)
         issues += found
+    # --- migration from LeanMQ 0.2 (issue 15): unmigrated messages are a warning ---
+    if stats.legacy:
+        from leanmq_async.legacy import legacy_notice
+
+        for old in stats.legacy:
+            if not old.total:
+                continue  # migrated (only acknowledged history left), or empty
+            issues.append(
+                HealthIssue(
+                    queue=old.name,
+                    check="legacy",
+                    level="warning",
+                    value=float(old.total),
+                    threshold=None,
+                    message=legacy_notice([old]),
+                )
+            )
+            levels[f"{old.name} (LeanMQ 0.2)"] = "warning"
+    # --- end migration from LeanMQ 0.2 ---
     return HealthReport(
         status=worst(levels.values()),
         redis=True,

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, validate_queue_name
+from leanmq_async.legacy import LegacyQueue, find_legacy_queues
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
@@ -136,6 +137,9 @@ class Stats(msgspec.Struct, kw_only=True):
     round_trips: int
     window_s: float | None = None
     """Seconds between the samples the rates were computed from (None: no rates)."""
+    legacy: list[LegacyQueue] = []
+    """LeanMQ 0.2 queues found under the prefix, not read by leanmq_async: migrate them
+    (``leanmq migrate``). Looked for only when the registry is read (no ``queues=``)."""
 
     def queue(self, name: str) -> QueueStats:
         """The stats of queue ``name``; ``KeyError`` if it is not in the snapshot."""
@@ -331,7 +335,15 @@ async def collect_stats(
             g.lag, g.lag_exact, g.backlog = n, n < lag_count_cap, n + g.pending
     for q in out:
         _summarise(q)
-    return Stats(prefix=mq.prefix, collected_at=now_ms / 1000, queues=out, round_trips=trips)
+    # --- migration from LeanMQ 0.2 (issue 15): only when its registry has members ---
+    legacy: list[LegacyQueue] = []
+    if queues is None and mq.store.legacy_registry_members:
+        legacy = await find_legacy_queues(mq)
+        trips += 2
+    # --- end migration from LeanMQ 0.2 ---
+    return Stats(
+        prefix=mq.prefix, collected_at=now_ms / 1000, queues=out, round_trips=trips, legacy=legacy
+    )
 
 
 # -- rates --------------------------------------------------------------------------------

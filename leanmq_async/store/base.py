@@ -40,6 +40,8 @@ class StoreBase:
         # Moves the clock every time decision uses (the scripts' and redis_now_ms) forward
         # by this many ms. Always 0 in production; a test sets it to let time pass at once.
         self.clock_shift_ms = 0
+        # Members of LeanMQ 0.2's registry seen by the last registered_queues (issue 15).
+        self.legacy_registry_members = 0
 
     async def load_scripts(self) -> None:
         """Load every script now (on every primary of a cluster).

@@ -13,12 +13,22 @@ import redis.exceptions as redis_errors
 
 from leanmq_async.cluster import queue_slot
 from leanmq_async.connection import translate_errors
-from leanmq_async.keys import QueueKeys, registry_key
+from leanmq_async.exceptions import ConfigurationError
+from leanmq_async.keys import QueueKeys, legacy_registry_key, registry_key, validate_queue_name
 from leanmq_async.replies import ExpireResult, parse_count, parse_expire, parse_move_due, text
 from leanmq_async.store.base import StoreBase, chunked
 
 __all__ = ["QueueAdmin"]
 
+
+
+def _is_queue_name(name: str) -> bool:
+    """Could ``name`` be a queue of this library? (LeanMQ 0.2 members may be anything.)"""
+    try:
+        validate_queue_name(name)
+    except ConfigurationError:
+        return False
+    return True
 
 class QueueAdmin(StoreBase):
     """Queue-level operations of :class:`~leanmq_async.store.Store`."""
@@ -77,9 +87,36 @@ class QueueAdmin(StoreBase):
             return int(await self.client.exists(keys.meta, stream)) == 2
 
     async def registered_queues(self, prefix: str) -> list[str]:
+        """The registry's queue names, with those an earlier version left in the old key.
+
+        One round trip; two while the old key (LeanMQ 0.2's registry, see
+        :func:`~leanmq_async.keys.legacy_registry_key`) has members: only those whose
+        ``:meta`` hash exists are queues of this library. The others (LeanMQ 0.2's own
+        queues) are counted in :attr:`legacy_registry_members`.
+        """
+        # --- migration from LeanMQ 0.2 (issue 15): the registry moved; read both names ---
         with translate_errors("SMEMBERS"):
-            names = await self.client.smembers(registry_key(prefix))
-        return sorted(text(n) for n in names)
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.smembers(registry_key(prefix))
+                pipe.smembers(legacy_registry_key(prefix))  # not a set: an error, ignored
+                current, old = await pipe.execute(raise_on_error=False)
+            if isinstance(current, Exception):
+                raise current
+            names = {text(n) for n in current}
+            extra = [] if isinstance(old, Exception) else [text(n) for n in old]
+            extra = [n for n in extra if n not in names]
+            candidates = [n for n in extra if _is_queue_name(n)]
+            found: list[Any] = []
+            if candidates:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for name in candidates:
+                        pipe.exists(QueueKeys(prefix, name).meta)
+                    found = await pipe.execute()
+            ours = {n for n, hit in zip(candidates, found, strict=True) if hit}
+            names.update(ours)
+            self.legacy_registry_members = len(extra) - len(ours)
+        return sorted(names)
+        # --- end migration from LeanMQ 0.2 ---
 
     async def delete_queue(self, prefix: str, keys: QueueKeys, delete_dlq: bool) -> int:
         """Delete a queue's keys (and its DLQ's); return the number of keys removed.

@@ -320,6 +320,10 @@ class Worker:
                 handlers=len(self.runners),
             )
             task_status.started(self)
+            # LeanMQ 0.2 (issue 15): say once at start if its queues wait under the prefix.
+            from leanmq_async.legacy import log_legacy_queues
+
+            await log_legacy_queues(self.mq, self.log)
             burst_watch = anyio.CancelScope()
             if self.settings.burst:
                 tg.start_soon(self._stop_when_burst_done, burst_watch)

@@ -17,6 +17,7 @@ from leanmq_async.ops.cli.common import (
     seconds_type,
     table,
 )
+from leanmq_async.legacy import legacy_notice
 from leanmq_async.ops.stats import Stats, StatsSampler, collect_stats
 
 if TYPE_CHECKING:
@@ -49,7 +50,8 @@ def stats_text(stats: Stats) -> str:
                 "-" if rate is None else f"{rate:.1f}%",
             ]
         )
-    if not rows:
+    legacy = [q for q in stats.legacy if q.total]  # LeanMQ 0.2 queues (issue 15)
+    if not rows and not legacy:
         return f"no queues under prefix {stats.prefix!r}"
     parts = [
         table(
@@ -86,6 +88,8 @@ def stats_text(stats: Stats) -> str:
     if stats.window_s:
         parts.append(f"rates over {stats.window_s:.1f}s")
     parts.extend(f"error in {q.name}: {q.error}" for q in stats.queues if q.error)
+    if legacy:
+        parts.append(f"\n{legacy_notice(legacy)}")
     return "\n".join(parts)
 
 
