@@ -29,7 +29,6 @@ from leanmq_async.exceptions import (
     DeadLetterQueueNotFoundError,
     QueueNotFoundError,
 )
-from leanmq_async.legacy import legacy_hint, log_legacy_queues
 from leanmq_async.keys import (
     DLQ_SUFFIX,
     QueueKeys,
@@ -37,6 +36,7 @@ from leanmq_async.keys import (
     validate_prefix,
     validate_queue_name,
 )
+from leanmq_async.legacy import legacy_hint, log_legacy_queues
 from leanmq_async.message import QueueInfo
 from leanmq_async.partition import PartitionedQueue
 from leanmq_async.queue import Queue

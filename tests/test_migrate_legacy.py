@@ -23,9 +23,9 @@ import redis.asyncio as aioredis
 
 from leanmq_async import LeanMQ, Message, QueueNotFoundError
 from leanmq_async.keys import QueueKeys, legacy_registry_key, registry_key
+from leanmq_async.legacy import LEGACY_EVENT, find_legacy_queues
 from leanmq_async.ops import admin_app
 from leanmq_async.ops.health import check_health
-from leanmq_async.legacy import LEGACY_EVENT, find_legacy_queues
 from leanmq_async.ops.migrate import migrate, migrate_registry
 from leanmq_async.ops.stats import collect_stats
 from leanmq_async.testing import RedisServer

@@ -21,7 +21,6 @@ from leanmq_async.store.base import StoreBase, chunked
 __all__ = ["QueueAdmin"]
 
 
-
 def _is_queue_name(name: str) -> bool:
     """Could ``name`` be a queue of this library? (LeanMQ 0.2 members may be anything.)"""
     try:
@@ -29,6 +28,7 @@ def _is_queue_name(name: str) -> bool:
     except ConfigurationError:
         return False
     return True
+
 
 class QueueAdmin(StoreBase):
     """Queue-level operations of :class:`~leanmq_async.store.Store`."""

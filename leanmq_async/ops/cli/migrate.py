@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from leanmq_async.exceptions import ConfigurationError
+from leanmq_async.legacy import find_legacy_queues
 from leanmq_async.ops.bridge import run_bridge
 from leanmq_async.ops.cli.common import Commands
-from leanmq_async.legacy import find_legacy_queues
 from leanmq_async.ops.migrate import DEFAULT_BATCH, migrate, migrate_registry
 
 if TYPE_CHECKING:

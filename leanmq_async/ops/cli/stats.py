@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from leanmq_async.legacy import legacy_notice
 from leanmq_async.ops.cli.common import (
     EXIT_OK,
     Commands,
@@ -17,7 +18,6 @@ from leanmq_async.ops.cli.common import (
     seconds_type,
     table,
 )
-from leanmq_async.legacy import legacy_notice
 from leanmq_async.ops.stats import Stats, StatsSampler, collect_stats
 
 if TYPE_CHECKING:
