@@ -87,31 +87,44 @@ local function groups_of(stream)
 end
 """
 
-# KEYS: per queue [stream, expiry, delayed, delayed_data]
-# ARGV: n_ops, then per op: queue index (1-based), ttl_ms, delay_ms, field, body, member;
-#       last: clock shift (ms)
+# KEYS: per queue [stream, expiry, delayed, delayed_data, dedup, dedup_until]
+# ARGV: n_ops, then per op: queue index (1-based), ttl_ms, delay_ms, field, body, member,
+#       message_id, dedup_ms (0: not deduplicated); last: clock shift (ms)
 # All or nothing: every key's type is checked before anything is written, and a write
 # that fails all the same (an XADD on a stream whose last id is the largest possible one)
 # undoes every write before it, so a batch (a transaction, or send_messages) is written
-# whole or not at all. Returns the stream ids (or delayed members). A delayed member is
-# prefixed with the send time and the op's index: entries due at the same millisecond
-# sort by member, so this keeps them in the order they were sent.
+# whole or not at all. Returns the stream ids (or delayed members), then the 1-based
+# positions of the ops that were duplicates. A delayed member is prefixed with the send
+# time and the op's index: entries due at the same millisecond sort by member, so this
+# keeps them in the order they were sent.
+# Idempotent sends: an op with dedup_ms > 0 whose message_id was sent to the same queue
+# less than its window ago writes nothing and returns the first send's id. The record
+# ("<until> <id>" in the dedup hash, <until> in the dedup:until zset) is swept once
+# expired, a few per call; both keys expire after the longest window of their last send.
 SEND: Final = (
     _PRELUDE
     + r"""
-local expected = {'stream', 'zset', 'zset', 'hash'}
+local expected = {'stream', 'zset', 'zset', 'hash', 'hash', 'zset'}
+local n = tonumber(ARGV[1])
+local deduped = {}  -- queue index (0-based) -> true: one of its ops is deduplicated
+for op = 0, n - 1 do
+  if tonumber(ARGV[9 + op * 8]) > 0 then deduped[tonumber(ARGV[2 + op * 8]) - 1] = true end
+end
 local new_streams = {}
 for i = 1, #KEYS do
-  local t = redis.call('TYPE', KEYS[i])['ok']
-  local want = expected[((i - 1) % 4) + 1]
-  if t ~= 'none' and t ~= want then
-    return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)
+  local role = ((i - 1) % 6) + 1
+  if role < 5 or deduped[math.floor((i - 1) / 6)] then
+    local t = redis.call('TYPE', KEYS[i])['ok']
+    local want = expected[role]
+    if t ~= 'none' and t ~= want then
+      return redis.error_reply(
+        'WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)
+    end
+    if t == 'none' and want == 'stream' then new_streams[#new_streams + 1] = KEYS[i] end
   end
-  if t == 'none' and want == 'stream' then new_streams[#new_streams + 1] = KEYS[i] end
 end
-local n = tonumber(ARGV[1])
-local now = now_ms(ARGV[2 + n * 6])
-local out = {}
+local now = now_ms(ARGV[2 + n * 8])
+local out, dups = {}, {}
 -- What was written so far, to remove again if a later write fails: {command, key, member}.
 local undo = {}
 local function write(cmd, key, ...)
@@ -124,17 +137,35 @@ local function write(cmd, key, ...)
   end
   return r, nil
 end
+local swept, longest = {}, {}
+local function first_send(base, mid)
+  local h, z = KEYS[base + 5], KEYS[base + 6]
+  if not swept[base] then
+    swept[base] = true
+    local old = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 100 + 2 * n)
+    in_slices(old, function(ids) redis.call('HDEL', h, unpack(ids)) end)
+    in_slices(old, function(ids) redis.call('ZREM', z, unpack(ids)) end)
+  end
+  local until_ms, id = string.match(redis.call('HGET', h, mid) or '', '^(%d+) (.*)$')
+  if until_ms and tonumber(until_ms) > now then return id end
+  return nil
+end
 for op = 0, n - 1 do
-  local b = 2 + op * 6
-  local base = (tonumber(ARGV[b]) - 1) * 4
+  local b = 2 + op * 8
+  local base = (tonumber(ARGV[b]) - 1) * 6
   local ttl, delay = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local mid, dedup = ARGV[b + 6], tonumber(ARGV[b + 7])
   local fields = {ARGV[b + 3], ARGV[b + 4]}
   if ttl > 0 then
     fields[3] = 'x'
     fields[4] = tostring(now + ttl)
   end
-  local done, err
-  if delay > 0 then
+  local done, err, sent
+  if dedup > 0 then sent = first_send(base, mid) end
+  if sent then
+    out[#out + 1] = sent
+    dups[#dups + 1] = op + 1
+  elseif delay > 0 then
     local member = string.format('%015.0f%06d|', now, op) .. ARGV[b + 5]
     done, err = write('ZADD', KEYS[base + 3], now + delay, member)
     if err then return redis.error_reply(err) end
@@ -155,7 +186,22 @@ for op = 0, n - 1 do
     end
     out[#out + 1] = id
   end
+  if dedup > 0 and not sent then
+    done, err = write('HSET', KEYS[base + 5], mid, string.format('%.0f ', now + dedup) .. out[#out])
+    if err then return redis.error_reply(err) end
+    undo[#undo + 1] = {'HDEL', KEYS[base + 5], mid}
+    done, err = write('ZADD', KEYS[base + 6], now + dedup, mid)
+    if err then return redis.error_reply(err) end
+    undo[#undo + 1] = {'ZREM', KEYS[base + 6], mid}
+    longest[base] = math.max(longest[base] or 0, dedup)
+  end
 end
+for base, ms in pairs(longest) do
+  for k = base + 5, base + 6 do
+    if redis.call('PTTL', KEYS[k]) < ms then redis.call('PEXPIRE', KEYS[k], ms) end
+  end
+end
+for _, pos in ipairs(dups) do out[#out + 1] = pos end
 return out
 """
 )

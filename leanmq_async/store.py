@@ -17,9 +17,11 @@ import redis.exceptions as redis_errors
 from redis.commands.core import AsyncScript
 
 from leanmq_async import scripts
+from leanmq_async._log import get_logger
 from leanmq_async.cluster import (
     AnyRedis,
     Durability,
+    NotReplicatedError,
     check_one_slot,
     is_cluster,
     queue_slot,
@@ -27,8 +29,10 @@ from leanmq_async.cluster import (
 )
 from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import ConfigurationError, LeanMQError
+from leanmq_async.idempotency import split_send_reply
 from leanmq_async.keys import QueueKeys, registry_key
 from leanmq_async.message import DeadLetterResult
+from leanmq_async.send_errors import client_retries, translate_send_errors
 
 __all__ = [
     "ExpireResult",
@@ -53,9 +57,10 @@ MIN_REDIS_VERSION = (7, 0)
 
 
 class SendOp:
-    """One message to write: which queue, the encoded envelope, TTL and delay (ms)."""
+    """One message to write: which queue, the encoded envelope, TTL and delay (ms); with
+    ``dedup_ms`` > 0, deduplicated by ``message_id`` (see :mod:`leanmq_async.idempotency`)."""
 
-    __slots__ = ("body", "delay_ms", "field", "keys", "member", "ttl_ms")
+    __slots__ = ("body", "dedup_ms", "delay_ms", "field", "keys", "member", "message_id", "ttl_ms")
 
     def __init__(
         self,
@@ -65,6 +70,8 @@ class SendOp:
         ttl_ms: int = 0,
         delay_ms: int = 0,
         member: str = "",
+        message_id: str = "",
+        dedup_ms: int = 0,
     ) -> None:
         self.keys = keys
         self.field = field
@@ -72,6 +79,8 @@ class SendOp:
         self.ttl_ms = ttl_ms
         self.delay_ms = delay_ms
         self.member = member
+        self.message_id = message_id
+        self.dedup_ms = dedup_ms
 
 
 class ReclaimResult:
@@ -262,6 +271,9 @@ class Store:
         # Moves the clock every time decision uses (the scripts' and redis_now_ms) forward
         # by this many ms. Always 0 in production; a test sets it to let time pass at once.
         self.clock_shift_ms = 0
+        # -- idempotent sends and honest send errors (issue 17) --
+        self.dedup_hits = 0  # sends that found their message_id already sent
+        self._retries = client_retries(client)  # > 0: every send error is "outcome unknown"
 
     async def load_scripts(self) -> None:
         """Load every script now (on every primary of a cluster).
@@ -405,13 +417,16 @@ class Store:
 
     async def purge(self, keys: QueueKeys, stream: str, include_delayed: bool) -> int:
         expiry = keys.expiry_of(stream)
+        purge_keys = [stream, expiry, keys.delayed, keys.delayed_data]
         with translate_errors("purge"):
-            return int(
-                await self._purge(
-                    keys=[stream, expiry, keys.delayed, keys.delayed_data],
-                    args=["1" if include_delayed else "0"],
-                )
-            )
+            if not include_delayed:
+                return int(await self._purge(keys=purge_keys, args=["0"]))
+            # A main queue's dedup records go with it, in the same MULTI (issue 17).
+            async with self.client.pipeline(transaction=True) as pipe:
+                await self._purge(keys=purge_keys, args=["1"], client=pipe)
+                pipe.delete(keys.dedup, keys.dedup_until)
+                purged, _ = await pipe.execute()
+            return int(purged)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -424,7 +439,7 @@ class Store:
         """
         if durability is None:
             durability = self.durability
-        with translate_errors("XADD"):
+        with translate_send_errors("XADD", retries=self._retries):
             if durability is not None:
                 command = ("XADD", stream, "*", field, body)
                 sid = await write_and_wait(self.client, stream, command, durability)
@@ -449,15 +464,33 @@ class Store:
             if index is None:
                 index = key_index[op.keys.base] = len(key_index) + 1
                 keys += [op.keys.stream, op.keys.expiry, op.keys.delayed, op.keys.delayed_data]
+                keys += [op.keys.dedup, op.keys.dedup_until]
             args += [index, op.ttl_ms, op.delay_ms, op.field, op.body, op.member]
+            args += [op.message_id, op.dedup_ms]
         args.append(self.clock_shift_ms)
-        with translate_errors("send"):
-            if durability is not None:
-                command = ("EVALSHA", self._send.sha, len(keys), *keys, *args)
-                ids = await write_and_wait(self.client, keys[0], command, durability, self._send)
-            else:
-                ids = await self._send(keys=keys, args=args)
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        with translate_send_errors("send", retries=self._retries):
+            try:
+                if durability is not None:
+                    command = ("EVALSHA", self._send.sha, len(keys), *keys, *args)
+                    reply = await write_and_wait(
+                        self.client, keys[0], command, durability, self._send
+                    )
+                else:
+                    reply = await self._send(keys=keys, args=args)
+            except NotReplicatedError as exc:
+                exc.stream_ids = exc.stream_ids[: len(ops)]  # the duplicates' positions follow
+                raise
+        ids, duplicates = split_send_reply(reply, len(ops))
+        if duplicates:
+            self._count_duplicates(ops, ids, duplicates)
+        return ids
+
+    def _count_duplicates(self, ops: Sequence[SendOp], ids: list[str], dups: list[int]) -> None:
+        self.dedup_hits += len(dups)
+        log = get_logger("leanmq_async")
+        for i in dups:
+            op = ops[i]
+            log.debug("send_deduplicated", queue=op.keys.base, message_id=op.message_id, id=ids[i])
 
     # -- reading and acknowledging ------------------------------------------------------
 
@@ -958,6 +991,7 @@ class Store:
                     args=["1"],
                     client=pipe,
                 )
+                pipe.delete(keys.dedup, keys.dedup_until)  # dedup records (issue 17)
                 if include_dlq:
                     await self._purge(
                         keys=[keys.dlq, keys.dlq_expiry, keys.delayed, keys.delayed_data],
@@ -965,7 +999,7 @@ class Store:
                         client=pipe,
                     )
                 replies = await pipe.execute()
-        delayed, stream, *dlq = (int(r) for r in replies)
+        delayed, stream, _, *dlq = (int(r) for r in replies)
         return stream, delayed, dlq[0] if dlq else 0
 
     async def last_id(self, stream: str) -> str | None:
