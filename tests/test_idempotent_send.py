@@ -8,7 +8,9 @@ import redis.asyncio as aioredis
 
 from leanmq_async import (
     ConfigurationError,
+    Durability,
     LeanMQ,
+    NotReplicatedError,
     Queue,
     RedisOperationError,
     TransactionError,
@@ -91,7 +93,8 @@ async def test_a_bad_window_is_refused(mq: LeanMQ, queue: Queue, bad: object) ->
 
 async def test_queues_do_not_share_records(mq: LeanMQ, raw: aioredis.Redis) -> None:
     a, b = mq.queue("idem-a"), mq.queue("idem-b")
-    assert await a.send_message(1, message_id="m") != await b.send_message(1, message_id="m")
+    await a.send_message(1, message_id="m")
+    await b.send_message(1, message_id="m")  # its id may equal a's: another stream
     assert await raw.xlen(a.stream) == await raw.xlen(b.stream) == 1
 
 
@@ -154,7 +157,7 @@ async def test_a_transaction_with_a_duplicate(
     assert tx.stream_ids[0] == first
     assert tx.stream_ids[2] == tx.stream_ids[1] != first
     assert await raw.xlen(queue.stream) == 2
-    assert await raw.xlen(other.stream) == 1
+    assert await raw.xlen(other.stream) == 1  # tx-1 of another queue is written
     # The whole transaction again: nothing new.
     async with mq.transaction() as again:
         again.send_message(queue, {"k": 1}, "tx-1")
@@ -232,19 +235,21 @@ async def test_records_expire_with_the_window(
 async def test_delete_queue_and_purge_forget_the_records(
     mq: LeanMQ, queue: Queue, raw: aioredis.Redis
 ) -> None:
-    first = await queue.send_message(1, message_id="p")
+    # (Ids are not compared across a purge or a delete: a new stream may reuse them.)
+    await queue.send_message(1, message_id="p")
     assert await queue.purge() == 1
     assert await raw.exists(queue.keys.dedup, queue.keys.dedup_until) == 0
     after_purge = await queue.send_message(1, message_id="p")
-    assert after_purge != first
-    assert await raw.xlen(queue.stream) == 1
+    assert await raw.xlen(queue.stream) == 1 and mq.store.dedup_hits == 0
     # The DLQ's purge leaves the main queue's records alone.
     await queue.dead_letter_queue().purge()
     assert await queue.send_message(1, message_id="p") == after_purge
+    assert mq.store.dedup_hits == 1
     assert await mq.delete_queue("idem", delete_dlq=False)
     assert await raw.exists(queue.keys.dedup, queue.keys.dedup_until) == 0
     await mq.create_queue_pair("idem")
-    assert await queue.send_message(1, message_id="p") not in (first, after_purge)
+    await queue.send_message(1, message_id="p")
+    assert await raw.xlen(queue.stream) == 1 and mq.store.dedup_hits == 1
     await queue.send_message(1, message_id="q")
     assert await mq.delete_queue("idem")
     assert await raw.exists(queue.keys.dedup, queue.keys.dedup_until) == 0
@@ -283,3 +288,19 @@ async def test_partitioned_sends_route_a_message_id_to_one_partition(
     for mid, sid in zip(mids, ids, strict=True):
         entries = await raw.xrange(orders.partition_for(mid).stream, sid, sid)
         assert len(entries) == 1
+
+
+async def test_a_durable_send_reports_only_the_stream_ids(
+    mq: LeanMQ, queue: Queue, raw: aioredis.Redis
+) -> None:
+    """With durability the script's reply (ids, then the duplicates' positions) goes
+    through WAIT: a NotReplicatedError carries the ids only."""
+    wait = Durability(replicas=1, timeout_ms=20)  # a lone server: never confirmed
+    with pytest.raises(NotReplicatedError) as info:
+        await queue.send_messages([1, 2, 3], message_ids=["a", "b", "a"], durability=wait)
+    ids = info.value.stream_ids
+    assert len(ids) == 3 and ids[0] == ids[2] != ids[1]
+    with pytest.raises(NotReplicatedError) as again:
+        await queue.send_message(1, message_id="b", durability=wait)
+    assert again.value.stream_ids == [ids[1]]
+    assert await raw.xlen(queue.stream) == 2
