@@ -21,7 +21,11 @@ from leanmq_async.exceptions import (
     RedisOperationError,
     Reject,
     Retry,
+    SendNotWrittenError,
+    SendOutcomeUnknownError,
     TransactionError,
+    TransactionNotWrittenError,
+    TransactionOutcomeUnknownError,
     WrongQueueKindError,
 )
 from leanmq_async.message import DeadLetterInfo, DeadLetterResult, Message, QueueInfo
@@ -58,8 +62,12 @@ __all__ = [
     "RedisOperationError",
     "Reject",
     "Retry",
+    "SendNotWrittenError",
+    "SendOutcomeUnknownError",
     "Transaction",
     "TransactionError",
+    "TransactionNotWrittenError",
+    "TransactionOutcomeUnknownError",
     "WrongQueueKindError",
     "__version__",
 ]

@@ -29,6 +29,7 @@ from leanmq_async.exceptions import (
     DeadLetterQueueNotFoundError,
     QueueNotFoundError,
 )
+from leanmq_async.idempotency import DEFAULT_DEDUP_WINDOW, dedup_window_ms
 from leanmq_async.keys import (
     DLQ_SUFFIX,
     QueueKeys,
@@ -83,6 +84,10 @@ class LeanMQ:
     one later. An observer with an ``inject_headers`` method (``OpenTelemetryTracing``)
     becomes a header provider too, so sends carry the trace context.
 
+    ``dedup_window``: seconds a send's explicit ``message_id`` is remembered per queue; a
+    send of the same id within it writes nothing and returns the first send's id (0: no
+    deduplication). See :mod:`leanmq_async.idempotency`.
+
     Use as ``async with LeanMQ(...) as mq:``, or call :meth:`aclose` when done.
     """
 
@@ -109,6 +114,7 @@ class LeanMQ:
         durability: Durability | None = None,
         header_providers: Iterable[HeaderProvider] | None = None,
         observers: Iterable[Any] | None = None,
+        dedup_window: float = DEFAULT_DEDUP_WINDOW,
     ) -> None:
         self.prefix = validate_prefix(
             os.environ.get("LEANMQ_PREFIX", DEFAULT_PREFIX) if prefix is None else prefix
@@ -118,6 +124,8 @@ class LeanMQ:
         for observer in observers or ():
             self.add_observer(observer)
         self.codec = get_codec(serializer, max_message_size)
+        dedup_window_ms(dedup_window)  # issue 17: refuse a bad window at once
+        self.dedup_window = dedup_window
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigurationError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         self.max_retries = max_retries

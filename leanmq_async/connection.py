@@ -6,7 +6,9 @@ redis-py's defaults are made for caches, not queues, so each one is chosen here:
   a retried ``XADD`` whose first reply was lost writes the message twice, and a retried
   ``XREADGROUP`` loses the first reply's messages to a pending list. The library retries
   where it is safe (worker loops, with backoff); a producer gets
-  :class:`~leanmq_async.exceptions.LeanMQConnectionError` and decides.
+  :class:`~leanmq_async.exceptions.SendNotWrittenError` or
+  :class:`~leanmq_async.exceptions.SendOutcomeUnknownError` (see
+  :mod:`leanmq_async.send_errors`) and retries with the same ``message_id``.
 * **A socket timeout longer than any blocking read we issue** (redis-py's 5 s would kill
   a longer ``XREADGROUP BLOCK``): worker reads block at most ``block_ms`` and
   ``get_messages`` splits long waits into chunks, so a dead peer is still noticed.

@@ -25,7 +25,11 @@ __all__ = [
     "RedisOperationError",
     "Reject",
     "Retry",
+    "SendNotWrittenError",
+    "SendOutcomeUnknownError",
     "TransactionError",
+    "TransactionNotWrittenError",
+    "TransactionOutcomeUnknownError",
     "WrongQueueKindError",
 ]
 
@@ -44,6 +48,21 @@ class ConfirmationRequiredError(ConfigurationError):
 
 class LeanMQConnectionError(LeanMQError, ConnectionError):
     """Redis could not be reached, or the connection broke during a command."""
+
+
+class SendNotWrittenError(LeanMQConnectionError):
+    """A send failed before its command left (connection refused, no free pooled
+    connection in time…) or was refused unexecuted (``READONLY``…): nothing was written,
+    sending again is safe."""
+
+
+class SendOutcomeUnknownError(LeanMQConnectionError):
+    """The connection broke after a send's command was sent: it may have been written.
+
+    Retrying with the same ``message_id`` is safe: a send with an explicit
+    ``message_id`` is deduplicated (see ``LeanMQ(dedup_window=...)``). Without a
+    ``message_id`` a retry may write the message twice.
+    """
 
 
 class RedisOperationError(LeanMQError):
@@ -71,7 +90,19 @@ class InvalidMessageIdError(QueueError, ValueError):
 
 
 class TransactionError(LeanMQError):
-    """A transaction could not be committed; nothing of it was written."""
+    """A transaction could not be committed; nothing of it was written (except for
+    :class:`TransactionOutcomeUnknownError`)."""
+
+
+class TransactionNotWrittenError(TransactionError, SendNotWrittenError):
+    """A commit failed on the connection before its command left: nothing was written."""
+
+
+class TransactionOutcomeUnknownError(TransactionError, SendOutcomeUnknownError):
+    """The connection broke after a commit was sent: it was written whole or not at all.
+
+    Committing the same sends again is safe when each has an explicit ``message_id``.
+    """
 
 
 class PartialSendError(LeanMQError):
@@ -80,9 +111,10 @@ class PartialSendError(LeanMQError):
     Each partition is written whole or not at all. ``stream_ids`` holds the ids in the
     order of the items sent, None for an item that was not written; ``errors`` maps the
     name of each partition that failed to its error (a
-    :class:`LeanMQConnectionError` there means that partition's outcome is unknown: its
+    :class:`SendOutcomeUnknownError` there means that partition's outcome is unknown: its
     items are None, but they may have been written whole). Resend only the items whose
-    id is None.
+    id is None (with their message ids, a resend of a partition written whole writes
+    nothing again).
     """
 
     def __init__(

@@ -8,6 +8,8 @@ All keys of one queue share one Redis Cluster hash tag, the queue name in braces
     {prefix}{orders}:delayed:data     HASH  member -> packed stream fields of the delayed entry
     {prefix}{orders}:expiry           ZSET  stream id -> expiry time (ms, Redis clock)
     {prefix}{orders}:meta             HASH  created_at, consumer_group, dlq_group
+    {prefix}{orders}:dedup            HASH  message_id -> "<until ms> <stream id>" (dedup)
+    {prefix}{orders}:dedup:until      ZSET  message_id -> end of its dedup window (ms)
     {prefix}{}:registry               SET   names of the queues created with this prefix
 
 so every multi-key step on one queue is a single atomic Lua script, also on a cluster.
@@ -129,9 +131,26 @@ class QueueKeys:
     def meta(self) -> str:
         return f"{self.tag}:meta"
 
+    @property
+    def dedup(self) -> str:
+        return f"{self.tag}:dedup"
+
+    @property
+    def dedup_until(self) -> str:
+        return f"{self.tag}:dedup:until"
+
     def all(self) -> tuple[str, ...]:
         """Every key of the pair, for deletion."""
-        return (self.stream, self.dlq, self.delayed, self.delayed_data, self.expiry, self.meta)
+        return (
+            self.stream,
+            self.dlq,
+            self.delayed,
+            self.delayed_data,
+            self.expiry,
+            self.meta,
+            self.dedup,
+            self.dedup_until,
+        )
 
 
 def registry_key(prefix: str) -> str:

@@ -14,7 +14,10 @@ Routing:
   processes and restarts), so messages with the same key stay in order *within their
   partition* (one partition is one stream). Changing N moves keys to other partitions:
   choose it once (asking again for the same name with another N raises);
-* without a key, sends are spread round-robin over the partitions (per client).
+* without a key, a send with an explicit ``message_id`` goes to the partition of its
+  message id (so a retry finds the first send's dedup record: see
+  :mod:`leanmq_async.idempotency`; with a key, retry with the same key); other sends are
+  spread round-robin over the partitions (per client).
 
 ``send_messages`` groups the messages by partition and writes each group with one
 script call, the groups concurrently: it is atomic **per partition only** (one group
@@ -42,6 +45,7 @@ import anyio
 from leanmq_async.cluster import Durability, NotReplicatedError, check_wait_support
 from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import ConfigurationError, LeanMQError, PartialSendError
+from leanmq_async.idempotency import per_item_ids
 from leanmq_async.keys import validate_queue_name
 from leanmq_async.message import QueueInfo
 from leanmq_async.queue_read import info_from
@@ -150,16 +154,33 @@ class PartitionedQueue:
         delay: float | None = None,
         headers: Mapping[str, str] | None = None,
         durability: Durability | None = None,
+        dedup_window: float | None = None,
     ) -> str:
-        """Send one message to ``key``'s partition (round-robin without key); return its id.
+        """Send one message to ``key``'s partition (without key: ``message_id``'s, else
+        round-robin); return its id.
 
         The id is the partition stream's id (the schedule handle when ``delay`` is given).
         ``durability``: wait for replicas like this for this call (default: the client's).
+        ``message_id`` is deduplicated in its partition (``dedup_window``: see
+        ``Queue.send_message``).
         """
-        queue = self._next() if key is None else self.partition_for(key)
+        queue = self._route(key, message_id)
         return await queue.send_message(
-            data, message_id, ttl, delay=delay, headers=headers, durability=durability
+            data,
+            message_id,
+            ttl,
+            delay=delay,
+            headers=headers,
+            durability=durability,
+            dedup_window=dedup_window,
         )
+
+    def _route(self, key: str | bytes | None, message_id: str | None) -> Queue:
+        if key is not None:
+            return self.partition_for(key)
+        if isinstance(message_id, str) and message_id:
+            return self.partition_for(message_id)  # a retry goes where the first send went
+        return self._next()
 
     async def send_messages(
         self,
@@ -171,11 +192,14 @@ class PartitionedQueue:
         delay: float | None = None,
         headers: Mapping[str, str] | None = None,
         durability: Durability | None = None,
+        message_ids: Sequence[str | None] | None = None,
+        dedup_window: float | None = None,
     ) -> list[str]:
         """Send many messages; return their ids in the order of ``items``.
 
         ``key`` routes all of them to one partition (one atomic script call); ``keys``
-        gives one key per item; without either they are spread round-robin. Messages are
+        gives one key per item; without either an item with a ``message_ids`` entry goes
+        to that id's partition, the others are spread round-robin. Messages are
         grouped per partition, keeping their order, and each group is written atomically
         with one script call, the groups concurrently: **atomic per partition only**.
 
@@ -195,6 +219,7 @@ class PartitionedQueue:
             )
         check_ttl_and_delay(ttl, delay)  # refused before any partition is written
         payloads = list(items)
+        mids = per_item_ids(message_ids, len(payloads))
         if key is not None and keys is not None:
             raise ConfigurationError("pass either key (one for all) or keys (one per item)")
         if keys is not None:
@@ -208,7 +233,7 @@ class PartitionedQueue:
         elif key is not None:
             targets = [self.partition_for(key)] * len(payloads)
         else:
-            targets = [self._next() for _ in payloads]
+            targets = [self._route(None, mid) for mid in mids]
         groups: dict[int, list[int]] = {}
         index_of = {id(q): i for i, q in enumerate(self._partitions)}
         for position, queue in enumerate(targets):
@@ -222,8 +247,8 @@ class PartitionedQueue:
                 await check_wait_support(self._mq.redis, waiting)
         # Encoded first: a payload the codec refuses stops the call before any write.
         ops = [
-            q._send_op(data, None, ttl, delay, headers)[0]
-            for q, data in zip(targets, payloads, strict=True)
+            q._send_op(data, mid, ttl, delay, headers, dedup_window)[0]
+            for q, data, mid in zip(targets, payloads, mids, strict=True)
         ]
         ids: list[str | None] = [None] * len(payloads)
         unconfirmed: list[tuple[int, NotReplicatedError]] = []

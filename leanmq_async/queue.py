@@ -10,6 +10,7 @@ from leanmq_async.exceptions import (
     ConfigurationError,
     WrongQueueKindError,
 )
+from leanmq_async.idempotency import dedup_window_ms, per_item_ids
 from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, default_group
 from leanmq_async.message import DeadLetterResult, Message, QueueInfo
 from leanmq_async.queue_read import info_from, peek_messages, read_messages
@@ -108,6 +109,7 @@ class Queue(Generic[PayloadT]):
         ttl: float | None,
         delay: float | None,
         headers: Mapping[str, str] | None,
+        dedup_window: float | None = None,
     ) -> tuple[SendOp, str]:
         self._require_main("sending")
         if self._mq.header_providers:
@@ -116,7 +118,15 @@ class Queue(Generic[PayloadT]):
         mid, body = codec.encode(data, message_id, headers, self.payload_type)
         ttl_ms, delay_ms = check_ttl_and_delay(ttl, delay)
         member = f"{mid}|{uuid.uuid4().hex}" if delay_ms else ""
-        return SendOp(self.keys, codec.field, body, ttl_ms, delay_ms, member), mid
+        # Only an explicit message_id is deduplicated (a generated one is unique anyway).
+        dedup_ms = 0
+        if message_id is not None:
+            window = self._mq.dedup_window if dedup_window is None else dedup_window
+            dedup_ms = dedup_window_ms(window)
+        elif dedup_window is not None:
+            dedup_window_ms(dedup_window)  # still refuse a bad value
+        op = SendOp(self.keys, codec.field, body, ttl_ms, delay_ms, member, mid, dedup_ms)
+        return op, mid
 
     def _provided_headers(self, headers: Mapping[str, str] | None) -> dict[str, str]:
         merged: dict[str, str] = {}
@@ -137,17 +147,21 @@ class Queue(Generic[PayloadT]):
         delay: float | None = None,
         headers: Mapping[str, str] | None = None,
         durability: Durability | None = None,
+        dedup_window: float | None = None,
     ) -> str:
         """Send one message; return its stream id.
 
         ``ttl``: seconds until it expires unhandled. ``delay``: seconds before it becomes
         visible (then the return value is the schedule handle, not yet a stream id).
         ``durability``: wait for replicas like this for this call (default: the client's).
+        ``message_id``: a send of an id sent to this queue less than ``dedup_window``
+        seconds ago (default: the client's, 300) writes nothing and returns the first
+        send's id, so retrying a failed send with the same id is safe; 0: no dedup.
         """
-        op, _ = self._send_op(data, message_id, ttl, delay, headers)
+        op, _ = self._send_op(data, message_id, ttl, delay, headers, dedup_window)
         if durability is not None:
             durability.check(self._mq.connection_settings)
-        if not op.ttl_ms and not op.delay_ms:
+        if not op.ttl_ms and not op.delay_ms and not op.dedup_ms:
             return await self._mq.store.xadd(self.stream, op.field, op.body, durability)
         (sid,) = await self._mq.store.send([op], durability)
         return sid
@@ -160,17 +174,26 @@ class Queue(Generic[PayloadT]):
         delay: float | None = None,
         headers: Mapping[str, str] | None = None,
         durability: Durability | None = None,
+        message_ids: Sequence[str | None] | None = None,
+        dedup_window: float | None = None,
     ) -> list[str]:
         """Send many messages in one round trip, atomically; return their stream ids.
 
         ``durability``: wait for replicas like this for this call (default: the client's).
+        ``message_ids``: one per item (None: generated), deduplicated like
+        ``send_message``'s (an id twice in one call: the second returns the first's id).
         """
         if isinstance(items, str | bytes | bytearray | Mapping):
             raise ConfigurationError(
                 f"send_messages takes an iterable of payloads, not a single "
                 f"{type(items).__name__}: send_messages([data]) or send_message(data)"
             )
-        ops = [self._send_op(data, None, ttl, delay, headers)[0] for data in items]
+        payloads = list(items)
+        mids = per_item_ids(message_ids, len(payloads))
+        ops = [
+            self._send_op(data, mid, ttl, delay, headers, dedup_window)[0]
+            for data, mid in zip(payloads, mids, strict=True)
+        ]
         if not ops:
             return []
         if durability is not None:

@@ -24,6 +24,7 @@ __all__ = [
     "ReclaimResult",
     "RetryStatus",
     "ScriptReplyError",
+    "SendReply",
     "parse_count",
     "parse_dead_letter",
     "parse_dead_letter_one",
@@ -99,10 +100,32 @@ def _one_of(script: str, value: int, allowed: type[enum.IntEnum]) -> Any:
 # -- send -----------------------------------------------------------------------------------
 
 
-def parse_send(reply: Any, n: int) -> list[str]:
-    """send.lua: one stream id (or delayed member) per message, ``n`` of them."""
-    expected = f"an array of {n} stream ids or delayed members"
-    return [text(_id("send", i, expected)) for i in _array("send", reply, expected, n)]
+@dataclass(frozen=True, slots=True)
+class SendReply:
+    """What send.lua wrote: one id per message, and which messages were duplicates.
+
+    ``ids``: a stream id (or delayed member) per message, the first send's for a
+    duplicate; ``duplicates``: 0-based positions of the messages deduplicated by their
+    ``message_id`` (nothing was written for them).
+    """
+
+    ids: list[str]
+    duplicates: list[int]
+
+
+def parse_send(reply: Any, n: int) -> SendReply:
+    """send.lua: ``n`` ids, then the 1-based positions of the deduplicated messages."""
+    expected = f"an array of {n} stream ids or delayed members, then duplicate positions"
+    items = _array("send", reply, expected)
+    if len(items) < n:
+        raise _fail("send", expected, reply)
+    ids = [text(_id("send", i, expected)) for i in items[:n]]
+    duplicates = []
+    for position in items[n:]:
+        if isinstance(position, bool) or not isinstance(position, int) or not 1 <= position <= n:
+            raise _fail("send", expected, reply)
+        duplicates.append(position - 1)
+    return SendReply(ids, duplicates)
 
 
 # -- reading and leases ---------------------------------------------------------------------

@@ -22,9 +22,13 @@ RawEntry = tuple[bytes, dict[bytes, bytes] | None]
 
 
 class SendOp:
-    """One message to write: which queue, the encoded envelope, TTL and delay (ms)."""
+    """One message to write: which queue, the encoded envelope, TTL and delay (ms).
 
-    __slots__ = ("body", "delay_ms", "field", "keys", "member", "ttl_ms")
+    With ``dedup_ms`` > 0 it is deduplicated by ``message_id`` for that many ms (see
+    :mod:`leanmq_async.idempotency`).
+    """
+
+    __slots__ = ("body", "dedup_ms", "delay_ms", "field", "keys", "member", "message_id", "ttl_ms")
 
     def __init__(
         self,
@@ -34,6 +38,8 @@ class SendOp:
         ttl_ms: int = 0,
         delay_ms: int = 0,
         member: str = "",
+        message_id: str = "",
+        dedup_ms: int = 0,
     ) -> None:
         self.keys = keys
         self.field = field
@@ -41,6 +47,8 @@ class SendOp:
         self.ttl_ms = ttl_ms
         self.delay_ms = delay_ms
         self.member = member
+        self.message_id = message_id
+        self.dedup_ms = dedup_ms
 
 
 class SettleCall:

@@ -6,7 +6,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from leanmq_async.cluster import NotReplicatedError, check_one_slot
-from leanmq_async.exceptions import LeanMQConnectionError, LeanMQError, TransactionError
+from leanmq_async.exceptions import (
+    LeanMQConnectionError,
+    LeanMQError,
+    SendNotWrittenError,
+    TransactionError,
+    TransactionNotWrittenError,
+    TransactionOutcomeUnknownError,
+)
 from leanmq_async.store import SendOp
 
 if TYPE_CHECKING:
@@ -52,11 +59,16 @@ class Transaction:
         *,
         delay: float | None = None,
         headers: Mapping[str, str] | None = None,
+        dedup_window: float | None = None,
     ) -> str:
-        """Add a send to the transaction; return the message id (the producer's id)."""
+        """Add a send to the transaction; return the message id (the producer's id).
+
+        An explicit ``message_id`` is deduplicated like ``Queue.send_message``'s: a
+        duplicate writes nothing and its stream id is the first send's.
+        """
         if self.committed:
             raise TransactionError("this transaction is already committed; start a new one")
-        op, mid = queue._send_op(data, message_id, ttl, delay, headers)
+        op, mid = queue._send_op(data, message_id, ttl, delay, headers, dedup_window)
         if self._store.cluster and self._ops:
             check_one_slot([self._ops[0], op])
         self._ops.append(op)
@@ -75,10 +87,15 @@ class Transaction:
         except NotReplicatedError as exc:
             self.stream_ids = exc.stream_ids  # written whole, replication not confirmed
             raise
+        except SendNotWrittenError as exc:
+            raise TransactionNotWrittenError(
+                f"transaction not committed, nothing was written: {exc}"
+            ) from exc
         except LeanMQConnectionError as exc:
-            raise TransactionError(
+            raise TransactionOutcomeUnknownError(
                 f"transaction outcome unknown: the connection broke during commit ({exc}); "
-                "it was written whole or not at all"
+                "it was written whole or not at all. Committing again is safe when every "
+                "send has an explicit message_id"
             ) from exc
         except LeanMQError as exc:
             raise TransactionError(

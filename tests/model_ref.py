@@ -5,6 +5,10 @@ stream in order (entries get increasing ``seq`` numbers instead of stream ids), 
 group's read cursor and pending list, the delayed set, the expiry index and the DLQ. The
 outcome of every (queue, message, group) pair is kept in :class:`Model.outcome`.
 
+Idempotent sends (issue 17): a send with an explicit message id and a dedup window is
+a no-op while an earlier send of that id to the same queue is less than its window old
+(:meth:`Model.send` returns False); purge forgets the records.
+
 Time is the model's clock in ms (the test sets ``Store.clock_shift_ms`` to it); every
 duration the test uses is 5 s off every multiple of 10 s while time moves in 10 s steps,
 so the real milliseconds that pass during an example never decide anything.
@@ -53,6 +57,7 @@ class QueueModel:
     cursor: dict[str, int] = field(default_factory=dict)
     pending: dict[str, dict[int, str]] = field(default_factory=dict)  # group -> seq -> consumer
     dlq: list[DeadLetter] = field(default_factory=list)
+    sent: dict[str, int] = field(default_factory=dict)  # message id -> end of its dedup window
 
     def __post_init__(self) -> None:
         for g in self.groups:
@@ -95,8 +100,15 @@ class Model:
 
     # -- operations ----------------------------------------------------------------------
 
-    def send(self, qname: str, k: int, ttl_ms: int, delay_ms: int) -> None:
+    def send(
+        self, qname: str, k: int, ttl_ms: int, delay_ms: int, mid: str = "", dedup_ms: int = 0
+    ) -> bool:
+        """Send message ``k``; False (nothing written) when ``mid`` is a duplicate."""
         q = self.queues[qname]
+        if dedup_ms:
+            if q.sent.get(mid, 0) > self.now:
+                return False
+            q.sent[mid] = self.now + dedup_ms
         for g in q.groups:
             self._set(q, k, g, OPEN)
         e = Entry(k, None, self.now + ttl_ms if ttl_ms else None)
@@ -106,6 +118,7 @@ class Model:
             q.delayed.append(e)
         else:
             self._append(q, e)
+        return True
 
     def move_due(self, qname: str) -> int:
         q = self.queues[qname]
@@ -219,6 +232,7 @@ class Model:
         q.stream.clear()
         q.expiry.clear()
         q.delayed.clear()
+        q.sent.clear()
         for g in q.groups:
             q.cursor[g] = 0
             q.pending[g].clear()

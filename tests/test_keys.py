@@ -29,6 +29,8 @@ def test_key_names() -> None:
     assert keys.delayed_data == "mq:{orders}:delayed:data"
     assert keys.expiry == "mq:{orders}:expiry"
     assert keys.meta == "mq:{orders}:meta"
+    assert keys.dedup == "mq:{orders}:dedup"
+    assert keys.dedup_until == "mq:{orders}:dedup:until"
     assert keys.all() == (
         keys.stream,
         keys.dlq,
@@ -36,6 +38,8 @@ def test_key_names() -> None:
         keys.delayed_data,
         keys.expiry,
         keys.meta,
+        keys.dedup,
+        keys.dedup_until,
     )
     assert registry_key("mq:") == "mq:{}:registry"
     assert legacy_registry_key("mq:") == "mq:registry"  # LeanMQ 0.2's own key: read only
@@ -106,7 +110,7 @@ async def test_every_key_written_for_a_queue_shares_its_slot(
     async with LeanMQ(redis_server.url, prefix=prefix) as mq:
         queue, _ = await mq.create_queue_pair("orders")
         await queue.send_message({"a": 1}, ttl=60)
-        await queue.send_message({"a": 2}, delay=60)
+        await queue.send_message({"a": 2}, delay=60, message_id="a-2")  # dedup records
         (msg,) = await queue.get_messages()
         await queue.move_to_dlq([msg.id], "test")
         written = [k.decode() async for k in raw.scan_iter(match=f"{prefix}*")]

@@ -5,7 +5,10 @@ redis-server and checks every step against :mod:`tests.model_ref`: sends (ttl, d
 message_id, headers), bulk sends, transactions over two queues, reads by several
 consumers in two groups, a simulated handler's outcomes (ack, retry like the worker's
 ``_fail``, Reject), ack, delete, move_to_dlq, requeue, purge, the expiry pass, the delayed
-mover, reclaim after a consumer dies, retention trims and time moving on.
+mover, reclaim after a consumer dies, retention trims and time moving on. Sends reuse
+earlier message ids now and then: within its dedup window (per call, or the client's) a
+send of an id already sent to that queue writes nothing and returns the first send's id
+(also inside one bulk send or transaction); after the window it is written again.
 
 After every step the stream, the pending lists, the delayed set, the expiry index, the
 DLQ and ``get_info`` must equal the model's, and no (message, group) may be both handled
@@ -51,6 +54,11 @@ S = 1000
 # Durations are 5 s off every multiple of 10 s; time moves in multiples of 10 s.
 TTLS = st.sampled_from([0, 15, 25, 45])
 DELAYS = st.sampled_from([0, 0, 5, 15, 35])
+# Dedup windows: None is the client's (DEDUP); 0 turns dedup off for the send.
+DEDUP = 55
+WINDOWS = st.sampled_from([None, None, 25, 0])
+# None: a fresh message id (or none); an int picks an id sent before.
+REUSE = st.one_of(st.none(), st.none(), st.integers(0, 50))
 
 settings.register_profile(
     "model-ci",
@@ -99,6 +107,7 @@ class QueueMachine(RuleBasedStateMachine):
     """One example: a fresh key prefix on the session's redis-server, one event loop."""
 
     url = ""
+    dedup_seen: Counter[str] = Counter()  # over every example: did dedup get exercised?
 
     def __init__(self) -> None:
         super().__init__()
@@ -110,7 +119,9 @@ class QueueMachine(RuleBasedStateMachine):
         self.next_k = 0
         self.deliveries: list[Delivery] = []
         self.handled: Counter[tuple[str, int, str]] = Counter()
-        self.mq = LeanMQ(self.url, prefix=f"m{uuid.uuid4().hex[:10]}:")
+        self.used_mids: list[str] = []  # explicit message ids sent so far
+        self.first_ids: dict[tuple[str, str], str] = {}  # (queue, mid) -> id of its record
+        self.mq = LeanMQ(self.url, prefix=f"m{uuid.uuid4().hex[:10]}:", dedup_window=DEDUP)
         self.runner.run(self._setup())
 
     async def _setup(self) -> None:
@@ -136,14 +147,36 @@ class QueueMachine(RuleBasedStateMachine):
 
     # -- sending -------------------------------------------------------------------------
 
-    def _payload(self, with_mid: bool, with_headers: bool) -> tuple[int, dict[str, Any]]:
+    def _payload(
+        self, with_mid: bool, with_headers: bool, reuse: int | None = None
+    ) -> tuple[int, dict[str, Any]]:
         k = self.next_k = self.next_k + 1
         payload = {"k": k, "s": "zürich ✓ \x00\n", "v": [k, 1.5, None, True, {"n": -k}]}
         self.payloads[k] = payload
-        if with_mid:
+        if reuse is not None and self.used_mids:
+            self.mids[k] = self.used_mids[reuse % len(self.used_mids)]
+        elif with_mid:
             self.mids[k] = f"m-{k}"
+            self.used_mids.append(self.mids[k])
         self.headers[k] = {"h": f"v{k}", "trace": "x y"} if with_headers else {}
         return k, payload
+
+    def _model_send(
+        self, qname: str, k: int, ttl: int, delay: int, window: int | None, sid: str
+    ) -> None:
+        """The model's send of ``k`` (returned ``sid``): a duplicate must return the id of
+        the send that made the record, and writes nothing."""
+        mid = self.mids.get(k, "")  # "" until read: a generated id is never deduplicated
+        dedup_ms = (DEDUP if window is None else window) * S if mid else 0
+        expired = mid in self.model.queues[qname].sent
+        if self.model.send(qname, k, ttl * S, delay * S, mid, dedup_ms):
+            if dedup_ms:
+                self.dedup_seen["again after its window" if expired else "recorded"] += 1
+                self.first_ids[(qname, mid)] = sid
+            return
+        self.dedup_seen["duplicate"] += 1
+        assert sid == self.first_ids[(qname, mid)], f"duplicate {mid} of {qname}: {sid}"
+        del self.mids[k]  # never read: nothing was written
 
     @rule(
         qname=st.sampled_from(["q", "q", "r"]),
@@ -151,13 +184,24 @@ class QueueMachine(RuleBasedStateMachine):
         delay=DELAYS,
         with_mid=st.booleans(),
         with_headers=st.booleans(),
+        reuse=REUSE,
+        window=WINDOWS,
     )
-    def send(self, qname: str, ttl: int, delay: int, with_mid: bool, with_headers: bool) -> None:
+    def send(
+        self,
+        qname: str,
+        ttl: int,
+        delay: int,
+        with_mid: bool,
+        with_headers: bool,
+        reuse: int | None,
+        window: int | None,
+    ) -> None:
         if ttl and delay >= ttl:
             with pytest.raises(ConfigurationError):
                 self.run(self.queues[qname].send_message({"k": 0}, ttl=ttl, delay=delay))
             return
-        k, payload = self._payload(with_mid, with_headers)
+        k, payload = self._payload(with_mid, with_headers, reuse)
         sid = self.run(
             self.queues[qname].send_message(
                 payload,
@@ -165,32 +209,57 @@ class QueueMachine(RuleBasedStateMachine):
                 ttl or None,
                 delay=delay or None,
                 headers=self.headers[k] or None,
+                dedup_window=window,
             )
         )
         assert sid
-        self.model.send(qname, k, ttl * S, delay * S)
+        self._model_send(qname, k, ttl, delay, window, sid)
 
-    @rule(n=st.integers(1, 4), ttl=TTLS, delay=DELAYS)
-    def send_bulk(self, n: int, ttl: int, delay: int) -> None:
+    @rule(
+        n=st.integers(1, 4),
+        ttl=TTLS,
+        delay=DELAYS,
+        mids=st.lists(st.one_of(st.none(), st.booleans(), st.integers(0, 50)), max_size=4),
+        window=WINDOWS,
+    )
+    def send_bulk(
+        self, n: int, ttl: int, delay: int, mids: list[bool | int | None], window: int | None
+    ) -> None:
+        """``mids`` per item: None/False no message id, True a fresh one, an int an earlier
+        one (an id of this very call, too: its items are created in order)."""
         if ttl and delay >= ttl:
             delay = 0
-        items = [self._payload(False, False) for _ in range(n)]
+        picks = [*mids, *[None] * n][:n]
+        items = [
+            self._payload(p is True, False, None if p is None or isinstance(p, bool) else p)
+            for p in picks
+        ]
+        message_ids = [self.mids.get(k) for k, _ in items]
         ids = self.run(
             self.queues["q"].send_messages(
-                [p for _, p in items], ttl=ttl or None, delay=delay or None
+                [p for _, p in items],
+                ttl=ttl or None,
+                delay=delay or None,
+                message_ids=message_ids if any(message_ids) else None,
+                dedup_window=window,
             )
         )
         assert len(ids) == n
-        for k, _ in items:
-            self.model.send("q", k, ttl * S, delay * S)
+        for (k, _), sid in zip(items, ids, strict=True):
+            self._model_send("q", k, ttl, delay, window, sid)
 
     @rule(
-        sends=st.lists(st.tuples(st.sampled_from(["q", "r"]), TTLS, DELAYS), min_size=1, max_size=4)
+        sends=st.lists(
+            st.tuples(st.sampled_from(["q", "r"]), TTLS, DELAYS, REUSE), min_size=1, max_size=4
+        ),
+        window=WINDOWS,
     )
-    def transaction(self, sends: list[tuple[str, int, int]]) -> None:
+    def transaction(
+        self, sends: list[tuple[str, int, int, int | None]], window: int | None
+    ) -> None:
         plan = []
-        for qname, ttl, delay in sends:
-            k, payload = self._payload(True, True)
+        for qname, ttl, delay, reuse in sends:
+            k, payload = self._payload(True, True, reuse)
             plan.append((qname, k, payload, ttl, 0 if ttl and delay >= ttl else delay))
 
         async def commit() -> list[str]:
@@ -203,12 +272,14 @@ class QueueMachine(RuleBasedStateMachine):
                         ttl or None,
                         delay=delay or None,
                         headers=self.headers[k],
+                        dedup_window=window,
                     )
             return tx.stream_ids
 
-        assert len(self.run(commit())) == len(plan)
-        for qname, k, _, ttl, delay in plan:
-            self.model.send(qname, k, ttl * S, delay * S)
+        ids = self.run(commit())
+        assert len(ids) == len(plan)
+        for (qname, k, _, ttl, delay), sid in zip(plan, ids, strict=True):
+            self._model_send(qname, k, ttl, delay, window, sid)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -320,6 +391,7 @@ class QueueMachine(RuleBasedStateMachine):
     def purge(self, qname: str) -> None:
         n = self.run(self.queues[qname].purge())
         assert n == self.model.purge(qname)
+        self.first_ids = {key: sid for key, sid in self.first_ids.items() if key[0] != qname}
 
     # -- upkeep --------------------------------------------------------------------------
 
@@ -486,7 +558,10 @@ def test_delivery_semantics_model(
 ) -> None:
     QueueMachine.url = redis_server.url
     profile = "model-slow" if request.config.getoption("--slow") else "model-ci"
+    QueueMachine.dedup_seen.clear()
     run_state_machine_as_test(QueueMachine, settings=settings.get_profile(profile))
+    seen = QueueMachine.dedup_seen
+    assert min(seen["recorded"], seen["duplicate"], seen["again after its window"]) > 0, seen
 
 
 # -- regression tests: shrunk sequences of the state machine ---------------------------

@@ -35,7 +35,7 @@ from leanmq_async.store import SettleCall
 
 
 def test_well_formed_replies_become_typed_values() -> None:
-    assert parse_send([b"1-0", b"000000000000001000000|m"], 2) == [
+    assert parse_send([b"1-0", b"000000000000001000000|m"], 2).ids == [
         "1-0",
         "000000000000001000000|m",
     ]
@@ -72,6 +72,7 @@ MALFORMED: list[tuple[str, Callable[[Any], object], Any]] = [
     ("send", lambda r: parse_send(r, 2), [b"1-0"]),  # one id for two messages
     ("send", lambda r: parse_send(r, 1), b"1-0"),  # not an array
     ("send", lambda r: parse_send(r, 1), [7]),  # not an id
+    ("send", lambda r: parse_send(r, 1), [b"1-0", 2]),  # a duplicate position out of range
     ("move_due", parse_move_due, [1]),
     ("move_due", parse_move_due, [b"one", 2]),
     ("retry", parse_retry, 2),

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from leanmq_async.cluster import AnyRedis, Durability, is_cluster
 from leanmq_async.connection import translate_errors
 from leanmq_async.scripts import Scripts
+from leanmq_async.send_errors import client_retries
 
 __all__ = ["ID_BATCH", "StoreBase", "chunked"]
 
@@ -42,6 +43,9 @@ class StoreBase:
         self.clock_shift_ms = 0
         # Members of LeanMQ 0.2's registry seen by the last registered_queues (issue 15).
         self.legacy_registry_members = 0
+        # -- idempotent sends and honest send errors (issue 17) --
+        self.dedup_hits = 0  # sends that found their message_id already sent
+        self._retries = client_retries(client)  # > 0: every send error is "outcome unknown"
 
     async def load_scripts(self) -> None:
         """Load every script now (on every primary of a cluster).

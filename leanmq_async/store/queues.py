@@ -164,11 +164,16 @@ class QueueAdmin(StoreBase):
 
     async def purge(self, keys: QueueKeys, stream: str, include_delayed: bool) -> int:
         expiry = keys.expiry_of(stream)
+        purge_keys = [stream, expiry, keys.delayed, keys.delayed_data]
         with translate_errors("purge"):
-            reply = await self.scripts.purge(
-                keys=[stream, expiry, keys.delayed, keys.delayed_data],
-                args=["1" if include_delayed else "0"],
-            )
+            if not include_delayed:
+                reply = await self.scripts.purge(keys=purge_keys, args=["0"])
+                return parse_count("purge", reply)
+            # A main queue's dedup records go with it, in the same MULTI (issue 17).
+            async with self.client.pipeline(transaction=True) as pipe:
+                await self.scripts.purge(keys=purge_keys, args=["1"], client=pipe)
+                pipe.delete(keys.dedup, keys.dedup_until)
+                reply, _ = await pipe.execute()
         return parse_count("purge", reply)
 
     async def clear_queue(self, keys: QueueKeys, include_dlq: bool) -> tuple[int, int, int]:
@@ -182,13 +187,14 @@ class QueueAdmin(StoreBase):
                     args=["1"],
                     client=pipe,
                 )
+                pipe.delete(keys.dedup, keys.dedup_until)  # dedup records (issue 17)
                 if include_dlq:
                     await self.scripts.purge(
                         keys=[keys.dlq, keys.dlq_expiry, keys.delayed, keys.delayed_data],
                         args=["0"],
                         client=pipe,
                     )
-                delayed, stream, *dlq = await pipe.execute()
+                delayed, stream, _, *dlq = await pipe.execute()
         dlq_removed = parse_count("purge", dlq[0]) if dlq else 0
         return parse_count("purge", stream), int(delayed), dlq_removed
 

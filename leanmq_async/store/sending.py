@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from leanmq_async.cluster import Durability, check_one_slot, write_and_wait
-from leanmq_async.connection import translate_errors
+from leanmq_async._log import get_logger
+from leanmq_async.cluster import Durability, NotReplicatedError, check_one_slot, write_and_wait
 from leanmq_async.replies import parse_send, text
+from leanmq_async.send_errors import translate_send_errors
 from leanmq_async.store.base import StoreBase
 from leanmq_async.store_types import SendOp
 
@@ -26,7 +27,7 @@ class Sending(StoreBase):
         """
         if durability is None:
             durability = self.durability
-        with translate_errors("XADD"):
+        with translate_send_errors("XADD", retries=self._retries):
             if durability is not None:
                 command = ("XADD", stream, "*", field, body)
                 sid = await write_and_wait(self.client, stream, command, durability)
@@ -51,13 +52,29 @@ class Sending(StoreBase):
             if index is None:
                 index = key_index[op.keys.base] = len(key_index) + 1
                 keys += [op.keys.stream, op.keys.expiry, op.keys.delayed, op.keys.delayed_data]
+                keys += [op.keys.dedup, op.keys.dedup_until]
             args += [index, op.ttl_ms, op.delay_ms, op.field, op.body, op.member]
+            args += [op.message_id, op.dedup_ms]
         args.append(self.clock_shift_ms)
         script = self.scripts.send
-        with translate_errors("send"):
-            if durability is not None:
-                command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-                reply = await write_and_wait(self.client, keys[0], command, durability, script)
-            else:
-                reply = await script(keys=keys, args=args)
-        return parse_send(reply, len(ops))
+        with translate_send_errors("send", retries=self._retries):
+            try:
+                if durability is not None:
+                    command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+                    reply = await write_and_wait(self.client, keys[0], command, durability, script)
+                else:
+                    reply = await script(keys=keys, args=args)
+            except NotReplicatedError as exc:
+                exc.stream_ids = exc.stream_ids[: len(ops)]  # the duplicates' positions follow
+                raise
+        sent = parse_send(reply, len(ops))
+        if sent.duplicates:
+            self._count_duplicates(ops, sent.ids, sent.duplicates)
+        return sent.ids
+
+    def _count_duplicates(self, ops: Sequence[SendOp], ids: list[str], dups: list[int]) -> None:
+        self.dedup_hits += len(dups)
+        log = get_logger("leanmq_async")
+        for i in dups:
+            op = ops[i]
+            log.debug("send_deduplicated", queue=op.keys.base, message_id=op.message_id, id=ids[i])
