@@ -25,6 +25,7 @@ import msgspec
 
 from leanmq_async.connection import translate_errors
 from leanmq_async.keys import legacy_registry_key, validate_queue_name
+from leanmq_async.replies import text
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
@@ -70,10 +71,6 @@ class LegacyQueue(msgspec.Struct, kw_only=True):
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = msgspec.to_builtins(self)
         return out
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def legacy_notice(queues: list[LegacyQueue]) -> str:
@@ -122,7 +119,7 @@ async def find_legacy_queues(mq: LeanMQ) -> list[LegacyQueue]:
         if isinstance(members, Exception):
             return []
         names = sorted(
-            m for m in (_text(x) for x in members) if m.startswith(prefix) and m != prefix
+            m for m in (text(x) for x in members) if m.startswith(prefix) and m != prefix
         )
         if not names:
             return []
@@ -134,7 +131,7 @@ async def find_legacy_queues(mq: LeanMQ) -> list[LegacyQueue]:
         for name, meta in zip(names, metas, strict=True):
             if isinstance(meta, Exception) or not meta:
                 continue  # an earlier leanmq_async's own member, or a deleted queue
-            m = {_text(k): _text(v) for k, v in meta.items()}
+            m = {text(k): text(v) for k, v in meta.items()}
             if m.get("is_dlq") == "true":
                 continue
             base = name[len(prefix) :]
@@ -170,7 +167,7 @@ async def _count(client: Any, queues: list[LegacyQueue]) -> None:
         length = 0 if isinstance(length, Exception) else int(length)
         group = None
         if not isinstance(groups, Exception):
-            group = next((g for g in groups if _text(g.get("name")) == q.group), None)
+            group = next((g for g in groups if text(g.get("name")) == q.group), None)
         if group is None:
             q.waiting = length  # no group: nothing was ever delivered
             continue
@@ -179,7 +176,7 @@ async def _count(client: Any, queues: list[LegacyQueue]) -> None:
         if lag is not None:
             q.waiting = int(lag)
         else:
-            to_count.append((q, _text(group.get("last-delivered-id"))))
+            to_count.append((q, text(group.get("last-delivered-id"))))
     if to_count:
         async with client.pipeline(transaction=False) as pipe:
             for q, last in to_count:

@@ -166,7 +166,7 @@ async def get_dead_letter(mq: LeanMQ, queue: str, message_id: str) -> Message[An
 
 
 def _requeueable(fields: dict[bytes, bytes] | None) -> str | None:
-    """Why a DLQ entry cannot be requeued, or None if it can (mirrors scripts.REQUEUE)."""
+    """Why a DLQ entry cannot be requeued, or None if it can (mirrors lua/requeue.lua)."""
     if not fields:
         return "not in the dead-letter queue"
     if any(not k.startswith(b"dlq.") and k not in (b"a", b"x", b"g") for k in fields):
@@ -290,7 +290,7 @@ async def cleanup(
     """Trim acknowledged history older than ``max_age_hours`` from every queue and DLQ.
 
     Only entries every consumer group has read and acknowledged go (``XTRIM MINID`` below
-    each group's first unacknowledged entry, :data:`~leanmq_async.scripts.TRIM`): a
+    each group's first unacknowledged entry, ``lua/trim.lua``): a
     waiting, pending or unread message is never removed. DLQ entries nobody consumed
     stay; review them with the DLQ tools.
     """

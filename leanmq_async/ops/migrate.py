@@ -39,6 +39,7 @@ from leanmq_async.envelope import FIELD_EXPIRES, FIELD_JSON, Envelope
 from leanmq_async.exceptions import ConfigurationError, QueueNotFoundError
 from leanmq_async.keys import QueueKeys, legacy_registry_key, registry_key
 from leanmq_async.legacy import LegacyQueue, find_legacy_queues
+from leanmq_async.replies import text
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
@@ -148,10 +149,6 @@ class MigrationReport(msgspec.Struct, kw_only=True):
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = msgspec.to_builtins(self)
         return out
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _id_seconds(sid: str) -> float:
@@ -288,7 +285,7 @@ class _Mover:
                 raise
             if not rows:
                 return
-            ids = [_text(r["message_id"]) for r in rows]
+            ids = [text(r["message_id"]) for r in rows]
             report.pending += await self._step(
                 q.stream, q.group, await self._read(q.stream, ids), dead=False, report=report
             )
@@ -302,8 +299,8 @@ class _Mover:
                 return None
             raise
         for g in groups:
-            if _text(g.get("name")) == q.group:
-                return _text(g.get("last-delivered-id"))
+            if text(g.get("name")) == q.group:
+                return text(g.get("last-delivered-id"))
         return None
 
     async def waiting(self, report: MigrationReport) -> None:
@@ -315,7 +312,7 @@ class _Mover:
             rows = await self.client.xrange(q.stream, start, "+", count=self.batch)
             if not rows:
                 return
-            entries = [(_text(sid), dict(fields)) for sid, fields in rows]
+            entries = [(text(sid), dict(fields)) for sid, fields in rows]
             report.waiting += await self._step(
                 q.stream, group, entries, dead=False, report=report, mode="waiting"
             )
@@ -328,7 +325,7 @@ class _Mover:
             rows = await self.client.xrange(q.dlq_stream, start, "+", count=self.batch)
             if not rows:
                 return
-            entries = [(_text(sid), dict(fields)) for sid, fields in rows]
+            entries = [(text(sid), dict(fields)) for sid, fields in rows]
             report.dead += await self._step(
                 q.dlq_stream, q.dlq_group, entries, dead=True, report=report
             )
@@ -377,9 +374,9 @@ async def migrate_registry(mq: LeanMQ, *, dry_run: bool = False) -> int:
     client: Any = mq.store.client
     old = legacy_registry_key(mq.prefix)
     with translate_errors("migrate registry"):
-        if _text(await client.type(old)) != "set":
+        if text(await client.type(old)) != "set":
             return 0
-        names = sorted(_text(m) for m in await client.smembers(old))
+        names = sorted(text(m) for m in await client.smembers(old))
         ours = [n for n in names if await client.exists(QueueKeys(mq.prefix, n).meta)]
         if ours and not dry_run:
             await client.sadd(registry_key(mq.prefix), *ours)

@@ -116,7 +116,7 @@ class Maintenance:
         Per queue, batches while a batch came back full, up to ``_EXPIRE_BATCHES`` of them
         (what is still due then is logged, and taken by the next pass). Entries pending
         in a group are left to their consumer and re-checked later (see
-        :data:`~leanmq_async.scripts.EXPIRE`). Counted: messages that expired unhandled
+        ``lua/expire.lua``). Counted: messages that expired unhandled
         for some group; handled ones are removed too, but not reported again.
         """
         total = 0

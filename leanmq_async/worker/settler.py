@@ -212,7 +212,7 @@ class Settler:
     async def expire(self, sid: str, expires_at_ms: int, message_id: str = "") -> bool:
         """Settle an entry the runner thinks expired, if the Redis clock agrees.
 
-        One script (:data:`~leanmq_async.scripts.EXPIRE_READ`) checks ``x`` against Redis
+        One script (``lua/expire_read.lua``) checks ``x`` against Redis
         TIME and only then acks it (``expired="drop"``) or dead-letters it for this group
         (``"dlq"``). False when Redis says it is still live: the caller handles it.
         """

@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from leanmq_async._log import get_logger
 from leanmq_async.exceptions import ConfigurationError, LeanMQConnectionError, LeanMQError
+from leanmq_async.replies import text
 from leanmq_async.worker.maintenance import Maintenance
 from leanmq_async.worker.runner import HandlerRunner, RunnerStats
 from leanmq_async.worker.watchdog import LoopWatchdog
@@ -112,10 +113,6 @@ class WorkerSettings:
             raise ConfigurationError(
                 "loop_block_threshold must be a number of seconds > 0, or None (no watchdog)"
             )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Worker:
@@ -245,7 +242,7 @@ class Worker:
         missing = [
             pair
             for pair, info in zip(wanted, infos, strict=True)
-            if pair[1] not in {_text(g["name"]) for g in info["groups"]}
+            if pair[1] not in {text(g["name"]) for g in info["groups"]}
         ]
         if missing:
             await mq.store.ensure_groups([s for s, _ in missing], [g for _, g in missing])
