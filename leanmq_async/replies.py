@@ -20,6 +20,7 @@ from leanmq_async.store_types import RawEntry
 __all__ = [
     "ExpireReadStatus",
     "ExpireResult",
+    "MigrateStepResult",
     "MoveDueResult",
     "ReclaimResult",
     "RetryStatus",
@@ -32,6 +33,7 @@ __all__ = [
     "parse_expire",
     "parse_expire_read",
     "parse_extend_leases",
+    "parse_migrate_step",
     "parse_move_due",
     "parse_reclaim",
     "parse_retry",
@@ -271,6 +273,20 @@ def parse_expire(reply: Any) -> ExpireResult:
     expected = "{scanned, removed, unhandled, rechecked, left}"
     values = _array("expire", reply, expected, 5)
     return ExpireResult(*(_int("expire", v) for v in values))
+
+
+class MigrateStepResult(NamedTuple):
+    """migrate_step.lua: entries moved, left alone (acked or taken meanwhile), gone."""
+
+    moved: int
+    acked: int
+    gone: int
+
+
+def parse_migrate_step(reply: Any) -> MigrateStepResult:
+    """migrate_step.lua: ``{moved, acked, gone}``."""
+    values = _array("migrate_step", reply, "{moved, acked, gone}", 3)
+    return MigrateStepResult(*(_int("migrate_step", v) for v in values))
 
 
 def parse_count(script: str, reply: Any) -> int:

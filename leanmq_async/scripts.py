@@ -51,6 +51,7 @@ class Scripts:
     create_groups: AsyncScript
     delete_idle_consumer: AsyncScript
     count_after: AsyncScript
+    migrate_step: AsyncScript
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

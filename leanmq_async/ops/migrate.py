@@ -10,7 +10,7 @@ For each LeanMQ 0.2 queue (found by :func:`~leanmq_async.legacy.find_legacy_queu
 
 Acknowledged history (0.2 acks without deleting) stays where it is and is never moved.
 
-Each step is one call of :data:`MIGRATE_STEP` on at most ``batch`` entries: the new
+Each step is one call of ``lua/migrate_step.lua`` on at most ``batch`` entries: the new
 entry is written and the old one removed (XDEL, its expiry member removed, XACK when
 pending) in one atomic script, and the script re-checks every entry, so a step re-run
 after a kill (-9) finds only what is left: no loss, no duplicate.
@@ -39,14 +39,13 @@ from leanmq_async.envelope import FIELD_EXPIRES, FIELD_JSON, Envelope
 from leanmq_async.exceptions import ConfigurationError, QueueNotFoundError
 from leanmq_async.keys import QueueKeys, legacy_registry_key, registry_key
 from leanmq_async.legacy import LegacyQueue, find_legacy_queues
-from leanmq_async.replies import text
+from leanmq_async.replies import parse_migrate_step, text
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
 
 __all__ = [
     "DEFAULT_BATCH",
-    "MIGRATE_STEP",
     "MigrationReport",
     "convert_entry",
     "migrate",
@@ -55,81 +54,6 @@ __all__ = [
 ]
 
 DEFAULT_BATCH: Final = 100
-
-# KEYS: old_stream, old_expiry, new_stream, new_expiry
-# ARGV: old_group ('' = none), mode ('main' | 'waiting' | 'dlq'), n,
-#       then per entry: old_id, n_values, field, value, field, value... (n_values = 2 * fields)
-# For each entry, re-checked here (the caller's read may be stale):
-#   gone   - not in the old stream: its expiry member is removed, acked if pending;
-#   acked  - main stream, not pending and at or before the group's last-delivered id:
-#            acknowledged history, left alone; or, in mode 'waiting', pending (a live
-#            LeanMQ 0.2 consumer took it meanwhile: left to it);
-#   moved  - otherwise (every entry of a DLQ stream): XADD to the new stream (with the
-#            old id when it sorts last there, else a new one), ZADD of its 'x' field to
-#            the new expiry index, XDEL + ZREM of the old entry, XACK if it was pending.
-# Types are checked before the first write. Reply: {moved, acked, gone}.
-MIGRATE_STEP: Final = r"""
-local old, old_exp, new, new_exp = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local group, mode, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local want = {'stream', 'zset', 'stream', 'zset'}
-for i, key in ipairs(KEYS) do
-  local t = redis.call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= want[i] then
-    return redis.error_reply('WRONGTYPE key ' .. key .. ' holds a ' .. t .. ', not a ' .. want[i])
-  end
-end
-local function id_less(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am < bm or (am == bm and as < bs)
-end
-local has_group, last = false, nil
-if group ~= '' and redis.call('EXISTS', old) == 1 then
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', old)) do
-    local info = {}
-    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
-    if info['name'] == group then has_group, last = true, info['last-delivered-id'] end
-  end
-end
-local moved, acked, gone = 0, 0, 0
-local b = 4
-for _ = 1, n do
-  local id, nv = ARGV[b], tonumber(ARGV[b + 1])
-  local fields = {}
-  for i = 1, nv do fields[i] = ARGV[b + 1 + i] end
-  b = b + 2 + nv
-  local pending = false
-  if has_group then
-    local p = redis.call('XPENDING', old, group, id, id, 1)
-    pending = p[1] ~= nil
-  end
-  local exists = redis.call('XRANGE', old, id, id)[1] ~= nil
-  if not exists or nv == 0 then
-    gone = gone + 1
-    redis.call('ZREM', old_exp, id)
-    if pending then redis.call('XACK', old, group, id) end
-  elseif mode ~= 'dlq' and not pending and last ~= nil and not id_less(last, id) then
-    acked = acked + 1
-  elseif mode == 'waiting' and pending then
-    acked = acked + 1
-  else
-    local new_id = redis.pcall('XADD', new, id, unpack(fields))
-    if type(new_id) == 'table' and new_id.err then
-      new_id = redis.call('XADD', new, '*', unpack(fields))
-    end
-    for i = 1, #fields, 2 do
-      local x = fields[i] == 'x' and tonumber(fields[i + 1])
-      if x then redis.call('ZADD', new_exp, x, new_id) end
-    end
-    redis.call('XDEL', old, id)
-    redis.call('ZREM', old_exp, id)
-    if pending then redis.call('XACK', old, group, id) end
-    moved = moved + 1
-  end
-end
-return {moved, acked, gone}
-"""
 
 
 class MigrationReport(msgspec.Struct, kw_only=True):
@@ -217,7 +141,7 @@ def convert_entry(
 
 
 class _Mover:
-    """Runs :data:`MIGRATE_STEP` for one queue, batch by batch."""
+    """Runs ``lua/migrate_step.lua`` for one queue, batch by batch."""
 
     def __init__(self, mq: LeanMQ, legacy: LegacyQueue, batch: int, min_idle_ms: int) -> None:
         self.min_idle_ms = min_idle_ms
@@ -226,7 +150,7 @@ class _Mover:
         self.legacy = legacy
         self.batch = batch
         self.keys = QueueKeys(mq.prefix, legacy.name)
-        self.script = self.client.register_script(MIGRATE_STEP)
+        self.script = mq.store.scripts.migrate_step
 
     async def _read(self, stream: str, ids: Sequence[str]) -> list[tuple[str, dict[bytes, bytes]]]:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -266,7 +190,8 @@ class _Mover:
             args += [sid, len(values), *values]
         new = self.keys.dlq if dead else self.keys.stream
         keys = [stream, expiry, new, self.keys.expiry_of(new)]
-        moved, acked, gone = (int(x) for x in await self.script(keys=keys, args=args))
+        step = parse_migrate_step(await self.script(keys=keys, args=args))
+        moved, acked, gone = step.moved, step.acked, step.gone
         report.skipped += acked
         report.gone += gone
         report.steps += 1
