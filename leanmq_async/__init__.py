@@ -7,6 +7,7 @@ from leanmq_async.connection import ConnectionSettings
 from leanmq_async.exceptions import (
     ConfigurationError,
     ConfirmationRequiredError,
+    DeadLetteredError,
     DeadLetterQueueNotFoundError,
     InvalidMessageIdError,
     LeanMQConnectionError,
@@ -37,6 +38,7 @@ __all__ = [
     "DeadLetterInfo",
     "DeadLetterQueueNotFoundError",
     "DeadLetterResult",
+    "DeadLetteredError",
     "Durability",
     "InvalidMessageIdError",
     "LeanMQ",

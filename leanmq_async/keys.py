@@ -8,7 +8,10 @@ All keys of one queue share one Redis Cluster hash tag, the queue name in braces
     {prefix}{orders}:delayed:data     HASH  member -> packed stream fields of the delayed entry
     {prefix}{orders}:expiry           ZSET  stream id -> expiry time (ms, Redis clock)
     {prefix}{orders}:meta             HASH  created_at, consumer_group, dlq_group
+    {prefix}{orders}:result:<message_id>  STRING  a handler's result (expires; see results.py)
     {prefix}{}:registry               SET   names of the queues created with this prefix
+
+and one pub/sub channel per prefix, ``{prefix}results``, announcing stored results.
 
 so every multi-key step on one queue is a single atomic Lua script, also on a cluster.
 The registry is the only key outside a queue's slot; it is only an index for
@@ -44,6 +47,7 @@ __all__ = [
     "legacy_registry_key",
     "make_consumer_name",
     "registry_key",
+    "results_channel",
     "validate_prefix",
     "validate_queue_name",
 ]
@@ -129,6 +133,10 @@ class QueueKeys:
     def meta(self) -> str:
         return f"{self.tag}:meta"
 
+    def result(self, message_id: str) -> str:
+        """Where the result of the message ``message_id`` is stored (see ``results.py``)."""
+        return f"{self.tag}:result:{message_id}"
+
     def all(self) -> tuple[str, ...]:
         """Every key of the pair, for deletion."""
         return (self.stream, self.dlq, self.delayed, self.delayed_data, self.expiry, self.meta)
@@ -142,3 +150,8 @@ def registry_key(prefix: str) -> str:
 def legacy_registry_key(prefix: str) -> str:
     """Where earlier versions kept the registry: LeanMQ 0.2's own registry key (read only)."""
     return f"{prefix}registry"
+
+
+def results_channel(prefix: str) -> str:
+    """The pub/sub channel on which workers announce stored results under ``prefix``."""
+    return f"{prefix}results"

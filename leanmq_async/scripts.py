@@ -51,6 +51,8 @@ class Scripts:
     create_groups: AsyncScript
     delete_idle_consumer: AsyncScript
     count_after: AsyncScript
+    store_result: AsyncScript
+    store_failure: AsyncScript
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
