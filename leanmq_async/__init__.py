@@ -7,6 +7,7 @@ from leanmq_async.connection import ConnectionSettings
 from leanmq_async.exceptions import (
     ConfigurationError,
     ConfirmationRequiredError,
+    DeadLetteredError,
     DeadLetterQueueNotFoundError,
     InvalidMessageIdError,
     LeanMQConnectionError,
@@ -41,6 +42,7 @@ __all__ = [
     "DeadLetterInfo",
     "DeadLetterQueueNotFoundError",
     "DeadLetterResult",
+    "DeadLetteredError",
     "Durability",
     "InvalidMessageIdError",
     "LeanMQ",

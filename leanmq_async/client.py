@@ -47,6 +47,7 @@ from leanmq_async.transaction import Transaction
 
 if TYPE_CHECKING:
     from leanmq_async.registration import Handler
+    from leanmq_async.result_hub import ResultHub
     from leanmq_async.worker.supervisor import Worker
 
 __all__ = ["HeaderProvider", "LeanMQ"]
@@ -155,6 +156,7 @@ class LeanMQ:
         self._queues: dict[tuple[str, bool], Queue] = {}
         self._partitioned: dict[str, PartitionedQueue] = {}
         self._closed = False
+        self._results: ResultHub | None = None  # results (issue 17): see results.py
 
     def __repr__(self) -> str:
         return (
@@ -178,6 +180,7 @@ class LeanMQ:
         if self._closed:
             return
         self._closed = True
+        await self._close_results()
         if self._owns_client:
             await self.redis.aclose()
 
@@ -198,7 +201,14 @@ class LeanMQ:
         self.store = Store(client)
         self.store.durability = durability
         self._closed = False
+        await self._close_results()
         await old.aclose()
+
+    async def _close_results(self) -> None:
+        """Close the shared result subscription (results, issue 17)."""
+        hub, self._results = self._results, None
+        if hub is not None:
+            await hub.aclose()
 
     def add_observer(self, observer: Any) -> None:
         """Give every worker of this client ``observer`` (a :class:`WorkerObserver`).

@@ -12,6 +12,7 @@ __all__ = [
     "ConfigurationError",
     "ConfirmationRequiredError",
     "DeadLetterQueueNotFoundError",
+    "DeadLetteredError",
     "InvalidMessageIdError",
     "LeanMQConnectionError",
     "LeanMQError",
@@ -147,6 +148,32 @@ class MessageTooLargeError(MessageError, ValueError):
 
 class MessageDecodeError(MessageError, ValueError):
     """A stream entry is not a valid leanmq_async message, or its payload fails validation."""
+
+
+class DeadLetteredError(LeanMQError):
+    """The message awaited with ``call()``/``get_result()`` was dead-lettered: no result.
+
+    ``reason`` and ``error_type`` are those of its dead-letter entry (``"Reject"``,
+    ``"ValueError"``, ``"MessageEncodeError"`` for a result that could not be stored …);
+    ``attempts`` the handler attempts made; ``message_id`` and ``queue`` say which.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        error_type: str,
+        attempts: int = 0,
+        message_id: str = "",
+        queue: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.error_type = error_type
+        self.attempts = attempts
+        self.message_id = message_id
+        self.queue = queue
 
 
 class Retry(Exception):  # a control-flow signal, not an error

@@ -10,7 +10,10 @@ All keys of one queue share one Redis Cluster hash tag, the queue name in braces
     {prefix}{orders}:meta             HASH  created_at, consumer_group, dlq_group
     {prefix}{orders}:dedup            HASH  message_id -> "<until ms> <stream id>" (dedup)
     {prefix}{orders}:dedup:until      ZSET  message_id -> end of its dedup window (ms)
+    {prefix}{orders}:result:<message_id>  STRING  a handler's result (expires; see results.py)
     {prefix}{}:registry               SET   names of the queues created with this prefix
+
+and one pub/sub channel per prefix, ``{prefix}results``, announcing stored results.
 
 so every multi-key step on one queue is a single atomic Lua script, also on a cluster.
 The registry is the only key outside a queue's slot; it is only an index for
@@ -46,6 +49,7 @@ __all__ = [
     "legacy_registry_key",
     "make_consumer_name",
     "registry_key",
+    "results_channel",
     "validate_prefix",
     "validate_queue_name",
 ]
@@ -139,6 +143,10 @@ class QueueKeys:
     def dedup_until(self) -> str:
         return f"{self.tag}:dedup:until"
 
+    def result(self, message_id: str) -> str:
+        """Where the result of the message ``message_id`` is stored (see ``results.py``)."""
+        return f"{self.tag}:result:{message_id}"
+
     def all(self) -> tuple[str, ...]:
         """Every key of the pair, for deletion."""
         return (
@@ -161,3 +169,8 @@ def registry_key(prefix: str) -> str:
 def legacy_registry_key(prefix: str) -> str:
     """Where earlier versions kept the registry: LeanMQ 0.2's own registry key (read only)."""
     return f"{prefix}registry"
+
+
+def results_channel(prefix: str) -> str:
+    """The pub/sub channel on which workers announce stored results under ``prefix``."""
+    return f"{prefix}results"

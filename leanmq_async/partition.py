@@ -182,6 +182,49 @@ class PartitionedQueue:
             return self.partition_for(message_id)  # a retry goes where the first send went
         return self._next()
 
+    # -- results (issue 17; logic in leanmq_async/results.py) ------------------------------
+
+    async def call(
+        self,
+        data: Any,
+        *,
+        key: str | bytes | None = None,
+        timeout: float | None = 30.0,  # noqa: ASYNC109 - the result's deadline (API)
+        result_type: Any = Any,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        delay: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        durability: Durability | None = None,
+    ) -> Any:
+        """Send ``data`` to ``key``'s partition and wait for its result (see ``Queue.call``)."""
+        queue = self._route(key, message_id)
+        return await queue.call(
+            data,
+            timeout=timeout,
+            result_type=result_type,
+            message_id=message_id,
+            ttl=ttl,
+            delay=delay,
+            headers=headers,
+            durability=durability,
+        )
+
+    async def get_result(
+        self,
+        message_id: str,
+        *,
+        key: str | bytes | None = None,
+        timeout: float | None = 30.0,  # noqa: ASYNC109 - the result's deadline (API)
+        result_type: Any = Any,
+    ) -> Any:
+        """Wait for the result of ``message_id`` (see ``Queue.get_result``): on ``key``'s
+        partition, or on any partition without ``key``."""
+        from leanmq_async import results
+
+        queues = list(self._partitions) if key is None else [self.partition_for(key)]
+        return await results.get_result(queues, message_id, timeout, result_type)
+
     async def send_messages(
         self,
         items: Iterable[Any],

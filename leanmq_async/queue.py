@@ -200,6 +200,56 @@ class Queue(Generic[PayloadT]):
             durability.check(self._mq.connection_settings)
         return await self._mq.store.send(ops, durability)
 
+    # -- results (issue 17; logic in leanmq_async/results.py) ------------------------------
+
+    async def call(
+        self,
+        data: PayloadT,
+        *,
+        timeout: float | None = 30.0,  # noqa: ASYNC109 - the result's deadline (API)
+        result_type: Any = Any,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        delay: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        durability: Durability | None = None,
+    ) -> Any:
+        """Send ``data`` and wait for its handler's return value (request/response).
+
+        The handler must be registered with ``result_ttl=`` (see :mod:`leanmq_async.results`).
+        ``result_type`` decodes and validates the value (default: JSON types). Raises
+        :class:`~leanmq_async.DeadLetteredError` if the message is dead-lettered, and
+        ``TimeoutError`` after ``timeout`` seconds (None: no limit); the message is still
+        handled then (:meth:`get_result` waits on). ``message_id``: the id to send with
+        (default: a new uuid); the other keywords are those of :meth:`send_message`.
+        """
+        from leanmq_async import results
+
+        async def send(mid: str) -> str:
+            return await self.send_message(
+                data, mid, ttl, delay=delay, headers=headers, durability=durability
+            )
+
+        self._require_main("call()")
+        return await results.call(self, send, message_id, timeout, result_type)
+
+    async def get_result(
+        self,
+        message_id: str,
+        *,
+        timeout: float | None = 30.0,  # noqa: ASYNC109 - the result's deadline (API)
+        result_type: Any = Any,
+    ) -> Any:
+        """Wait for the stored result of the message ``message_id`` (its ``message_id``,
+        not its stream id), from any process; returns at once if it is stored already.
+
+        Raises like :meth:`call`. A result is kept ``result_ttl`` seconds after it is stored.
+        """
+        from leanmq_async import results
+
+        self._require_main("get_result()")
+        return await results.get_result([self], message_id, timeout, result_type)
+
     # -- reading -------------------------------------------------------------------------
 
     async def get_messages(

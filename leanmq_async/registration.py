@@ -49,6 +49,8 @@ class HandlerOptions:
         killing workers) is dead-lettered without running the handler.
     expired: what happens to a message past its TTL: ``"drop"`` (acknowledged, counted,
         logged) or ``"dlq"`` (dead-lettered with reason "expired").
+    result_ttl: store the handler's return value for this many seconds, for
+        ``queue.call()``/``queue.get_result()`` (None: results are not stored).
     """
 
     concurrency: int = 10
@@ -59,6 +61,7 @@ class HandlerOptions:
     group: str | None = None
     max_deliveries: int = 5
     expired: ExpiredPolicy = "drop"
+    result_ttl: float | None = None  # results (issue 17): see leanmq_async/results.py
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> ConfigurationError:
@@ -82,6 +85,8 @@ class HandlerOptions:
             raise bad("expired", "use 'drop' or 'dlq'")
         if self.group is not None and (not isinstance(self.group, str) or not self.group):
             raise bad("group", "use a non-empty string")
+        if self.result_ttl is not None and not _positive(self.result_ttl):
+            raise bad("result_ttl", "use a number of seconds > 0, or None")
 
 
 class HandlerKwargs(TypedDict, total=False):
@@ -95,6 +100,7 @@ class HandlerKwargs(TypedDict, total=False):
     group: str | None
     max_deliveries: int
     expired: ExpiredPolicy
+    result_ttl: float | None
 
 
 def _is_int(value: object) -> bool:

@@ -38,6 +38,8 @@ __all__ = [
     "parse_reclaim",
     "parse_retry",
     "parse_send",
+    "parse_store_failure",
+    "parse_store_result",
     "text",
 ]
 
@@ -232,6 +234,22 @@ def parse_dead_letter(ids: Sequence[str], reply: Any) -> DeadLetterResult:
 def parse_dead_letter_one(sid: str, reply: Any) -> int:
     """dead_letter.lua for one id, as a settle result: 1 moved, 0 not."""
     return parse_dead_letter([sid], reply).count
+
+
+def parse_store_result(reply: Any) -> int:
+    """store_result.lua: XACK's count, 1 acked now or 0 acked already (stored either way)."""
+    value = _int("store_result", reply, "0 or 1")
+    if value not in (0, 1):
+        raise _fail("store_result", "0 or 1", reply)
+    return value
+
+
+def parse_store_failure(reply: Any) -> int:
+    """store_failure.lua: 1 stored, 0 not (the consumer does not hold the entry)."""
+    value = _int("store_failure", reply, "0 or 1")
+    if value not in (0, 1):
+        raise _fail("store_failure", "0 or 1", reply)
+    return value
 
 
 # -- queue upkeep ---------------------------------------------------------------------------

@@ -52,6 +52,8 @@ class Scripts:
     delete_idle_consumer: AsyncScript
     count_after: AsyncScript
     migrate_step: AsyncScript
+    store_result: AsyncScript
+    store_failure: AsyncScript
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -216,6 +216,28 @@ class LeanMQWebhook:
         headers = {**(send_kwargs.pop("headers", None) or {}), PATH_HEADER: normalized}
         return await self.mq.queue(name).send_message(data, headers=headers, **send_kwargs)
 
+    async def call(
+        self,
+        path: str,
+        data: Any,
+        *,
+        timeout: float | None = 30.0,  # noqa: ASYNC109 - the result's deadline (API)
+        result_type: Any = Any,
+        **send_kwargs: Any,
+    ) -> Any:
+        """Send ``data`` to ``path`` and return what its handler returned (request/response).
+
+        The route's handler must be registered with ``result_ttl=`` (``@webhook.get(path,
+        result_ttl=60)``). Raises :class:`~leanmq_async.DeadLetteredError` when the message
+        is dead-lettered and ``TimeoutError`` after ``timeout`` seconds (see
+        ``Queue.call``); ``send_kwargs`` are those of :meth:`send`.
+        """
+        normalized, name = self._resolve(path)
+        headers = {**(send_kwargs.pop("headers", None) or {}), PATH_HEADER: normalized}
+        return await self.mq.queue(name).call(
+            data, timeout=timeout, result_type=result_type, headers=headers, **send_kwargs
+        )
+
     # -- running -------------------------------------------------------------------------
 
     def worker(self, **settings: Any) -> Worker:

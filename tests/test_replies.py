@@ -29,6 +29,8 @@ from leanmq_async.replies import (
     parse_reclaim,
     parse_retry,
     parse_send,
+    parse_store_failure,
+    parse_store_result,
     text,
 )
 from leanmq_async.store import SettleCall
@@ -55,6 +57,8 @@ def test_well_formed_replies_become_typed_values() -> None:
     assert parse_extend_leases([b"1-0"]) == [b"1-0"]
     assert parse_delete_idle_consumer(1) is True
     assert parse_count("trim", 7) == 7
+    assert parse_store_result(1) == 1 and parse_store_result(0) == 0
+    assert parse_store_failure(b"1") == 1
     reclaim = parse_reclaim(
         [[[b"1-0", [b"m", b"body", b"x", b"99"]]], [b"1-0", 2], [b"2-0"], b"(3-0"]
     )
@@ -92,6 +96,8 @@ MALFORMED: list[tuple[str, Callable[[Any], object], Any]] = [
     ("reclaim", parse_reclaim, [[[b"1-0", [b"m"]]], [], [], b""]),  # odd field list
     ("reclaim", parse_reclaim, [[], [b"1-0"], [], b""]),  # an id without its count
     ("reclaim", parse_reclaim, [[], [], [], 0]),
+    ("store_result", parse_store_result, 2),
+    ("store_failure", parse_store_failure, [1]),
 ]
 
 

@@ -11,7 +11,8 @@ The middle part of a runner's pipeline (see :mod:`leanmq_async.worker.runner`).
    for another group → acked; expired (Redis confirms) → dropped or dead-lettered;
 4. the payload is decoded (a bad one → dead-lettered) and the handler is called, with
    its ``timeout`` and inside the observers' ``handler_context``;
-5. the outcome goes to the :class:`~leanmq_async.worker.settler.Settler`: returned → ack;
+5. the outcome goes to the :class:`~leanmq_async.worker.settler.Settler`: returned → ack
+   (with ``result_ttl``: the value is stored with the ack, :mod:`leanmq_async.results`);
    ``Reject`` → dead-letter; ``Retry`` or any other exception → retry after the backoff,
    or dead-letter (with a traceback summary) once ``max_retries`` are spent.
 
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from leanmq_async import results  # results (issue 17)
 from leanmq_async.envelope import decode_payload
 from leanmq_async.exceptions import LeanMQError, MessageDecodeError, Reject, Retry
 from leanmq_async.reading import FOREIGN, expired, to_message, triage_entry
@@ -100,6 +102,8 @@ class Executor:
                 f"delivered {work.deliveries} times without completing (max_deliveries="
                 f"{handler.options.max_deliveries}): it may crash the worker",
                 "MaxDeliveriesExceeded",
+                # results (issue 17): the message's id, so that its waiters learn why
+                message_id=results.message_id_of(handler, work.fields, self.max_size),
             )
             return
         verdict, entry = triage_entry(work.fields, self.group, self.max_size)
@@ -158,12 +162,12 @@ class Executor:
         started = anyio.current_time() if self.timed or timeout is not None else 0.0
         try:
             if notifier.contexts:
-                await self._call_observed(arg, sid, entry, payload, work.deliveries)
+                value = await self._call_observed(arg, sid, entry, payload, work.deliveries)
             elif timeout is None:
-                await handler.func(arg)
+                value = await handler.func(arg)
             else:
                 with anyio.fail_after(timeout):
-                    await handler.func(arg)
+                    value = await handler.func(arg)
         except Reject as exc:
             self.stats.failed += 1
             if notifier.observers:
@@ -192,7 +196,15 @@ class Executor:
                 notifier.notify("on_failed", entry.message_id, exc, anyio.current_time() - started)
             await self._fail(sid, entry, attempt, exc, None)
         else:
-            settler.ack(work.sid)
+            # -- results (issue 17): a result handler stores its value with the ack --
+            ttl = handler.options.result_ttl
+            if ttl is None:
+                settler.ack(work.sid)
+            elif not await results.store_result(
+                settler, sid, entry.message_id, value, attempt, ttl
+            ):
+                return  # unencodable: dead-lettered instead
+            # -- end results --
             self.stats.handled += 1
             if notifier.observers:
                 notifier.notify("on_handled", entry.message_id, anyio.current_time() - started)
@@ -207,7 +219,7 @@ class Executor:
 
     async def _call_observed(
         self, arg: Any, sid: str, entry: DecodedEntry, payload: Any, deliveries: int
-    ) -> None:
+    ) -> Any:
         """Call the handler inside the observers' ``handler_context`` (tracing spans)."""
         handler = self.handler
         message = (
@@ -219,10 +231,9 @@ class Executor:
             await self.notifier.enter_contexts(stack, message)
             timeout = handler.options.timeout
             if timeout is None:
-                await handler.func(arg)
-            else:
-                with anyio.fail_after(timeout):
-                    await handler.func(arg)
+                return await handler.func(arg)
+            with anyio.fail_after(timeout):
+                return await handler.func(arg)
 
     async def _fail(
         self,

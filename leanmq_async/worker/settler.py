@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
+from leanmq_async import results  # results (issue 17)
 from leanmq_async.exceptions import LeanMQConnectionError, LeanMQError
 from leanmq_async.worker.settle_batch import SettleBatcher
 from leanmq_async.worker.state import LINGER
 
 if TYPE_CHECKING:
+    from leanmq_async.store_types import SettleCall
     from leanmq_async.worker.handler import Handler
     from leanmq_async.worker.observer import Notifier
     from leanmq_async.worker.state import RunnerState
@@ -51,6 +53,7 @@ class Settler:
         self.group = handler.group
         self.consumer = consumer
         self.expired_policy = handler.options.expired
+        self.result_ttl = handler.options.result_ttl  # results (issue 17)
         self.settle_timeout = settle_timeout
         self.stats = state.stats
         self.log = state.log
@@ -192,7 +195,14 @@ class Settler:
             self.queue.name,
             (sid, reason, error_type, details, attempts),
         )
-        moved = await self._settle(lambda: self._batcher.call(call))
+        # -- results (issue 17): a result handler's waiters learn the DLQ reason --
+        if self.result_ttl is not None and message_id:
+            failure = (message_id, reason, error_type, attempts)
+            moved = await self._settle(
+                results.dead_letter_step(self, call, self.result_ttl, failure)
+            )
+        else:  # -- end results --
+            moved = await self.run_call(call)
         if moved:
             self.stats.dead_lettered += 1
             if self.notifier.observers:
@@ -244,6 +254,10 @@ class Settler:
         elif result == -1:
             self.log.warning("lease_lost", id=sid, message_id=message_id)
         return True
+
+    async def run_call(self, call: SettleCall) -> int | None:
+        """Run one script ``call`` in this runner's settle batches (see :meth:`_settle`)."""
+        return await self._settle(lambda: self._batcher.call(call))
 
     async def _settle(self, step: Callable[[], Awaitable[T]]) -> T | None:
         """Run a settling step shielded from cancellation, retrying connection errors.
