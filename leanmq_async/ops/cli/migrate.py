@@ -19,27 +19,13 @@ import anyio
 from leanmq_async.exceptions import ConfigurationError
 from leanmq_async.legacy import find_legacy_queues
 from leanmq_async.ops.bridge import run_bridge
-from leanmq_async.ops.cli.common import Commands
+from leanmq_async.ops.cli.common import Commands, positive_int, seconds_type
 from leanmq_async.ops.migrate import DEFAULT_BATCH, migrate, migrate_registry
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
 
 __all__ = ["add_parser", "cmd_bridge", "cmd_migrate"]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text!r}")
-    return value
 
 
 def add_parser(commands: Commands) -> None:
@@ -54,7 +40,7 @@ def add_parser(commands: Commands) -> None:
     p.add_argument("--dry-run", action="store_true", help="show what would move; change nothing")
     p.add_argument("--confirm", action="store_true", help="move (required unless --dry-run)")
     p.add_argument(
-        "--batch", type=_positive_int, default=DEFAULT_BATCH, metavar="N",
+        "--batch", type=positive_int, default=DEFAULT_BATCH, metavar="N",
         help=f"entries per atomic step (default {DEFAULT_BATCH})",
     )  # fmt: skip
 
@@ -64,13 +50,13 @@ def add_parser(commands: Commands) -> None:
         cmd_bridge,
     )
     p.add_argument("queue", nargs="*", metavar="QUEUE", help="only these (default: every one)")
-    p.add_argument("--interval", type=_seconds, default=0.5, metavar="S", help="between rounds")
+    p.add_argument("--interval", type=seconds_type, default=0.5, metavar="S", help="between rounds")
     p.add_argument(
-        "--min-idle", type=_seconds, default=60.0, metavar="S",
+        "--min-idle", type=seconds_type, default=60.0, metavar="S",
         help="move a pending (delivered, unacked) 0.2 message once idle S seconds (default 60)",
     )  # fmt: skip
-    p.add_argument("--iterations", type=_positive_int, metavar="N", help="stop after N rounds")
-    p.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, metavar="N")
+    p.add_argument("--iterations", type=positive_int, metavar="N", help="stop after N rounds")
+    p.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH, metavar="N")
 
 
 def _out(text: str) -> None:
