@@ -8,7 +8,9 @@
 --           dedup         hash: message_id -> "<until ms> <id first returned>"
 --           dedup_until   zset: message_id -> until (Redis clock, ms)
 -- ARGV    [1]       n: the number of messages
---         per message k = 0 .. n-1, at b = 2 + 8k:
+--         per message k = 0 .. n-1, at b = 2 + sk, where the stride s is 8 when
+--         #ARGV = 2 + 8n (some message is deduplicated) and 6 otherwise (no dedup
+--         arguments are sent, [b+6] and [b+7] are absent):
 --           [b]     queue index q (1-based, into KEYS as above)
 --           [b+1]   ttl (ms; 0 = no expiry): adds the field x = now + ttl
 --           [b+2]   delay (ms; 0 = now): > 0 writes a delayed member, not a stream entry
@@ -17,7 +19,7 @@
 --           [b+5]   member suffix (delayed messages: names the delayed member)
 --           [b+6]   message_id (the dedup key; used only when [b+7] > 0)
 --           [b+7]   dedup window (ms; 0 = not deduplicated)
---         [2+8n]    clock shift (ms; 0 in production)
+--         [2+sn]    clock shift (ms; 0 in production)
 -- REPLY   array of n bulk strings, in ARGV's order: the stream id of each message, or
 --         for a delayed one its delayed member: the send time (15 digits, ms), the
 --         message's index k (6 digits), '|', the suffix. Messages due at the same ms
@@ -37,9 +39,12 @@
 -- ERRORS  'WRONGTYPE key K holds a T, not a W' (nothing written);
 --         '<redis error> (CMD KEY; nothing of this batch was written)'.
 local n = tonumber(ARGV[1])
+local stride = (#ARGV == 2 + n * 8) and 8 or 6
 local deduped = {}  -- queue index (0-based) -> true: one of its messages is deduplicated
-for op = 0, n - 1 do
-  if tonumber(ARGV[9 + op * 8]) > 0 then deduped[tonumber(ARGV[2 + op * 8]) - 1] = true end
+if stride == 8 then
+  for op = 0, n - 1 do
+    if tonumber(ARGV[9 + op * 8]) > 0 then deduped[tonumber(ARGV[2 + op * 8]) - 1] = true end
+  end
 end
 local new_streams = {}
 for q = 0, #KEYS / 6 - 1 do
@@ -52,7 +57,7 @@ for q = 0, #KEYS / 6 - 1 do
   if bad then return redis.error_reply(bad) end
   if absent[KEYS[b + 1]] then new_streams[#new_streams + 1] = KEYS[b + 1] end
 end
-local now = now_ms(ARGV[2 + n * 8])
+local now = now_ms(ARGV[2 + n * stride])
 local out, dups = {}, {}
 -- What was written so far, to remove again if a later write fails: {command, key, member}.
 local undo = {}
@@ -82,10 +87,11 @@ local function first_send(base, mid)
   return nil
 end
 for op = 0, n - 1 do
-  local b = 2 + op * 8
+  local b = 2 + op * stride
   local base = (tonumber(ARGV[b]) - 1) * 6
   local ttl, delay = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
-  local mid, dedup = ARGV[b + 6], tonumber(ARGV[b + 7])
+  local mid, dedup = '', 0
+  if stride == 8 then mid, dedup = ARGV[b + 6], tonumber(ARGV[b + 7]) end
   local fields = {ARGV[b + 3], ARGV[b + 4]}
   if ttl > 0 then
     fields[3] = 'x'

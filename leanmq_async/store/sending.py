@@ -44,6 +44,9 @@ class Sending(StoreBase):
             check_one_slot(ops)
         if durability is None:
             durability = self.durability
+        # Without a deduplicated message the two dedup arguments are left out (6 per
+        # message, not 8): bulk sends would otherwise pay for encoding them.
+        deduped = any(op.dedup_ms > 0 for op in ops)
         key_index: dict[str, int] = {}
         keys: list[str] = []
         args: list[Any] = [len(ops)]
@@ -54,7 +57,8 @@ class Sending(StoreBase):
                 keys += [op.keys.stream, op.keys.expiry, op.keys.delayed, op.keys.delayed_data]
                 keys += [op.keys.dedup, op.keys.dedup_until]
             args += [index, op.ttl_ms, op.delay_ms, op.field, op.body, op.member]
-            args += [op.message_id, op.dedup_ms]
+            if deduped:
+                args += [op.message_id, op.dedup_ms]
         args.append(self.clock_shift_ms)
         script = self.scripts.send
         with translate_send_errors("send", retries=self._retries):
