@@ -11,6 +11,7 @@ twice runs once, at the first). ``every=N`` ticks at the multiples of N since th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -20,8 +21,6 @@ from cronsim import CronSim, CronSimError
 from leanmq_async.exceptions import ConfigurationError
 
 __all__ = ["Schedule", "parse_schedule"]
-
-_US = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +58,8 @@ class Schedule:
         assert self.expression is not None
         start = datetime.fromtimestamp(ms / 1000, tz=self.zone)
         # cronsim works in whole seconds: from the second of ``ms`` on (strictly after it).
-        return _ms(next(CronSim(self.expression, start.replace(microsecond=0))))
+        ticks = CronSim(self.expression, start.replace(microsecond=0))
+        return _first(ticks, lambda t: t > ms)
 
     def latest_at_or_before(self, ms: int) -> int:
         """The last tick at or before ``ms``."""
@@ -67,8 +67,10 @@ class Schedule:
             return ms // self.every_ms * self.every_ms
         assert self.expression is not None
         start = datetime.fromtimestamp(ms / 1000, tz=self.zone)
-        # reverse=True from a time with microseconds includes that time's whole second.
-        return _ms(next(CronSim(self.expression, start.replace(microsecond=0) + _US, reverse=True)))
+        # reverse=True from a time with microseconds includes that time's whole second
+        # (replace, not + timedelta: arithmetic would lose ``fold`` in a repeated hour).
+        ticks = CronSim(self.expression, start.replace(microsecond=1), reverse=True)
+        return _first(ticks, lambda t: t <= ms)
 
     def at(self, ms: int) -> datetime:
         """Tick ``ms`` as an aware datetime in the job's time zone."""
@@ -77,6 +79,17 @@ class Schedule:
 
 def _ms(dt: datetime) -> int:
     return round(dt.timestamp() * 1000)
+
+
+def _first(ticks: CronSim, good: Callable[[int], bool]) -> int:
+    """The first of ``ticks`` (in ms) that is ``good``: the first one, barring a
+    daylight-saving corner case of the library (then a few more are looked at)."""
+    tick = _ms(next(ticks))
+    for _ in range(1000):
+        if good(tick):
+            break
+        tick = _ms(next(ticks))
+    return tick
 
 
 def parse_schedule(expression: object, every: object, tz: object) -> Schedule:
