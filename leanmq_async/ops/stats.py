@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, validate_queue_name
-from leanmq_async.ops.cron_list import CronStats, collect_cron, cron_queue_names
 from leanmq_async.legacy import LegacyQueue, find_legacy_queues
+from leanmq_async.ops.cron_list import CronStats, collect_cron, cron_queue_names
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
