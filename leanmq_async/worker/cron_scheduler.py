@@ -56,7 +56,21 @@ class CronScheduler:
         """A scheduler for the jobs whose handlers a worker runs (None: there are none)."""
         served = {id(h) for h in handlers}
         jobs = [j for j in mq.cron_jobs.values() if id(j.handler) in served]
-        return cls(mq, jobs, nudge) if jobs else None
+        if not jobs:
+            return None
+        # Each job is a queue with its own blocking reader: one pooled connection each.
+        pool = mq.connection_settings.max_connections
+        if len(handlers) + 8 > pool:
+            get_logger("leanmq_async.worker").warning(
+                "connection_pool_small",
+                handlers=len(handlers),
+                cron_jobs=len(jobs),
+                max_connections=pool,
+                hint="each handler (each periodic job too) blocks one connection while it "
+                "waits for messages: pass LeanMQ(connection=ConnectionSettings("
+                f"max_connections={len(handlers) + 16}))",
+            )
+        return cls(mq, jobs, nudge)
 
     async def run(self) -> None:
         """Register the jobs, then enqueue their runs until cancelled."""
