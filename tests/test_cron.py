@@ -243,6 +243,33 @@ async def test_a_job_runs_once_per_tick_with_its_run_info(mq: LeanMQ, raw: aiore
     assert int(s["runs"]) == len(runs) and int(s["succeeded"]) == len(runs)
 
 
+async def test_the_scheduler_sleeps_until_the_next_tick_and_stops_with_the_worker(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    @mq.cron(every=3600)
+    async def hourly() -> None:
+        pass
+
+    @mq.cron(every=0.5)
+    async def often() -> None:
+        pass
+
+    worker = mq.worker(block_ms=50)
+    async with worker:
+        await wait_until(lambda: state(raw, mq, "often"), what="registration")
+        await anyio.sleep(1.6)
+        scheduler = worker.maintenance.cron
+        assert scheduler is not None
+        # One pass at start, then one per tick of `often` (3 or 4 in 1.6 s): no polling.
+        assert 2 <= scheduler.wakeups <= 7, scheduler.wakeups
+        assert 2 <= scheduler.enqueued <= 5
+    # Stopped with the worker: no tick enqueued after it returned.
+    runs = (await state(raw, mq, "often"))["runs"]
+    await anyio.sleep(0.7)
+    assert (await state(raw, mq, "often"))["runs"] == runs
+    assert "runs" not in await state(raw, mq, "hourly")
+
+
 async def test_jitter_delays_the_run_and_it_still_runs_once(
     mq: LeanMQ, raw: aioredis.Redis
 ) -> None:

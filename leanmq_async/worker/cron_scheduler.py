@@ -48,6 +48,7 @@ class CronScheduler:
         self.wake_ms: dict[str, float] = {}  # job -> not before (a retry, a not-due tick)
         self.enqueued = 0
         self.skipped = 0
+        self.wakeups = 0  # loop passes: one per due tick (or per minute), never a busy poll
 
     @classmethod
     def for_handlers(
@@ -76,6 +77,7 @@ class CronScheduler:
         """Register the jobs, then enqueue their runs until cancelled."""
         await self._register()
         while True:
+            self.wakeups += 1
             now = await self.mq.store.redis_now_ms()
             for job in self.jobs:
                 if self.next_ms[job.name] <= now and self.wake_ms.get(job.name, 0) <= now:
