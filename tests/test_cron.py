@@ -270,6 +270,31 @@ async def test_the_scheduler_sleeps_until_the_next_tick_and_stops_with_the_worke
     assert "runs" not in await state(raw, mq, "hourly")
 
 
+@pytest.fixture
+def own_server() -> Iterator[RedisServer]:
+    """A server of this test's own, to kill and restart."""
+    with RedisServer(appendonly=True) as server:
+        yield server
+
+
+async def test_the_scheduler_survives_redis_going_away(own_server: RedisServer) -> None:
+    ticks: list[int] = []
+    async with LeanMQ(own_server.url, prefix="away:") as mq:
+
+        @mq.cron(every=0.2)
+        async def beat(run: CronRun) -> None:
+            ticks.append(run.tick_ms)
+
+        async with mq.worker(block_ms=50):
+            await wait_until(lambda: len(ticks) >= 2, within=10, what="runs")
+            await anyio.to_thread.run_sync(own_server.kill)
+            await anyio.sleep(1.0)  # ticks fail meanwhile: logged, retried, never fatal
+            await anyio.to_thread.run_sync(own_server.start)
+            before = len(ticks)
+            await wait_until(lambda: len(ticks) >= before + 3, within=20, what="runs again")
+    assert ticks == sorted(set(ticks))
+
+
 async def test_jitter_delays_the_run_and_it_still_runs_once(
     mq: LeanMQ, raw: aioredis.Redis
 ) -> None:

@@ -28,10 +28,20 @@ class CronStore(StoreBase):
         suffix: str,
     ) -> CronTickResult:
         """Enqueue tick ``tick_ms``'s run once across all workers (``lua/cron_tick.lua``)."""
-        reply = await self.scripts.cron_tick(
-            keys=[keys.cron, keys.stream, keys.delayed, keys.delayed_data],
-            args=[tick_ms, next_ms, late_ms, delay_ms, field, body, suffix, self.clock_shift_ms],
-        )
+        with translate_errors("cron tick"):
+            reply = await self.scripts.cron_tick(
+                keys=[keys.cron, keys.stream, keys.delayed, keys.delayed_data],
+                args=[
+                    tick_ms,
+                    next_ms,
+                    late_ms,
+                    delay_ms,
+                    field,
+                    body,
+                    suffix,
+                    self.clock_shift_ms,
+                ],
+            )
         return parse_cron_tick(reply)
 
     async def cron_register(

@@ -13,6 +13,8 @@ passed is run once (``missed="run_once"``) or recorded as skipped (``missed="ski
 
 from __future__ import annotations
 
+import contextlib
+import math
 import random
 import uuid
 from collections.abc import Callable
@@ -78,20 +80,28 @@ class CronScheduler:
         await self._register()
         while True:
             self.wakeups += 1
-            now = await self.mq.store.redis_now_ms()
+            now = await self._now()
             for job in self.jobs:
                 if self.next_ms[job.name] <= now and self.wake_ms.get(job.name, 0) <= now:
                     await self.tick(job, now)
-            now = await self.mq.store.redis_now_ms()
+            now = await self._now()
             soonest = min(max(self.next_ms[j.name], self.wake_ms.get(j.name, 0)) for j in self.jobs)
             await anyio.sleep(min(max(soonest - now, 1) / 1000, _MAX_SLEEP))
+
+    async def _now(self) -> float:
+        """The Redis clock estimate; during an outage, from the last measurement (the tick
+        script checks it against Redis's own clock anyway)."""
+        try:
+            return await self.mq.store.redis_now_ms()
+        except LeanMQError:
+            return await self.mq.store.redis_now_ms(max_age=math.inf)
 
     async def _register(self) -> None:
         pending = list(self.jobs)
         while pending:
             job = pending[0]
             try:
-                now = int(await self.mq.store.redis_now_ms())
+                now = int(await self._now())
                 last = await self.mq.store.cron_register(
                     job.queue.keys, job.description(), job.schedule.latest_at_or_before(now)
                 )
@@ -126,7 +136,8 @@ class CronScheduler:
             return -1
         if result.status == NOT_DUE:  # our clock estimate runs ahead of Redis's
             self.wake_ms[job.name] = now + result.wait_ms
-            await self.mq.store.sync_clock()
+            with contextlib.suppress(LeanMQError):
+                await self.mq.store.sync_clock()
             return NOT_DUE
         self.wake_ms.pop(job.name, None)
         self.next_ms[job.name] = schedule.next_after(max(tick, result.last))
