@@ -217,6 +217,10 @@ def cron(
     mq: LeanMQ, expression: str | None, options: Mapping[str, Any]
 ) -> Callable[[JobFunc], JobFunc]:
     """The decorator behind ``@mq.cron(...)``: checks everything now, registers on use."""
+    if callable(expression):
+        raise ConfigurationError(
+            "@mq.cron needs its schedule: @mq.cron('*/5 * * * *') or @mq.cron(every=30)"
+        )
     unknown = set(options) - set(_HANDLER_OPTIONS) - set(_OWN_OPTIONS)
     if unknown:
         raise ConfigurationError(

@@ -91,6 +91,12 @@ def test_bad_functions_and_duplicate_names_are_refused() -> None:
         def sync_job() -> None:
             pass
 
+    with pytest.raises(ConfigurationError, match="needs its schedule"):
+
+        @mq.cron  # type: ignore[arg-type]
+        async def bare() -> None:
+            pass
+
     with pytest.raises(ConfigurationError, match="no argument or one"):
 
         @mq.cron(every=1)
