@@ -4,6 +4,7 @@ from leanmq_async._version import __version__
 from leanmq_async.client import LeanMQ
 from leanmq_async.cluster import Durability, NotReplicatedError
 from leanmq_async.connection import ConnectionSettings
+from leanmq_async.cron import CronRun
 from leanmq_async.exceptions import (
     ConfigurationError,
     ConfirmationRequiredError,
@@ -39,6 +40,7 @@ __all__ = [
     "ConfigurationError",
     "ConfirmationRequiredError",
     "ConnectionSettings",
+    "CronRun",
     "DeadLetterInfo",
     "DeadLetterQueueNotFoundError",
     "DeadLetterResult",

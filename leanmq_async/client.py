@@ -46,6 +46,9 @@ from leanmq_async.store import Store
 from leanmq_async.transaction import Transaction
 
 if TYPE_CHECKING:
+    from typing import Unpack
+
+    from leanmq_async.cron import CronJob, CronKwargs, JobFunc
     from leanmq_async.registration import Handler
     from leanmq_async.result_hub import ResultHub
     from leanmq_async.worker.supervisor import Worker
@@ -153,6 +156,7 @@ class LeanMQ:
         self.log = get_logger("leanmq_async", prefix=self.prefix)
         self._legacy_logged = False  # LeanMQ 0.2 queues looked for (issue 15): once
         self.handlers: list[Handler] = []
+        self.cron_jobs: dict[str, CronJob] = {}  # periodic jobs (issue 16): see cron.py
         self._queues: dict[tuple[str, bool], Queue] = {}
         self._partitioned: dict[str, PartitionedQueue] = {}
         self._closed = False
@@ -414,6 +418,15 @@ class LeanMQ:
         ``"memory"`` entry saying what is wrong and what to do.
         """
         return await redis_health(self.store)
+
+    def cron(
+        self, expression: str | None = None, /, **options: Unpack[CronKwargs]
+    ) -> Callable[[JobFunc], JobFunc]:
+        """A periodic job run by the workers once per tick: ``@mq.cron("*/5 * * * *",
+        tz="Europe/Berlin")`` or ``@mq.cron(every=30)`` (see :mod:`leanmq_async.cron`)."""
+        from leanmq_async.cron import cron
+
+        return cron(self, expression, options)
 
     # -- worker --------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ All keys of one queue share one Redis Cluster hash tag, the queue name in braces
     {prefix}{orders}:dedup            HASH  message_id -> "<until ms> <stream id>" (dedup)
     {prefix}{orders}:dedup:until      ZSET  message_id -> end of its dedup window (ms)
     {prefix}{orders}:result:<message_id>  STRING  a handler's result (expires; see results.py)
+    {prefix}{cron.<job>}:cron         HASH  a periodic job's state (queue cron.<job>; see cron.py)
     {prefix}{}:registry               SET   names of the queues created with this prefix
 
 and one pub/sub channel per prefix, ``{prefix}results``, announcing stored results.
@@ -143,6 +144,11 @@ class QueueKeys:
     def dedup_until(self) -> str:
         return f"{self.tag}:dedup:until"
 
+    @property
+    def cron(self) -> str:
+        """The state of the periodic job whose runs go to this queue (see ``cron.py``)."""
+        return f"{self.tag}:cron"
+
     def result(self, message_id: str) -> str:
         """Where the result of the message ``message_id`` is stored (see ``results.py``)."""
         return f"{self.tag}:result:{message_id}"
@@ -158,6 +164,7 @@ class QueueKeys:
             self.meta,
             self.dedup,
             self.dedup_until,
+            self.cron,
         )
 
 

@@ -18,6 +18,7 @@ from leanmq_async.message import DeadLetterResult
 from leanmq_async.store_types import RawEntry
 
 __all__ = [
+    "CronTickResult",
     "ExpireReadStatus",
     "ExpireResult",
     "MigrateStepResult",
@@ -27,6 +28,7 @@ __all__ = [
     "ScriptReplyError",
     "SendReply",
     "parse_count",
+    "parse_cron_tick",
     "parse_dead_letter",
     "parse_dead_letter_one",
     "parse_delete_idle_consumer",
@@ -314,3 +316,28 @@ def parse_count(script: str, reply: Any) -> int:
     if value < 0:
         raise _fail(script, "a count >= 0", reply)
     return value
+
+
+# -- cron_tick (periodic jobs, issue 16) ----------------------------------------------------
+
+
+class CronTickResult(NamedTuple):
+    """cron_tick.lua: what the call did, the job's last tick after it, and the wait (ms)."""
+
+    status: int
+    """1 enqueued by this call, 0 done already, 2 skipped (too late), 3 not due yet."""
+    last: int
+    """The job's last tick (ms since the epoch; -1: none)."""
+    wait_ms: int
+    """Status 3: ms until the tick is due on the Redis clock (else 0)."""
+
+
+def parse_cron_tick(reply: Any) -> CronTickResult:
+    """cron_tick.lua: ``{status, last, wait_ms}``."""
+    expected = "[status 0-3, last tick, wait ms]"
+    status, last, wait = (
+        _int("cron_tick", v, expected) for v in _array("cron_tick", reply, expected, 3)
+    )
+    if status not in (0, 1, 2, 3) or wait < 0:
+        raise _fail("cron_tick", expected, reply)
+    return CronTickResult(status, last, wait)

@@ -31,6 +31,7 @@ def test_key_names() -> None:
     assert keys.meta == "mq:{orders}:meta"
     assert keys.dedup == "mq:{orders}:dedup"
     assert keys.dedup_until == "mq:{orders}:dedup:until"
+    assert keys.cron == "mq:{orders}:cron"
     assert keys.all() == (
         keys.stream,
         keys.dlq,
@@ -40,6 +41,7 @@ def test_key_names() -> None:
         keys.meta,
         keys.dedup,
         keys.dedup_until,
+        keys.cron,
     )
     assert registry_key("mq:") == "mq:{}:registry"
     assert legacy_registry_key("mq:") == "mq:registry"  # LeanMQ 0.2's own key: read only
@@ -115,6 +117,7 @@ async def test_every_key_written_for_a_queue_shares_its_slot(
         await queue.move_to_dlq([msg.id], "test")
         written = [k.decode() async for k in raw.scan_iter(match=f"{prefix}*")]
     queue_keys = [k for k in written if k != registry_key(prefix)]
-    assert set(queue_keys) == set(QueueKeys(prefix, "orders").all())
+    keys = QueueKeys(prefix, "orders")
+    assert set(queue_keys) == set(keys.all()) - {keys.cron}  # cron: only a job's queue has it
     assert {key_slot(k.encode()) for k in queue_keys} == {key_slot(b"orders")}
     assert registry_key(prefix) in written

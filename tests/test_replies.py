@@ -19,6 +19,7 @@ from leanmq_async.replies import (
     RetryStatus,
     ScriptReplyError,
     parse_count,
+    parse_cron_tick,
     parse_dead_letter,
     parse_dead_letter_one,
     parse_delete_idle_consumer,
@@ -98,6 +99,9 @@ MALFORMED: list[tuple[str, Callable[[Any], object], Any]] = [
     ("reclaim", parse_reclaim, [[], [], [], 0]),
     ("store_result", parse_store_result, 2),
     ("store_failure", parse_store_failure, [1]),
+    ("cron_tick", parse_cron_tick, [1, 2]),
+    ("cron_tick", parse_cron_tick, [5, 0, 0]),  # no such status
+    ("cron_tick", parse_cron_tick, [3, 0, -1]),  # a negative wait
 ]
 
 

@@ -15,6 +15,7 @@ from leanmq_async.exceptions import (
     QueueNotFoundError,
 )
 from leanmq_async.ops import dlq_tools
+from leanmq_async.ops.cron_list import collect_cron
 from leanmq_async.ops.health import HealthThresholds, check_health
 from leanmq_async.ops.http_request import (
     HTTPError,
@@ -121,7 +122,7 @@ class AdminAPI:
             )
         self._authorize(r)
         head, rest = seg[0], seg[1:]
-        if head in ("health", "stats", "queues", "cleanup", "metrics") and rest:
+        if head in ("health", "stats", "queues", "cleanup", "metrics", "cron") and rest:
             raise HTTPError(404, f"no such endpoint: /{'/'.join(seg)}")
         if head == "health":
             self._allow(r, "GET")
@@ -133,6 +134,9 @@ class AdminAPI:
         if head == "queues":
             self._allow(r, "GET")
             return json_response(200, await self.mq.list_queues())
+        if head == "cron":  # periodic jobs (issue 16)
+            self._allow(r, "GET")
+            return json_response(200, await collect_cron(self.mq))
         if head == "metrics":
             self._allow(r, "GET")
             if self.metrics is None:

@@ -2,6 +2,7 @@
 
     leanmq --url redis://localhost:6379/0 --prefix mq: queues
     leanmq stats                                   # depth, pending, lag, DLQ, consumers
+    leanmq cron                                    # periodic jobs: next, last run, result
     leanmq health --once                           # exit 0 ok, 1 warning, 2 critical
     leanmq dlq list orders
     leanmq dlq show orders 1700000000000-0

@@ -10,7 +10,8 @@ of round trips, whatever the number of queues:
    last-delivered id, or Redis < 7) and it cannot be derived from the first/last ids:
    one pipeline of small counting scripts (entries counted inside Redis, capped).
 
-So 2 round trips for 1 queue and for 50 (3 when a lag must be counted).
+So 2 round trips for 1 queue and for 50 (3 when a lag must be counted; one more when
+periodic jobs exist: their states, :mod:`leanmq_async.ops.cron_list`).
 
 Throughput and error rate come from a :class:`StatsSampler`, which keeps recent samples
 in memory and derives rates from the deltas of counters Redis keeps per stream:
@@ -40,6 +41,7 @@ import msgspec
 
 from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, validate_queue_name
 from leanmq_async.legacy import LegacyQueue, find_legacy_queues
+from leanmq_async.ops.cron_list import CronStats, collect_cron, cron_queue_names
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
@@ -140,6 +142,8 @@ class Stats(msgspec.Struct, kw_only=True):
     legacy: list[LegacyQueue] = []
     """LeanMQ 0.2 queues found under the prefix, not read by leanmq_async: migrate them
     (``leanmq migrate``). Looked for only when the registry is read (no ``queues=``)."""
+    cron: list[CronStats] = []
+    """The periodic jobs (queues ``cron.<job>``): schedule, last and next tick, outcome."""
 
     def queue(self, name: str) -> QueueStats:
         """The stats of queue ``name``; ``KeyError`` if it is not in the snapshot."""
@@ -335,15 +339,17 @@ async def collect_stats(
             g.lag, g.lag_exact, g.backlog = n, n < lag_count_cap, n + g.pending
     for q in out:
         _summarise(q)
+    jobs = cron_queue_names(names)  # periodic jobs (issue 16): one more round trip
+    cron, trips = (await collect_cron(mq, jobs), trips + 1) if jobs else ([], trips)
     # --- migration from LeanMQ 0.2 (issue 15): only when its registry has members ---
     legacy: list[LegacyQueue] = []
     if queues is None and mq.store.legacy_registry_members:
         legacy = await find_legacy_queues(mq)
         trips += 2
     # --- end migration from LeanMQ 0.2 ---
-    return Stats(
-        prefix=mq.prefix, collected_at=now_ms / 1000, queues=out, round_trips=trips, legacy=legacy
-    )
+    stats = Stats(prefix=mq.prefix, collected_at=now_ms / 1000, queues=out, round_trips=trips)
+    stats.legacy, stats.cron = legacy, cron
+    return stats
 
 
 # -- rates --------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ Its methods live in one module per concern, each a part of :class:`Store`:
 * :mod:`~leanmq_async.store.reading`: read, ack, reclaim, leases;
 * :mod:`~leanmq_async.store.settling`: retry, dead-letter, expire on read, requeue, and
   batches of settling calls;
-* :mod:`~leanmq_async.store.server`: version, memory, ping, the stats snapshot.
+* :mod:`~leanmq_async.store.server`: version, memory, ping, the stats snapshot;
+* :mod:`~leanmq_async.store.cron`: periodic jobs' state (the tick script, outcomes).
 
 The Lua scripts are ``leanmq_async/lua/*.lua`` (:mod:`leanmq_async.scripts` registers
 them); :mod:`leanmq_async.replies` parses their replies; :mod:`leanmq_async.store_types`
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from leanmq_async.replies import ExpireResult, ReclaimResult
 from leanmq_async.store.base import StoreBase
+from leanmq_async.store.cron import CronStore
 from leanmq_async.store.queues import QueueAdmin
 from leanmq_async.store.reading import Reading
 from leanmq_async.store.sending import Sending
@@ -43,5 +45,5 @@ __all__ = [
 ]
 
 
-class Store(QueueAdmin, Sending, Reading, Settling, ServerInfo, StoreBase):
+class Store(QueueAdmin, Sending, Reading, Settling, ServerInfo, CronStore, StoreBase):
     """Queue operations on one Redis client (owned or borrowed)."""

@@ -5,7 +5,8 @@
   batches; one pending in a group is left to that group's consumer and re-checked later;
 * acknowledged history older than ``retention`` is trimmed, never an unacked entry;
 * consumers idle for long with nothing pending are removed;
-* the offset to the Redis clock is re-measured.
+* the offset to the Redis clock is re-measured;
+* periodic jobs' runs are enqueued (:mod:`leanmq_async.worker.cron_scheduler`).
 
 Every step is one script per queue and tolerates Redis being away for a while.
 """
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from leanmq_async.queue import Queue
     from leanmq_async.registration import Handler
     from leanmq_async.store import MemoryUsage, Store
+    from leanmq_async.worker.cron_scheduler import CronScheduler
     from leanmq_async.worker.supervisor import WorkerSettings
 
 __all__ = ["Maintenance"]
@@ -64,6 +66,7 @@ class Maintenance:
         self.expired = 0
         self.trimmed = 0
         self._memory_warned = False
+        self.cron: CronScheduler | None = None  # periodic jobs (issue 16), set by the worker
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -76,6 +79,8 @@ class Maintenance:
                 interval = min(self.settings.trim_interval, self.settings.expire_interval)
                 tg.start_soon(self._every, interval, self.relieve_memory_once)
             tg.start_soon(self._every, 60.0, self.housekeeping_once)
+            if self.cron is not None:
+                tg.start_soon(self.cron.run)
 
     async def _mover(self, queue: Queue) -> None:
         cap_ms = self.settings.maintenance_interval * 1000

@@ -151,6 +151,11 @@ class Worker:
         self.maintenance = Maintenance(mq.store, self.handlers, self.settings)
         for runner in self.runners:
             runner.on_scheduled = self.maintenance.nudge
+        from leanmq_async.worker.cron_scheduler import CronScheduler  # issue 16
+
+        self.maintenance.cron = CronScheduler.for_handlers(
+            mq, self.handlers, self.maintenance.nudge
+        )
         self.log = get_logger("leanmq_async.worker", consumer=consumer)
         self._stop = anyio.Event()
         self._started = False

@@ -18,6 +18,7 @@ from leanmq_async.ops.cli.common import (
     seconds_type,
     table,
 )
+from leanmq_async.ops.cli.cron import cron_text
 from leanmq_async.ops.stats import Stats, StatsSampler, collect_stats
 
 if TYPE_CHECKING:
@@ -84,6 +85,8 @@ def stats_text(stats: Stats) -> str:
         parts.append(
             table(["QUEUE", "GROUP", "PENDING", "LAG", "OLDEST-IDLE", "CONSUMERS"], group_rows)
         )
+    if stats.cron:  # periodic jobs (issue 16)
+        parts += ["", cron_text(stats.cron, stats.collected_at)]
     parts.append(f"\n{DEPTH_LEGEND}")
     if stats.window_s:
         parts.append(f"rates over {stats.window_s:.1f}s")
