@@ -10,10 +10,12 @@ All keys of one queue share one Redis Cluster hash tag, the queue name in braces
     {prefix}{orders}:meta             HASH  created_at, consumer_group, dlq_group
     {prefix}{orders}:dedup            HASH  message_id -> "<until ms> <stream id>" (dedup)
     {prefix}{orders}:dedup:until      ZSET  message_id -> end of its dedup window (ms)
+    {prefix}{orders}:cancelled        ZSET  stream id -> end of its cancel marker (ms; cancel.lua)
     {prefix}{orders}:result:<message_id>  STRING  a handler's result (expires; see results.py)
     {prefix}{}:registry               SET   names of the queues created with this prefix
 
-and one pub/sub channel per prefix, ``{prefix}results``, announcing stored results.
+and two pub/sub channels per prefix: ``{prefix}results``, announcing stored results, and
+``{prefix}cancel``, announcing cancel requests of running messages (see ``queue.cancel``).
 
 so every multi-key step on one queue is a single atomic Lua script, also on a cluster.
 The registry is the only key outside a queue's slot; it is only an index for
@@ -50,6 +52,7 @@ __all__ = [
     "make_consumer_name",
     "registry_key",
     "results_channel",
+    "cancel_channel",
     "validate_prefix",
     "validate_queue_name",
 ]
@@ -143,6 +146,11 @@ class QueueKeys:
     def dedup_until(self) -> str:
         return f"{self.tag}:dedup:until"
 
+    @property
+    def cancelled(self) -> str:
+        """The cancel markers: stream id -> when the marker ends (ms, Redis clock)."""
+        return f"{self.tag}:cancelled"
+
     def result(self, message_id: str) -> str:
         """Where the result of the message ``message_id`` is stored (see ``results.py``)."""
         return f"{self.tag}:result:{message_id}"
@@ -158,6 +166,7 @@ class QueueKeys:
             self.meta,
             self.dedup,
             self.dedup_until,
+            self.cancelled,
         )
 
 
@@ -174,3 +183,8 @@ def legacy_registry_key(prefix: str) -> str:
 def results_channel(prefix: str) -> str:
     """The pub/sub channel on which workers announce stored results under ``prefix``."""
     return f"{prefix}results"
+
+
+def cancel_channel(prefix: str) -> str:
+    """The pub/sub channel announcing cancel requests under ``prefix`` (``queue stream-id``)."""
+    return f"{prefix}cancel"

@@ -389,6 +389,8 @@ async def force_process(
             report.redelivered.append(sid)
         elif outcome == 0:
             report.skipped.append(SkippedMessage(sid, "entry gone from the stream (acknowledged)"))
+        elif outcome == 2:
+            report.skipped.append(SkippedMessage(sid, "cancelled: a worker dead-letters it"))
         else:
             report.skipped.append(SkippedMessage(sid, "taken over by another consumer"))
     await store.delete_consumer_if_idle(q.stream, group, consumer)
