@@ -47,12 +47,12 @@ from leanmq_async.exceptions import ConfigurationError
 __all__ = [
     "DLQ_SUFFIX",
     "QueueKeys",
+    "cancel_channel",
     "default_group",
     "legacy_registry_key",
     "make_consumer_name",
     "registry_key",
     "results_channel",
-    "cancel_channel",
     "validate_prefix",
     "validate_queue_name",
 ]
