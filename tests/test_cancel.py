@@ -20,6 +20,7 @@ import pytest
 from leanmq_async import CancelOutcome, LeanMQ, Message
 from leanmq_async.exceptions import ConfigurationError, WrongQueueKindError
 from leanmq_async.testing import RedisServer
+from tests.worker_apps.common import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -120,3 +121,184 @@ async def test_a_partitioned_queue_finds_the_partition(mq: LeanMQ) -> None:
     assert await pq.cancel("1-1", key="4") is CancelOutcome.NOT_FOUND
     left = [m.data["k"] for q in pq.partitions for m in await q.get_messages(10)]
     assert sorted(left) == [0, 1, 2, 3, 5]
+
+
+# -- the worker ------------------------------------------------------------------------
+
+
+class Recorder:
+    """A handler that records its starts and ends and runs as long as it is told."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started: list[Any] = []
+        self.finished: list[Any] = []
+        self.cancelled: list[tuple[Any, float]] = []
+
+    async def handle(self, message: Message[Any]) -> None:
+        self.started.append(message.data)
+        try:
+            await anyio.sleep(self.seconds)
+        except BaseException:
+            self.cancelled.append((message.data, anyio.current_time()))
+            raise
+        self.finished.append(message.data)
+
+
+async def _any_dead(mq: LeanMQ, name: str) -> bool:
+    return bool(await _dead(mq, name))
+
+
+async def test_a_cancelled_running_handler_stops_within_a_second(mq: LeanMQ) -> None:
+    q, _ = await mq.create_queue_pair("c")
+    rec = Recorder(60)
+    q.handler(max_retries=5)(rec.handle)
+    async with mq.worker(block_ms=100) as worker:
+        sid = await q.send_message({"k": 1})
+        await wait_until(lambda: bool(rec.started))
+        asked = anyio.current_time()
+        assert await q.cancel(sid) is CancelOutcome.RUNNING
+        await wait_until(lambda: bool(rec.cancelled), within=5)
+        assert rec.cancelled[0][1] - asked < 1.0
+        await wait_until(lambda: _any_dead(mq, "c"))
+        assert await _dead(mq, "c") == [({"k": 1}, "cancelled", "c-group")]
+        assert worker.stats.retried == 0 and worker.stats.handled == 0
+    assert rec.finished == []
+    assert (await q.get_info()).pending_messages == 0
+    assert await q.cancel(sid) is CancelOutcome.FINISHED  # settled: nothing left to cancel
+
+
+async def test_a_cancelled_delayed_message_never_runs_while_a_worker_runs(mq: LeanMQ) -> None:
+    q, _ = await mq.create_queue_pair("c")
+    rec = Recorder(0)
+    q.handler(rec.handle)
+    async with mq.worker(block_ms=100, maintenance_interval=0.05):
+        later = await q.send_message({"k": 1}, delay=0.5)
+        await q.send_message({"k": 2}, delay=0.5)
+        assert await q.cancel(later) is CancelOutcome.CANCELLED
+        await wait_until(lambda: rec.finished == [{"k": 2}])
+        await anyio.sleep(0.3)
+    assert rec.started == [{"k": 2}]
+    assert await _dead(mq, "c") == [({"k": 1}, "cancelled", "")]
+
+
+async def test_a_handler_that_finished_first_is_acked_and_reported_finished(mq: LeanMQ) -> None:
+    q, _ = await mq.create_queue_pair("c")
+    rec = Recorder(0)
+    q.handler(rec.handle)
+    async with mq.worker(block_ms=100):
+        sid = await q.send_message({"k": 1})
+        await wait_until(lambda: bool(rec.finished))
+        await wait_until(lambda: _pending_is(q, 0))
+        assert await q.cancel(sid) is CancelOutcome.FINISHED
+    assert await _dead(mq, "c") == []
+
+
+async def _pending_is(q: Any, n: int) -> bool:
+    return bool((await q.get_info()).pending_messages == n)
+
+
+async def test_a_marker_set_while_no_worker_listened_is_reconciled_at_start(mq: LeanMQ) -> None:
+    """Cancelled while a dead consumer held it (nobody subscribed): the worker that
+    reclaims it learns the marker from Redis at start and dead-letters it unrun."""
+    q, _ = await mq.create_queue_pair("c")
+    sid = await q.send_message({"k": 1})
+    await q.get_messages(1, consumer_id="dead")
+    assert await q.cancel(sid) is CancelOutcome.RUNNING
+    rec = Recorder(0)
+    q.handler(visibility_timeout=0.2)(rec.handle)
+    async with mq.worker(block_ms=100, reclaim_interval=0.1):
+        await wait_until(lambda: _any_dead(mq, "c"))
+    assert rec.started == []
+    assert await _dead(mq, "c") == [({"k": 1}, "cancelled", "c-group")]
+
+
+async def test_a_cancel_published_while_disconnected_is_reconciled(mq: LeanMQ) -> None:
+    q, _ = await mq.create_queue_pair("c")
+    rec = Recorder(60)
+    q.handler(rec.handle)
+    async with mq.worker(block_ms=100) as worker:
+        listener = worker.cancel_listener
+        assert listener.subscriptions == 1
+        sid = await q.send_message({"k": 1})
+        await wait_until(lambda: bool(rec.started))
+        await listener.disconnect()
+        assert await q.cancel(sid) is CancelOutcome.RUNNING  # announced to nobody
+        await wait_until(lambda: bool(rec.cancelled), within=5)
+        assert listener.subscriptions >= 2
+    assert await _dead(mq, "c") == [({"k": 1}, "cancelled", "c-group")]
+
+
+async def test_a_group_that_reads_a_cancelled_message_later_never_runs_it(mq: LeanMQ) -> None:
+    """Running in group A when cancelled, unread in B: B's worker dead-letters it unrun."""
+    q, _ = await mq.create_queue_pair("c")
+    await mq.store.ensure_groups([q.stream], ["B"])
+    sid = await q.send_message({"k": 1})
+    await q.get_messages(1, consumer_id="a-worker")  # group c-group holds it
+    assert await q.cancel(sid) is CancelOutcome.RUNNING
+    rec = Recorder(0)
+    q.handler(group="B")(rec.handle)
+    async with mq.worker(block_ms=100):
+        await wait_until(lambda: _any_dead(mq, "c"))
+    assert rec.started == []
+    assert await _dead(mq, "c") == [({"k": 1}, "cancelled", "B")]
+
+
+# -- a worker process ----------------------------------------------------------------------
+
+
+async def test_a_worker_process_stops_a_cancelled_handler_within_a_second(
+    redis_server: RedisServer, mq: LeanMQ, tmp_path: Path
+) -> None:
+    """``leanmq-worker`` in its own process; the cancels come from this one."""
+    q, _ = await mq.create_queue_pair("orders")
+    env = dict(os.environ)
+    env.update(
+        LEANMQ_URL=redis_server.url,
+        CLI_TEST_PREFIX=mq.prefix,
+        CLI_TEST_SLEEP="60",
+        PYTHONUNBUFFERED="1",
+    )
+    log = tmp_path / "worker.log"
+    apps = ROOT / "tests" / "cli_apps"
+    command = [sys.executable, "-m", "leanmq_async.worker.cli", "worker_app:mq"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*command, "--app-dir", str(apps), "--log-format", "json", "--grace-period", "0"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        later = await q.send_message({"k": "later"}, delay=1)
+        sid = await q.send_message({"k": "now"})
+        started = f"{mq.prefix}started"
+        await wait_until(lambda: _nonempty(mq, started), within=30)
+        assert await q.cancel(later) is CancelOutcome.CANCELLED
+        asked = anyio.current_time()
+        assert await q.cancel(sid) is CancelOutcome.RUNNING
+        await wait_until(lambda: _dead_count(mq, 2), within=5)
+        assert anyio.current_time() - asked < 1.0, "the running handler stopped too late"
+        await anyio.sleep(1.5)  # past the delayed message's due time
+        assert await mq.redis.lrange(started, 0, -1) == [sid.encode()]
+        assert await mq.redis.llen(f"{mq.prefix}done") == 0
+        assert sorted(await _dead(mq, "orders"), key=str) == [
+            ({"k": "later"}, "cancelled", ""),
+            ({"k": "now"}, "cancelled", "orders-group"),
+        ]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        print(log.read_text(errors="replace")[-3000:])
+
+
+async def _dead_count(mq: LeanMQ, n: int) -> bool:
+    return len(await _dead(mq, "orders")) >= n
+
+
+async def _nonempty(mq: LeanMQ, key: str) -> bool:
+    return bool(await mq.redis.llen(key))

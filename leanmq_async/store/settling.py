@@ -124,7 +124,14 @@ class Settling(StoreBase):
             keys.dedup,
             keys.cancelled,
         ]
-        args = [message_id, source_name, marker_ms, channel, keys.base, self.clock_shift_ms]
+        args: list[Any] = [
+            message_id,
+            source_name,
+            marker_ms,
+            channel,
+            keys.base,
+            self.clock_shift_ms,
+        ]
         with translate_errors("cancel"):
             reply = await self.scripts.cancel(keys=script_keys, args=args)
         return parse_cancel(reply)
@@ -132,8 +139,8 @@ class Settling(StoreBase):
     async def cancel_markers(self, keys: QueueKeys) -> list[bytes]:
         """The stream ids marked cancelled in the queue (a worker's reconcile)."""
         with translate_errors("ZRANGE cancelled"):
-            ids: list[bytes] = await self.client.zrange(keys.cancelled, 0, -1)
-        return ids
+            ids = await self.client.zrange(keys.cancelled, 0, -1)
+        return cast(list[bytes], ids)
 
     async def requeue(self, keys: QueueKeys, dlq_group: str, ids: Sequence[str]) -> int:
         """Requeue DLQ entries (each one atomically); one script call per ``ID_BATCH``."""

@@ -11,7 +11,10 @@ The middle part of a runner's pipeline (see :mod:`leanmq_async.worker.runner`).
    for another group → acked; expired (Redis confirms) → dropped or dead-lettered;
 4. the payload is decoded (a bad one → dead-lettered) and the handler is called, with
    its ``timeout`` and inside the observers' ``handler_context``;
-5. the outcome goes to the :class:`~leanmq_async.worker.settler.Settler`: returned → ack
+5. a message cancelled (:mod:`leanmq_async.worker.cancels`) before its start is
+   dead-lettered unrun; the handler runs in a cancel scope of its own, which a cancel
+   request arriving meanwhile cancels (dead-lettered too, reason ``"cancelled"``);
+6. the outcome goes to the :class:`~leanmq_async.worker.settler.Settler`: returned → ack
    (with ``result_ttl``: the value is stored with the ack, :mod:`leanmq_async.results`);
    ``Reject`` → dead-letter; ``Retry`` or any other exception → retry after the backoff,
    or dead-letter (with a traceback summary) once ``max_retries`` are spent.
@@ -35,6 +38,7 @@ from leanmq_async.envelope import decode_payload
 from leanmq_async.exceptions import LeanMQError, MessageDecodeError, Reject, Retry
 from leanmq_async.reading import FOREIGN, expired, to_message, triage_entry
 from leanmq_async.worker.backoff import retry_delay
+from leanmq_async.worker.cancels import Cancels
 
 if TYPE_CHECKING:
     from leanmq_async.envelope import DecodedEntry
@@ -47,6 +51,11 @@ if TYPE_CHECKING:
 __all__ = ["Executor", "traceback_summary"]
 
 _TRACEBACK_LIMIT = 4000
+CANCELLED_REASON = "cancelled"
+
+
+class _CancelRequested(Exception):
+    """The handler's own cancel scope was cancelled by a cancel request."""
 
 
 class Executor:
@@ -77,6 +86,7 @@ class Executor:
         self.notifier = notifier
         # Without observers (or debug logging) the hot path reads no clock.
         self.timed = self.debug or bool(notifier.observers)
+        self.cancels = Cancels()
 
     async def run(self) -> None:
         """One processor: handle work items until the work queue is closed and empty."""
@@ -157,17 +167,28 @@ class Executor:
         )
         timeout = handler.options.timeout
         debug = self.debug
+        cancels = self.cancels
+        if work.sid in cancels.marked:  # cancelled before its start: never runs
+            await self._cancelled(sid, entry, entry.attempts, started=False)
+            return
         if debug:
             self.log.debug("received", message_id=entry.message_id, id=sid, attempt=attempt)
         started = anyio.current_time() if self.timed or timeout is not None else 0.0
+        scope = cancels.running[work.sid] = anyio.CancelScope()
         try:
-            if notifier.contexts:
-                value = await self._call_observed(arg, sid, entry, payload, work.deliveries)
-            elif timeout is None:
-                value = await handler.func(arg)
-            else:
-                with anyio.fail_after(timeout):
+            with scope:
+                if notifier.contexts:
+                    value = await self._call_observed(arg, sid, entry, payload, work.deliveries)
+                elif timeout is None:
                     value = await handler.func(arg)
+                else:
+                    with anyio.fail_after(timeout):
+                        value = await handler.func(arg)
+            if scope.cancelled_caught:
+                raise _CancelRequested
+        except _CancelRequested:
+            self.stats.failed += 1
+            await self._cancelled(sid, entry, attempt, started=True)
         except Reject as exc:
             self.stats.failed += 1
             if notifier.observers:
@@ -216,6 +237,15 @@ class Executor:
                     attempt=attempt,
                     duration=anyio.current_time() - started,
                 )
+        finally:
+            del cancels.running[work.sid]
+
+    async def _cancelled(self, sid: str, entry: DecodedEntry, attempts: int, started: bool) -> None:
+        """Dead-letter a cancelled message (reason ``"cancelled"``), never retried."""
+        self.log.info("cancelled", id=sid, message_id=entry.message_id, started=started)
+        await self.settler.dead_letter(
+            sid, CANCELLED_REASON, "Cancelled", attempts=attempts, message_id=entry.message_id
+        )
 
     async def _call_observed(
         self, arg: Any, sid: str, entry: DecodedEntry, payload: Any, deliveries: int
