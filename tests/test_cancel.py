@@ -105,7 +105,7 @@ async def test_a_pending_message_is_marked_and_its_retry_refused(mq: LeanMQ) -> 
     """Running (pending): marked; the worker's retry script then refuses to retry it."""
     q, _ = await mq.create_queue_pair("c")
     sid = await q.send_message({"k": 1})
-    (m,) = await q.get_messages(1, consumer_id="w1")
+    await q.get_messages(1, consumer_id="w1")
     assert await q.cancel(sid) is CancelOutcome.RUNNING
     assert await mq.store.cancel_markers(q.keys) == [sid.encode()]
     call = mq.store.retry_call(q.keys, q.consumer_group, "w1", sid, 0, 1)
@@ -259,16 +259,7 @@ async def test_a_worker_process_stops_a_cancelled_handler_within_a_second(
         CLI_TEST_SLEEP="60",
         PYTHONUNBUFFERED="1",
     )
-    log = tmp_path / "worker.log"
-    apps = ROOT / "tests" / "cli_apps"
-    command = [sys.executable, "-m", "leanmq_async.worker.cli", "worker_app:mq"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*command, "--app-dir", str(apps), "--log-format", "json", "--grace-period", "0"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = _start_worker(env, tmp_path / "worker.log")
     try:
         later = await q.send_message({"k": "later"}, delay=1)
         sid = await q.send_message({"k": "now"})
@@ -293,7 +284,19 @@ async def test_a_worker_process_stops_a_cancelled_handler_within_a_second(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-        print(log.read_text(errors="replace")[-3000:])
+
+
+def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``leanmq-worker worker_app:mq`` (tests/cli_apps) with its output in ``log``."""
+    apps = ROOT / "tests" / "cli_apps"
+    command = [sys.executable, "-m", "leanmq_async.worker.cli", "worker_app:mq"]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*command, "--app-dir", str(apps), "--log-format", "json", "--grace-period", "0"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 async def _dead_count(mq: LeanMQ, n: int) -> bool:
