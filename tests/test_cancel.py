@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
+import httpx
 import pytest
 
 from leanmq_async import CancelOutcome, LeanMQ, Message
 from leanmq_async.exceptions import ConfigurationError, WrongQueueKindError
+from leanmq_async.ops import admin_app
+from leanmq_async.ops.admin_cli import main as admin_main
 from leanmq_async.testing import RedisServer
 from tests.worker_apps.common import wait_until
 
@@ -305,3 +309,49 @@ async def _dead_count(mq: LeanMQ, n: int) -> bool:
 
 async def _nonempty(mq: LeanMQ, key: str) -> bool:
     return bool(await mq.redis.llen(key))
+
+
+# -- the admin CLI and HTTP API ------------------------------------------------------------
+
+
+async def test_leanmq_cancel(
+    mq: LeanMQ, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    q, _ = await mq.create_queue_pair("orders")
+    sid = await q.send_message({"k": 1})
+    base = ["--url", redis_server.url, "--prefix", mq.prefix]
+
+    async def run(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = await anyio.to_thread.run_sync(admin_main, [*base, *argv])
+        return code, capsys.readouterr().out
+
+    code, out = await run("cancel", "orders", sid)
+    assert code == 0 and "cancelled before it started" in out, out
+    code, out = await run("cancel", "orders", sid, "--json")
+    assert code == 1 and '"outcome":"not_found"' in out.replace(" ", ""), out
+    code, _ = await run("cancel", "missing", sid)
+    assert code != 0
+    assert await _dead(mq, "orders") == [({"k": 1}, "cancelled", "orders-group")]
+
+
+async def test_post_cancel(mq: LeanMQ) -> None:
+    q, _ = await mq.create_queue_pair("orders")
+    sid = await q.send_message({"k": 1})
+    running = await q.send_message({"k": 2})
+    await q.get_messages(1, consumer_id="w")  # {"k": 1} is pending now
+    transport = httpx.ASGITransport(app=admin_app(mq, token="t"))
+    auth = {"Authorization": "Bearer t"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://a", headers=auth) as c:
+        r = await c.post(f"/cancel/orders/{sid}")
+        assert r.status_code == 200
+        assert r.json() == {"queue": "orders", "id": sid, "outcome": "running"}
+        r = await c.post(f"/cancel/orders/{running}")
+        assert r.json()["outcome"] == "cancelled"
+        assert (await c.post("/cancel/orders/1-1")).json()["outcome"] == "not_found"
+        assert (await c.get(f"/cancel/orders/{sid}")).status_code == 405
+        assert (await c.post("/cancel/orders")).status_code == 404
+        assert (await c.post(f"/cancel/missing/{sid}")).status_code == 404
+        assert (await c.post(f"/cancel/orders:dlq/{sid}")).status_code == 400
+        unauthorized = await c.post(f"/cancel/orders/{sid}", headers={"Authorization": ""})
+        assert unauthorized.status_code == 401

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from leanmq_async.store import RawEntry
 
 __all__ = [
+    "CancelReport",
     "CleanupReport",
     "ClearReport",
     "ConfirmationRequiredError",
@@ -50,6 +51,7 @@ __all__ = [
     "RequeueReport",
     "SkippedMessage",
     "cleanup",
+    "cancel_message",
     "clear_queue",
     "force_process",
     "get_dead_letter",
@@ -100,6 +102,14 @@ class CleanupReport(msgspec.Struct, kw_only=True):
     """Entries trimmed per stream (queues and DLQs), only those with some."""
     total: int
     errors: dict[str, str] = {}
+
+
+class CancelReport(msgspec.Struct, kw_only=True):
+    """What ``leanmq cancel`` / ``POST /cancel/{queue}/{id}`` did (``Queue.cancel``)."""
+
+    queue: str
+    id: str
+    outcome: str  # a CancelOutcome value: cancelled, running, finished, not_found
 
 
 class PendingMessage(msgspec.Struct, kw_only=True):
@@ -282,6 +292,14 @@ async def clear_queue(
         "queue_cleared", queue=q.name, messages=messages, delayed=delayed, dead_letters=dead
     )
     return report
+
+
+async def cancel_message(mq: LeanMQ, queue: str, message_id: str) -> CancelReport:
+    """Cancel one message of an existing main queue by id (see ``Queue.cancel``)."""
+    q = await _main(mq, queue)
+    outcome = await q.cancel(message_id)
+    mq.log.info("cancel", queue=q.name, id=message_id, outcome=outcome.value)
+    return CancelReport(queue=q.name, id=message_id, outcome=outcome.value)
 
 
 async def cleanup(

@@ -8,8 +8,18 @@ order of ``leanmq --help``).
 
 from __future__ import annotations
 
-from leanmq_async.ops.cli import dlq, health, maintain, migrate, queues, serve, stats, watch
+from leanmq_async.ops.cli import (
+    cancel,
+    dlq,
+    health,
+    maintain,
+    migrate,
+    queues,
+    serve,
+    stats,
+    watch,
+)
 
 __all__ = ["COMMAND_MODULES"]
 
-COMMAND_MODULES = (queues, stats, health, dlq, maintain, watch, serve, migrate)
+COMMAND_MODULES = (queues, stats, health, dlq, maintain, cancel, watch, serve, migrate)
