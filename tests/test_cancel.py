@@ -24,7 +24,10 @@ from leanmq_async.exceptions import ConfigurationError, WrongQueueKindError
 from leanmq_async.ops import admin_app
 from leanmq_async.ops.admin_cli import main as admin_main
 from leanmq_async.testing import RedisServer
+from tests.cluster_fixtures import scmq, small_cluster
 from tests.worker_apps.common import wait_until
+
+__all__ = ["scmq", "small_cluster"]  # fixtures, imported for pytest
 
 pytestmark = pytest.mark.anyio
 
@@ -355,3 +358,22 @@ async def test_post_cancel(mq: LeanMQ) -> None:
         assert (await c.post(f"/cancel/orders:dlq/{sid}")).status_code == 400
         unauthorized = await c.post(f"/cancel/orders/{sid}", headers={"Authorization": ""})
         assert unauthorized.status_code == 401
+
+
+# -- Redis Cluster ---------------------------------------------------------------------
+
+
+async def test_cancel_on_a_cluster(scmq: LeanMQ) -> None:
+    """Every key of the script in the queue's slot; the listener subscribes on a cluster."""
+    pq = scmq.queue("pc", partitions=3)
+    await pq.create()
+    rec = Recorder(60)
+    pq.handler(rec.handle)
+    delayed = await pq.send_message({"k": 0}, key="a", delay=30)
+    assert await pq.cancel(delayed, key="a") is CancelOutcome.CANCELLED
+    async with scmq.worker(block_ms=100):
+        sid = await pq.send_message({"k": 1}, key="b")
+        await wait_until(lambda: bool(rec.started))
+        assert await pq.cancel(sid, key="b") is CancelOutcome.RUNNING
+        await wait_until(lambda: bool(rec.cancelled), within=5)
+    assert rec.finished == []
