@@ -175,6 +175,28 @@ async def test_a_cancelled_running_handler_stops_within_a_second(mq: LeanMQ) -> 
     assert await q.cancel(sid) is CancelOutcome.FINISHED  # settled: nothing left to cancel
 
 
+async def test_the_processor_goes_on_after_a_cancel_and_cancels_only_its_message(
+    mq: LeanMQ,
+) -> None:
+    """Concurrency 1: the one processor's scope was used by the cancel; the next message
+    runs to its end in a new one. Another handler running beside it is not touched."""
+    q, _ = await mq.create_queue_pair("c")
+    rec = Recorder(0.5)
+    q.handler(concurrency=2)(rec.handle)
+    async with mq.worker(block_ms=100):
+        first = await q.send_message({"k": 1})
+        await q.send_message({"k": 2})
+        await wait_until(lambda: len(rec.started) == 2)
+        assert await q.cancel(first) is CancelOutcome.RUNNING
+        await wait_until(lambda: rec.finished == [{"k": 2}])
+        await q.send_message({"k": 3})
+        await q.send_message({"k": 4})
+        await wait_until(lambda: len(rec.finished) == 3)
+    assert [data for data, _ in rec.cancelled] == [{"k": 1}]
+    assert sorted(d["k"] for d in rec.finished) == [2, 3, 4]
+    assert await _dead(mq, "c") == [({"k": 1}, "cancelled", "c-group")]
+
+
 async def test_a_cancelled_delayed_message_never_runs_while_a_worker_runs(mq: LeanMQ) -> None:
     q, _ = await mq.create_queue_pair("c")
     rec = Recorder(0)
@@ -268,10 +290,10 @@ async def test_a_worker_process_stops_a_cancelled_handler_within_a_second(
     )
     proc = _start_worker(env, tmp_path / "worker.log")
     try:
-        later = await q.send_message({"k": "later"}, delay=1)
         sid = await q.send_message({"k": "now"})
         started = f"{mq.prefix}started"
         await wait_until(lambda: _nonempty(mq, started), within=30)
+        later = await q.send_message({"k": "later"}, delay=1)
         assert await q.cancel(later) is CancelOutcome.CANCELLED
         asked = anyio.current_time()
         assert await q.cancel(sid) is CancelOutcome.RUNNING
