@@ -11,7 +11,8 @@ a no-op while an earlier send of that id to the same queue is less than its wind
 
 Cancellation (issue 16 part 4): :meth:`Model.cancel` removes a message no group started
 (delayed: one dead letter for every group it was for, '' = all; in the stream: one per group
-that had not read it, and the entry is deleted), or marks one some group holds pending (its
+that had not read it, and the entry is deleted; a retry a group scheduled of it, still
+delayed: one for that group), or marks one some group holds pending (its
 handler runs). A marked entry is never retried (:meth:`Model.retry` answers 2); the worker
 dead-letters it with reason "cancelled" instead, and so does a group that reads it later.
 
@@ -214,12 +215,18 @@ class Model:
         if e is None or seq is None:
             return "not_found"
         aimed = q.aimed(e)
+        waiting = [g for g in aimed if seq > q.cursor[g]]
+        done = [g for g in aimed if seq <= q.cursor[g] and seq not in q.pending[g]]
+        retries = [d for d in q.delayed if d.sid in {f"{g}|{e.sid}" for g in done}]
+        for d in retries:  # a retry a group scheduled: removed, dead-lettered for it
+            q.delayed.remove(d)
+            q.dlq.append(DeadLetter(d.k, d.target or "", "cancelled"))
+            self._set(q, d.k, d.target or "", DLQ)
         if any(seq in q.pending[g] for g in aimed):
             q.cancelled.add(seq)
             return "running"
-        waiting = [g for g in aimed if seq > q.cursor[g]]
         if not waiting:
-            return "finished"
+            return "cancelled" if retries else "finished"
         for g in waiting:
             q.dlq.append(DeadLetter(e.k, g, "cancelled"))
             self._set(q, e.k, g, DLQ)

@@ -108,6 +108,18 @@ async def test_an_idempotent_send_is_cancelled_by_its_message_id(mq: LeanMQ) -> 
     assert await q.get_messages(10) == []
 
 
+async def test_a_retry_in_its_backoff_is_cancelled_by_the_first_id(mq: LeanMQ) -> None:
+    q, _ = await mq.create_queue_pair("c")
+    sid = await q.send_message({"k": 1})
+    await q.get_messages(1, consumer_id="w1")
+    call = mq.store.retry_call(q.keys, q.consumer_group, "w1", sid, 60_000, 1)
+    assert await mq.store.settle_many([call]) == [1]  # retry 2 due in a minute
+    assert await q.cancel(sid) is CancelOutcome.CANCELLED
+    assert (await q.get_info()).delayed_messages == 0
+    assert await _dead(mq, "c") == [({"k": 1}, "cancelled", "c-group")]
+    assert await q.cancel(sid) is CancelOutcome.FINISHED
+
+
 async def test_a_pending_message_is_marked_and_its_retry_refused(mq: LeanMQ) -> None:
     """Running (pending): marked; the worker's retry script then refuses to retry it."""
     q, _ = await mq.create_queue_pair("c")

@@ -18,7 +18,9 @@
 --           'cancelled'  no group had started it: a delayed member is removed and
 --                        dead-lettered once (dlq.group = its target group, '' = every
 --                        group); a stream entry is dead-lettered once per group that had
---                        not read it yet, then deleted (with its expiry record);
+--                        not read it yet, then deleted (with its expiry record); and a
+--                        retry of it a group scheduled ('group|id' in delayed) is removed
+--                        and dead-lettered for that group (also with 'running');
 --           'running'    pending in some group (a handler has it): marked in ``cancelled``
 --                        (until now + marker_ms) and announced on ``channel``; the
 --                        worker cancels the handler and dead-letters it, and a group that
@@ -57,7 +59,7 @@ local fields = entry_fields(stream, id)
 if not fields then return {'not_found', id} end
 local target = field(fields, 'g')
 if target == '' then target = nil end
-local running, waiting = false, {}
+local running, waiting, retried = false, {}, false
 for _, g in ipairs(groups_of(stream)) do
   local name = g['name']
   if target == nil or target == name then
@@ -65,6 +67,14 @@ for _, g in ipairs(groups_of(stream)) do
       running = true
     elseif id_less(g['last-delivered-id'], id) then
       waiting[#waiting + 1] = name
+    else
+      local member = name .. '|' .. id
+      local packed = redis.call('HGET', KEYS[4], member)
+      if redis.call('ZREM', delayed, member) == 1 then
+        redis.call('HDEL', KEYS[4], member)
+        if packed then dead(cmsgpack.unpack(packed), name) end
+        retried = true
+      end
     end
   end
 end
@@ -77,7 +87,7 @@ if running then
   redis.call('PUBLISH', ARGV[4], ARGV[5] .. ' ' .. id)
   return {'running', id}
 end
-if #waiting == 0 then return {'finished', id} end
+if #waiting == 0 then return {retried and 'cancelled' or 'finished', id} end
 for _, name in ipairs(waiting) do dead(fields, name) end
 redis.call('XDEL', stream, id)
 redis.call('ZREM', KEYS[5], id)
