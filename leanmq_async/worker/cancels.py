@@ -119,11 +119,14 @@ class CancelListener:
             try:
                 await self._listen()
             except LeanMQError as exc:
+                # Redis away: try again soon. Refused (an ACL user without SUBSCRIBE on
+                # the channel): say so now and then; retry.lua still refuses a retry.
+                cap = 2.0 if isinstance(exc, LeanMQConnectionError) else 60.0
                 if self.log is not None:
                     self.log.warning("cancel_listener_lost", error=str(exc), retry_in=pause)
                 self._report_started()
                 await anyio.sleep(pause)
-                pause = 0.1 if self._pubsub_ok else min(2.0, pause * 2)
+                pause = 0.1 if self._pubsub_ok else min(cap, pause * 2)
 
     def _report_started(self) -> None:
         status, self._task_status = self._task_status, None
