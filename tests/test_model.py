@@ -341,8 +341,11 @@ class QueueMachine(RuleBasedStateMachine):
         dead-letters (``store.dead_letter_call``)."""
         d = self.deliveries.pop(i % len(self.deliveries))
         queue, store = self.queues[d.queue], self.mq.store
-        if d.entry.seq in self.model.queues[d.queue].cancelled and outcome == "failure":
-            self._honour_cancel(d, delay)
+        if d.entry.seq in self.model.queues[d.queue].cancelled and outcome != "success":
+            # Cancelled while it runs: a failure's retry is refused (retry.lua answers 2);
+            # "reject" stands for the handler cancelled by its worker. Both dead-letter it
+            # "cancelled". "success": the handler returned before the cancel reached it.
+            self._honour_cancel(d, delay, retry_first=outcome == "failure")
             return
         if outcome == "success":
             n = self.run(store.ack(queue.stream, d.group, [d.sid]))
@@ -361,15 +364,17 @@ class QueueMachine(RuleBasedStateMachine):
         (result,) = self.run(store.settle_many([call]))
         assert result == expected, f"{outcome} of {d.sid} ({d.queue}/{d.group}): {result!r}"
 
-    def _honour_cancel(self, d: Delivery, delay: int) -> None:
-        """A cancelled delivery: its retry is refused (2), so the worker dead-letters it."""
+    def _honour_cancel(self, d: Delivery, delay: int, *, retry_first: bool = True) -> None:
+        """A cancelled delivery is dead-lettered "cancelled" (as the worker's executor does);
+        ``retry_first``: its handler failed, and the retry is refused first (2)."""
         queue, store = self.queues[d.queue], self.mq.store
         attempt = d.entry.attempts + 1
-        call = store.retry_call(queue.keys, d.group, d.consumer, d.sid, delay * S, attempt)
-        expected = self.model.retry(d.queue, d.group, d.consumer, d.entry.seq, delay * S)
-        assert self.run(store.settle_many([call])) == [expected]
-        if expected != 2:
-            return
+        if retry_first:
+            call = store.retry_call(queue.keys, d.group, d.consumer, d.sid, delay * S, attempt)
+            expected = self.model.retry(d.queue, d.group, d.consumer, d.entry.seq, delay * S)
+            assert self.run(store.settle_many([call])) == [expected]
+            if expected != 2:
+                return
         item = (d.sid, "cancelled", "Cancelled", "", d.entry.attempts + 1)
         call = store.dead_letter_call(queue.keys, d.group, d.consumer, queue.name, item)
         expected = self.model.dead_letter(d.queue, d.group, d.consumer, d.entry.seq, "cancelled")
