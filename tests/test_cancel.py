@@ -209,6 +209,68 @@ async def test_the_processor_goes_on_after_a_cancel_and_cancels_only_its_message
     assert await _dead(mq, "c") == [({"k": 1}, "cancelled", "c-group")]
 
 
+async def test_cancels_under_load_every_message_ends_once(mq: LeanMQ) -> None:
+    """300 messages (a third delayed), handlers of 0-40 ms at concurrency 20, 100 cancels
+    at random moments: each message ends exactly once, handled or dead-lettered
+    "cancelled", as its cancel's outcome says; none cancelled unstarted ever starts."""
+    import random
+
+    rng = random.Random(16)
+    q, _ = await mq.create_queue_pair("c")
+    started: set[int] = set()
+    handled: list[int] = []
+
+    @q.handler(concurrency=20, max_retries=3, backoff=lambda n: 0.01)
+    async def handle(message: Message[Any]) -> None:
+        k = message.data["k"]
+        started.add(k)
+        await anyio.sleep(rng.random() * 0.04)
+        if k % 7 == 0 and message.attempt == 1:
+            raise RuntimeError("first attempt fails")  # some cancels meet a retry
+        handled.append(k)
+
+    outcomes: dict[int, CancelOutcome] = {}
+    async with mq.worker(block_ms=100, maintenance_interval=0.02):
+        ids: dict[int, str] = {}
+        for k in range(300):
+            delay = 0.3 if k % 3 == 0 else None
+            ids[k] = await q.send_message({"k": k}, delay=delay)
+        for k in rng.sample(range(300), 100):
+            await anyio.sleep(rng.random() * 0.01)
+            outcomes[k] = await q.cancel(ids[k])
+        dead = len([o for o in outcomes.values() if o is CancelOutcome.CANCELLED])
+
+        async def all_settled() -> bool:
+            info = await q.get_info()
+            return (
+                info.pending_messages == 0
+                and info.delayed_messages == 0
+                and (len(handled) + len(await _dead(mq, "c")) >= 300)
+            )
+
+        await wait_until(all_settled, within=60)
+        await anyio.sleep(0.2)
+    dead_ks = [d["k"] for d, reason, _ in await _dead(mq, "c") if reason == "cancelled"]
+    assert len(dead_ks) == len(set(dead_ks)), "dead-lettered twice"
+    assert len(handled) == len(set(handled)), "handled twice"
+    assert not set(handled) & set(dead_ks), "handled and dead-lettered"
+    assert set(handled) | set(dead_ks) == set(range(300)), "a message was lost"
+    for k, outcome in outcomes.items():
+        if outcome is CancelOutcome.CANCELLED:
+            assert k in dead_ks and k not in started, (k, outcome)
+        elif outcome is CancelOutcome.FINISHED:
+            assert k in handled, (k, outcome)
+        elif outcome is CancelOutcome.NOT_FOUND:  # a delayed one already due: a new id
+            assert k % 3 == 0 and k in handled, (k, outcome)
+        else:  # RUNNING: held by the worker; cancelled (in its handler or before it
+            # started), or its handler finished first
+            assert outcome is CancelOutcome.RUNNING, (k, outcome)
+            assert k in dead_ks or k in handled, (k, outcome)
+    assert dead <= len(dead_ks)
+    seen = set(outcomes.values())
+    assert {CancelOutcome.CANCELLED, CancelOutcome.RUNNING} <= seen, seen
+
+
 async def test_a_cancelled_delayed_message_never_runs_while_a_worker_runs(mq: LeanMQ) -> None:
     q, _ = await mq.create_queue_pair("c")
     rec = Recorder(0)
