@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -210,21 +211,21 @@ async def test_the_processor_goes_on_after_a_cancel_and_cancels_only_its_message
 
 
 async def test_cancels_under_load_every_message_ends_once(mq: LeanMQ) -> None:
-    """300 messages (a third delayed), handlers of 0-40 ms at concurrency 20, 100 cancels
+    """300 messages (a third delayed), handlers of 0-100 ms at concurrency 10, 100 cancels
     at random moments: each message ends exactly once, handled or dead-lettered
     "cancelled", as its cancel's outcome says; none cancelled unstarted ever starts."""
     import random
 
     rng = random.Random(16)
     q, _ = await mq.create_queue_pair("c")
-    started: set[int] = set()
+    started: Counter[int] = Counter()
     handled: list[int] = []
 
-    @q.handler(concurrency=20, max_retries=3, backoff=lambda n: 0.01)
+    @q.handler(concurrency=10, max_retries=3, backoff=lambda n: 0.01)
     async def handle(message: Message[Any]) -> None:
         k = message.data["k"]
-        started.add(k)
-        await anyio.sleep(rng.random() * 0.04)
+        started[k] += 1
+        await anyio.sleep(rng.random() * 0.1)
         if k % 7 == 0 and message.attempt == 1:
             raise RuntimeError("first attempt fails")  # some cancels meet a retry
         handled.append(k)
@@ -256,8 +257,8 @@ async def test_cancels_under_load_every_message_ends_once(mq: LeanMQ) -> None:
     assert not set(handled) & set(dead_ks), "handled and dead-lettered"
     assert set(handled) | set(dead_ks) == set(range(300)), "a message was lost"
     for k, outcome in outcomes.items():
-        if outcome is CancelOutcome.CANCELLED:
-            assert k in dead_ks and k not in started, (k, outcome)
+        if outcome is CancelOutcome.CANCELLED:  # never (again: a retry in its backoff) ran
+            assert k in dead_ks and started[k] <= (1 if k % 7 == 0 else 0), (k, outcome)
         elif outcome is CancelOutcome.FINISHED:
             assert k in handled, (k, outcome)
         elif outcome is CancelOutcome.NOT_FOUND:  # a delayed one already due: a new id
