@@ -30,13 +30,14 @@ from leanmq_async.exceptions import (
     TransactionOutcomeUnknownError,
     WrongQueueKindError,
 )
-from leanmq_async.message import DeadLetterInfo, DeadLetterResult, Message, QueueInfo
+from leanmq_async.message import CancelOutcome, DeadLetterInfo, DeadLetterResult, Message, QueueInfo
 from leanmq_async.partition import PartitionedQueue
 from leanmq_async.queue import Queue
 from leanmq_async.transaction import Transaction
 from leanmq_async.webhook import LeanMQWebhook
 
 __all__ = [
+    "CancelOutcome",
     "ConfigurationError",
     "ConfirmationRequiredError",
     "ConnectionSettings",

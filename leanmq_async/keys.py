@@ -10,11 +10,13 @@ All keys of one queue share one Redis Cluster hash tag, the queue name in braces
     {prefix}{orders}:meta             HASH  created_at, consumer_group, dlq_group
     {prefix}{orders}:dedup            HASH  message_id -> "<until ms> <stream id>" (dedup)
     {prefix}{orders}:dedup:until      ZSET  message_id -> end of its dedup window (ms)
+    {prefix}{orders}:cancelled        ZSET  stream id -> end of its cancel marker (ms; cancel.lua)
     {prefix}{orders}:result:<message_id>  STRING  a handler's result (expires; see results.py)
     {prefix}{cron.<job>}:cron         HASH  a periodic job's state (queue cron.<job>; see cron.py)
     {prefix}{}:registry               SET   names of the queues created with this prefix
 
-and one pub/sub channel per prefix, ``{prefix}results``, announcing stored results.
+and two pub/sub channels per prefix: ``{prefix}results``, announcing stored results, and
+``{prefix}cancel``, announcing cancel requests of running messages (see ``queue.cancel``).
 
 so every multi-key step on one queue is a single atomic Lua script, also on a cluster.
 The registry is the only key outside a queue's slot; it is only an index for
@@ -46,6 +48,7 @@ from leanmq_async.exceptions import ConfigurationError
 __all__ = [
     "DLQ_SUFFIX",
     "QueueKeys",
+    "cancel_channel",
     "default_group",
     "legacy_registry_key",
     "make_consumer_name",
@@ -149,6 +152,11 @@ class QueueKeys:
         """The state of the periodic job whose runs go to this queue (see ``cron.py``)."""
         return f"{self.tag}:cron"
 
+    @property
+    def cancelled(self) -> str:
+        """The cancel markers: stream id -> when the marker ends (ms, Redis clock)."""
+        return f"{self.tag}:cancelled"
+
     def result(self, message_id: str) -> str:
         """Where the result of the message ``message_id`` is stored (see ``results.py``)."""
         return f"{self.tag}:result:{message_id}"
@@ -165,6 +173,7 @@ class QueueKeys:
             self.dedup,
             self.dedup_until,
             self.cron,
+            self.cancelled,
         )
 
 
@@ -181,3 +190,8 @@ def legacy_registry_key(prefix: str) -> str:
 def results_channel(prefix: str) -> str:
     """The pub/sub channel on which workers announce stored results under ``prefix``."""
     return f"{prefix}results"
+
+
+def cancel_channel(prefix: str) -> str:
+    """The pub/sub channel announcing cancel requests under ``prefix`` (``queue stream-id``)."""
+    return f"{prefix}cancel"

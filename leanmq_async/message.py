@@ -1,18 +1,37 @@
 """The objects a reader gets back: messages, dead-letter details and queue information.
 
-:class:`Message`, :class:`DeadLetterInfo`, :class:`QueueInfo`, :class:`DeadLetterResult`.
+:class:`Message`, :class:`DeadLetterInfo`, :class:`QueueInfo`, :class:`DeadLetterResult`,
+:class:`CancelOutcome`.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
-__all__ = ["DeadLetterInfo", "DeadLetterResult", "Message", "QueueInfo"]
+__all__ = ["CancelOutcome", "DeadLetterInfo", "DeadLetterResult", "Message", "QueueInfo"]
 
 T = TypeVar("T")
+
+
+class CancelOutcome(enum.StrEnum):
+    """What ``Queue.cancel`` did (see README "Cancellation").
+
+    ``CANCELLED``: no worker had started it; it never runs (dead-lettered, reason
+    ``"cancelled"``). ``RUNNING``: a handler has it; the cancel was requested and the
+    worker cancels the handler within moments (dead-lettered, reason ``"cancelled"``;
+    unless the handler finishes first: then it is handled). ``FINISHED``: every group
+    already handled it. ``NOT_FOUND``: no such message (never sent, gone, or a delayed
+    message already moved into the stream under its stream id).
+    """
+
+    CANCELLED = "cancelled"
+    RUNNING = "running"
+    FINISHED = "finished"
+    NOT_FOUND = "not_found"
 
 
 class DeadLetterInfo(msgspec.Struct, kw_only=True):

@@ -47,7 +47,7 @@ from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import ConfigurationError, LeanMQError, PartialSendError
 from leanmq_async.idempotency import per_item_ids
 from leanmq_async.keys import validate_queue_name
-from leanmq_async.message import QueueInfo
+from leanmq_async.message import CancelOutcome, QueueInfo
 from leanmq_async.queue_read import info_from
 from leanmq_async.validation import check_ttl_and_delay
 
@@ -366,6 +366,11 @@ class PartitionedQueue:
             delayed_messages=sum(i.delayed_messages for i in infos),
             consumer_groups=tuple(sorted({g for i in infos for g in i.consumer_groups})),
         )
+
+    async def cancel(self, message_id: str, *, key: str | bytes) -> CancelOutcome:
+        """:meth:`Queue.cancel <leanmq_async.Queue.cancel>` in the partition of ``key`` (the
+        key the message was sent with: stream ids are only unique within a partition)."""
+        return await self.partition_for(key).cancel(message_id)
 
     async def purge(self) -> int:
         """Remove every message of every partition (delayed ones too); return how many."""

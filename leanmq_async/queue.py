@@ -11,8 +11,8 @@ from leanmq_async.exceptions import (
     WrongQueueKindError,
 )
 from leanmq_async.idempotency import dedup_window_ms, per_item_ids
-from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, default_group
-from leanmq_async.message import DeadLetterResult, Message, QueueInfo
+from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, cancel_channel, default_group
+from leanmq_async.message import CancelOutcome, DeadLetterResult, Message, QueueInfo
 from leanmq_async.queue_read import info_from, peek_messages, read_messages
 from leanmq_async.registration import (
     HandlerFunc,
@@ -41,6 +41,10 @@ __all__ = ["Queue"]
 
 
 F = TypeVar("F", bound="HandlerFunc")
+
+CANCEL_MARKER_SECONDS = 86_400
+"""How long a cancel marker of a running message is kept (a group that reads it later
+dead-letters it unrun while the marker lives; see README "Cancellation")."""
 
 
 class Queue(Generic[PayloadT]):
@@ -320,6 +324,27 @@ class Queue(Generic[PayloadT]):
         return await self._mq.store.dead_letter(
             self.keys, self.consumer_group, "", self.name, items
         )
+
+    async def cancel(self, message_id: str) -> CancelOutcome:
+        """Cancel one message by the id its send returned (or an idempotent send's
+        ``message_id``): see :class:`~leanmq_async.CancelOutcome` and README "Cancellation".
+
+        One atomic script: a message no worker started never runs (dead-lettered with
+        reason ``"cancelled"``); a running one is cancelled in its handler by its worker.
+        """
+        self._require_main("cancel")
+        if not isinstance(message_id, str) or not message_id:
+            raise ConfigurationError(
+                f"cancel needs the id a send returned (a non-empty str), got {message_id!r}"
+            )
+        outcome, _ = await self._mq.store.cancel(
+            self.keys,
+            self.name,
+            message_id,
+            CANCEL_MARKER_SECONDS * 1000,
+            cancel_channel(self._mq.prefix),
+        )
+        return outcome
 
     async def requeue_messages(
         self, message_ids: Sequence[str], destination_queue: Queue | None = None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from leanmq_async.exceptions import LeanMQError
-from leanmq_async.message import DeadLetterResult
+from leanmq_async.message import CancelOutcome, DeadLetterResult
 from leanmq_async.store_types import RawEntry
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "RetryStatus",
     "ScriptReplyError",
     "SendReply",
+    "parse_cancel",
     "parse_count",
     "parse_cron_tick",
     "parse_dead_letter",
@@ -193,6 +194,7 @@ class RetryStatus(enum.IntEnum):
     SCHEDULED = 1
     GONE = 0  # the entry was deleted from the stream: acked, nothing to retry
     NOT_OWNED = -1  # the lease was taken over: nothing done
+    CANCELLED = 2  # the message was cancelled: left pending, to be dead-lettered
 
 
 class ExpireReadStatus(enum.IntEnum):
@@ -204,7 +206,7 @@ class ExpireReadStatus(enum.IntEnum):
 
 
 def parse_retry(reply: Any) -> RetryStatus:
-    """retry.lua: 1, 0 or -1."""
+    """retry.lua: 1, 0, -1 or 2."""
     status: RetryStatus = _one_of("retry", _int("retry", reply), RetryStatus)
     return status
 
@@ -341,3 +343,16 @@ def parse_cron_tick(reply: Any) -> CronTickResult:
     if status not in (0, 1, 2, 3) or wait < 0:
         raise _fail("cron_tick", expected, reply)
     return CronTickResult(status, last, wait)
+
+
+# -- cancel (issue 16) -------------------------------------------------------------------
+
+
+def parse_cancel(reply: Any) -> tuple[CancelOutcome, str]:
+    """cancel.lua: ``{status, id}``, the status one of :class:`CancelOutcome`'s values."""
+    expected = "{status, id}, status one of " + ", ".join(o.value for o in CancelOutcome)
+    status, resolved = _array("cancel", reply, expected, 2)
+    try:
+        return CancelOutcome(text(status)), text(resolved)
+    except (ValueError, TypeError, AttributeError):
+        raise _fail("cancel", expected, reply) from None

@@ -55,6 +55,7 @@ class Scripts:
     store_result: AsyncScript
     store_failure: AsyncScript
     cron_tick: AsyncScript
+    cancel: AsyncScript
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -9,6 +9,13 @@ Idempotent sends (issue 17): a send with an explicit message id and a dedup wind
 a no-op while an earlier send of that id to the same queue is less than its window old
 (:meth:`Model.send` returns False); purge forgets the records.
 
+Cancellation (issue 16 part 4): :meth:`Model.cancel` removes a message no group started
+(delayed: one dead letter for every group it was for, '' = all; in the stream: one per group
+that had not read it, and the entry is deleted; a retry a group scheduled of it, still
+delayed: one for that group), or marks one some group holds pending (its
+handler runs). A marked entry is never retried (:meth:`Model.retry` answers 2); the worker
+dead-letters it with reason "cancelled" instead, and so does a group that reads it later.
+
 Time is the model's clock in ms (the test sets ``Store.clock_shift_ms`` to it); every
 duration the test uses is 5 s off every multiple of 10 s while time moves in 10 s steps,
 so the real milliseconds that pass during an example never decide anything.
@@ -58,6 +65,7 @@ class QueueModel:
     pending: dict[str, dict[int, str]] = field(default_factory=dict)  # group -> seq -> consumer
     dlq: list[DeadLetter] = field(default_factory=list)
     sent: dict[str, int] = field(default_factory=dict)  # message id -> end of its dedup window
+    cancelled: set[int] = field(default_factory=set)  # seqs marked cancelled while running
 
     def __post_init__(self) -> None:
         for g in self.groups:
@@ -164,6 +172,8 @@ class Model:
         q = self.queues[qname]
         if q.pending[g].get(seq) != consumer:
             return -1
+        if seq in q.cancelled:
+            return 2  # cancelled: never retried, left pending for a dead_letter
         del q.pending[g][seq]
         e = q.stream.get(seq)
         if e is None:
@@ -172,6 +182,7 @@ class Model:
         if delay_ms:
             self._order += 1
             copy.due, copy.order = self.now + delay_ms, self._order
+            copy.sid = f"{g}|{e.sid}"  # retry.lua's delayed member
             q.delayed.append(copy)
         else:
             self._append(q, copy)
@@ -190,6 +201,38 @@ class Model:
             q.dlq.append(DeadLetter(e.k, g, reason))
             self._set(q, e.k, g, EXPIRED if reason == "expired" else DLQ)
         return 1
+
+    def cancel(self, qname: str, seq: int | None = None, delayed: Entry | None = None) -> str:
+        """``Queue.cancel`` of a delayed entry or of stream entry ``seq``: its outcome."""
+        q = self.queues[qname]
+        if delayed is not None:
+            q.delayed.remove(delayed)
+            q.dlq.append(DeadLetter(delayed.k, delayed.target or "", "cancelled"))
+            for g in q.aimed(delayed):
+                self._set(q, delayed.k, g, DLQ)
+            return "cancelled"
+        e = q.stream.get(seq) if seq is not None else None
+        if e is None or seq is None:
+            return "not_found"
+        aimed = q.aimed(e)
+        waiting = [g for g in aimed if seq > q.cursor[g]]
+        done = [g for g in aimed if seq <= q.cursor[g] and seq not in q.pending[g]]
+        retries = [d for d in q.delayed if d.sid in {f"{g}|{e.sid}" for g in done}]
+        for d in retries:  # a retry a group scheduled: removed, dead-lettered for it
+            q.delayed.remove(d)
+            q.dlq.append(DeadLetter(d.k, d.target or "", "cancelled"))
+            self._set(q, d.k, d.target or "", DLQ)
+        if any(seq in q.pending[g] for g in aimed):
+            q.cancelled.add(seq)
+            return "running"
+        if not waiting:
+            return "cancelled" if retries else "finished"
+        for g in waiting:
+            q.dlq.append(DeadLetter(e.k, g, "cancelled"))
+            self._set(q, e.k, g, DLQ)
+        del q.stream[seq]
+        q.expiry.pop(seq, None)
+        return "cancelled"
 
     def move_to_dlq(self, qname: str, g: str, seqs: list[int]) -> int:
         """A move is a move: only entries pending in ``g`` move."""

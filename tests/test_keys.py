@@ -32,6 +32,7 @@ def test_key_names() -> None:
     assert keys.dedup == "mq:{orders}:dedup"
     assert keys.dedup_until == "mq:{orders}:dedup:until"
     assert keys.cron == "mq:{orders}:cron"
+    assert keys.cancelled == "mq:{orders}:cancelled"
     assert keys.all() == (
         keys.stream,
         keys.dlq,
@@ -42,6 +43,7 @@ def test_key_names() -> None:
         keys.dedup,
         keys.dedup_until,
         keys.cron,
+        keys.cancelled,
     )
     assert registry_key("mq:") == "mq:{}:registry"
     assert legacy_registry_key("mq:") == "mq:registry"  # LeanMQ 0.2's own key: read only
@@ -114,6 +116,7 @@ async def test_every_key_written_for_a_queue_shares_its_slot(
         await queue.send_message({"a": 1}, ttl=60)
         await queue.send_message({"a": 2}, delay=60, message_id="a-2")  # dedup records
         (msg,) = await queue.get_messages()
+        await queue.cancel(msg.id)  # a cancel marker
         await queue.move_to_dlq([msg.id], "test")
         written = [k.decode() async for k in raw.scan_iter(match=f"{prefix}*")]
     queue_keys = [k for k in written if k != registry_key(prefix)]

@@ -5,7 +5,10 @@ redis-server and checks every step against :mod:`tests.model_ref`: sends (ttl, d
 message_id, headers), bulk sends, transactions over two queues, reads by several
 consumers in two groups, a simulated handler's outcomes (ack, retry like the worker's
 ``_fail``, Reject), ack, delete, move_to_dlq, requeue, purge, the expiry pass, the delayed
-mover, reclaim after a consumer dies, retention trims and time moving on. Sends reuse
+mover, reclaim after a consumer dies, retention trims, time moving on and cancellation by id
+(issue 16 part 4: a delayed or unread message is removed and dead-lettered "cancelled"; a
+pending one is marked, never retried, and dead-lettered "cancelled" by its handler, as by
+a group that reads it later). Sends reuse
 earlier message ids now and then: within its dedup window (per call, or the client's) a
 send of an id already sent to that queue writes nothing and returns the first send's id
 (also inside one bulk send or transaction); after the window it is written again.
@@ -108,6 +111,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     url = ""
     dedup_seen: Counter[str] = Counter()  # over every example: did dedup get exercised?
+    cancel_seen: Counter[str] = Counter()  # over every example: each cancel outcome?
 
     def __init__(self) -> None:
         super().__init__()
@@ -170,6 +174,8 @@ class QueueMachine(RuleBasedStateMachine):
         dedup_ms = (DEDUP if window is None else window) * S if mid else 0
         expired = mid in self.model.queues[qname].sent
         if self.model.send(qname, k, ttl * S, delay * S, mid, dedup_ms):
+            if delay:
+                self.model.queues[qname].delayed[-1].sid = sid  # its delayed member
             if dedup_ms:
                 self.dedup_seen["again after its window" if expired else "recorded"] += 1
                 self.first_ids[(qname, mid)] = sid
@@ -335,6 +341,12 @@ class QueueMachine(RuleBasedStateMachine):
         dead-letters (``store.dead_letter_call``)."""
         d = self.deliveries.pop(i % len(self.deliveries))
         queue, store = self.queues[d.queue], self.mq.store
+        if d.entry.seq in self.model.queues[d.queue].cancelled and outcome != "success":
+            # Cancelled while it runs: a failure's retry is refused (retry.lua answers 2);
+            # "reject" stands for the handler cancelled by its worker. Both dead-letter it
+            # "cancelled". "success": the handler returned before the cancel reached it.
+            self._honour_cancel(d, delay, retry_first=outcome == "failure")
+            return
         if outcome == "success":
             n = self.run(store.ack(queue.stream, d.group, [d.sid]))
             assert n == self.model.ack(d.queue, d.group, d.entry.seq), "ack count"
@@ -352,7 +364,44 @@ class QueueMachine(RuleBasedStateMachine):
         (result,) = self.run(store.settle_many([call]))
         assert result == expected, f"{outcome} of {d.sid} ({d.queue}/{d.group}): {result!r}"
 
+    def _honour_cancel(self, d: Delivery, delay: int, *, retry_first: bool = True) -> None:
+        """A cancelled delivery is dead-lettered "cancelled" (as the worker's executor does);
+        ``retry_first``: its handler failed, and the retry is refused first (2)."""
+        queue, store = self.queues[d.queue], self.mq.store
+        attempt = d.entry.attempts + 1
+        if retry_first:
+            call = store.retry_call(queue.keys, d.group, d.consumer, d.sid, delay * S, attempt)
+            expected = self.model.retry(d.queue, d.group, d.consumer, d.entry.seq, delay * S)
+            assert self.run(store.settle_many([call])) == [expected]
+            if expected != 2:
+                return
+        item = (d.sid, "cancelled", "Cancelled", "", d.entry.attempts + 1)
+        call = store.dead_letter_call(queue.keys, d.group, d.consumer, queue.name, item)
+        expected = self.model.dead_letter(d.queue, d.group, d.consumer, d.entry.seq, "cancelled")
+        assert self.run(store.settle_many([call])) == [expected]
+
     # -- user calls ----------------------------------------------------------------------
+
+    @rule(
+        qname=st.sampled_from(["q", "q", "r"]),
+        where=st.sampled_from(["stream", "stream", "delayed", "unknown"]),
+        pick=st.integers(0, 50),
+    )
+    def cancel(self, qname: str, where: str, pick: int) -> None:
+        """``Queue.cancel`` of a stream entry (unread, pending or finished per group), a
+        delayed member (a delay or a retry) or an unknown id."""
+        qm = self.model.queues[qname]
+        if where == "delayed" and qm.delayed:
+            e = qm.delayed[pick % len(qm.delayed)]
+            mid, expected = e.sid, self.model.cancel(qname, delayed=e)
+        elif where == "stream" and qm.stream:
+            e = list(qm.stream.values())[pick % len(qm.stream)]
+            mid, expected = e.sid, self.model.cancel(qname, seq=e.seq)
+        else:
+            mid, expected = "1-1", "not_found"
+        got = self.run(self.queues[qname].cancel(mid))
+        assert got == expected, f"cancel {mid} of {qname}: {got}, model {expected}"
+        self.cancel_seen[expected] += 1
 
     @precondition(lambda self: any(self.model.queues["q"].stream))
     @rule(
@@ -468,9 +517,11 @@ class QueueMachine(RuleBasedStateMachine):
                 pipe.xrange(keys.dlq)
                 pipe.zcard(keys.delayed)
                 pipe.zcard(keys.expiry)
+                pipe.zcard(keys.cancelled)
                 for g in qm.groups:
                     pipe.xpending_range(keys.stream, g, "-", "+", 10_000)
-                stream, dlq, delayed, expiry, *pending = await pipe.execute()
+                stream, dlq, delayed, expiry, cancelled, *pending = await pipe.execute()
+            assert cancelled == len(qm.cancelled), f"cancel markers {qname}"
             # The stream, in order: message, target group, attempts, has a TTL.
             real = []
             for _, fields in stream:
@@ -518,18 +569,23 @@ class QueueMachine(RuleBasedStateMachine):
             assert info.delayed_messages == len(qm.delayed)
         assert all(n == 1 for n in self.handled.values()), "handled twice"
 
+    def _settle_all(self) -> None:
+        """Every running handler ends: success, or a cancelled one dead-lettered."""
+        while self.deliveries:
+            d = self.deliveries[0]
+            marked = d.entry.seq in self.model.queues[d.queue].cancelled
+            self.handler(0, "failure" if marked else "success", 0)
+
     def _drain(self) -> None:
         """Settle what runs, rescue the dead's entries, let time pass every TTL and delay,
         read and handle everything: then every (message, group) has one outcome."""
         store = self.mq.store
-        while self.deliveries:
-            self.handler(0, "success", 0)
+        self._settle_all()
         for qname, group in READERS:
             holders = set(self.model.queues[qname].pending[group].values())
             for dead in sorted(holders):
                 self.reclaim((qname, group), dead, "drop")
-        while self.deliveries:
-            self.handler(0, "success", 0)
+        self._settle_all()
         self.time_passes(10_000)
         for qname in GROUPS:
             self.move_due(qname)
@@ -539,6 +595,9 @@ class QueueMachine(RuleBasedStateMachine):
                 assert [m.data["k"] for m in got] == [e.k for e in expected]
                 for m, e in zip(got, expected, strict=True):
                     self._check_message(m, e)
+                    if e.seq in self.model.queues[qname].cancelled:  # as the worker does
+                        self._honour_cancel(Delivery(qname, group, "drain", e, m.id), 0)
+                        continue
                     assert self.run(store.ack(queue.stream, group, [m.id])) == 1
                     self.model.ack(qname, group, e.seq)
                     self.handled[(qname, e.k, group)] += 1
@@ -559,9 +618,12 @@ def test_delivery_semantics_model(
     QueueMachine.url = redis_server.url
     profile = "model-slow" if request.config.getoption("--slow") else "model-ci"
     QueueMachine.dedup_seen.clear()
+    QueueMachine.cancel_seen.clear()
     run_state_machine_as_test(QueueMachine, settings=settings.get_profile(profile))
     seen = QueueMachine.dedup_seen
     assert min(seen["recorded"], seen["duplicate"], seen["again after its window"]) > 0, seen
+    cancels = QueueMachine.cancel_seen
+    assert min(cancels[o] for o in ("cancelled", "running", "finished", "not_found")) > 0, cancels
 
 
 # -- regression tests: shrunk sequences of the state machine ---------------------------

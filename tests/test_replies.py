@@ -80,7 +80,7 @@ MALFORMED: list[tuple[str, Callable[[Any], object], Any]] = [
     ("send", lambda r: parse_send(r, 1), [b"1-0", 2]),  # a duplicate position out of range
     ("move_due", parse_move_due, [1]),
     ("move_due", parse_move_due, [b"one", 2]),
-    ("retry", parse_retry, 2),
+    ("retry", parse_retry, 3),
     ("retry", parse_retry, [1]),
     ("expire_read", parse_expire_read, b"yes"),
     ("expire", parse_expire, [1, 2, 3, 4]),

@@ -86,8 +86,12 @@ async def client(redis_server: RedisServer, app_prefix: str, worker: Path) -> As
 
 
 async def subscribers(raw: aioredis.Redis) -> int:
-    """Connections of the server subscribed to a channel."""
-    return sum(1 for c in await raw.client_list() if int(c.get("sub", 0)))
+    """Connections of the server subscribed to a channel, the workers' cancel listeners
+    (one subscription each to ``{prefix}cancel``, issue 16) left out."""
+    total = sum(1 for c in await raw.client_list() if int(c.get("sub", 0)))
+    channels = await raw.pubsub_channels("*cancel")
+    listeners = sum(int(n) for _, n in await raw.pubsub_numsub(*channels)) if channels else 0
+    return total - listeners
 
 
 # -- call() ---------------------------------------------------------------------------------

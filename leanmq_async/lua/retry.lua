@@ -4,6 +4,7 @@
 --         [2] delayed       zset: delayed member -> due time (Redis clock, ms)
 --         [3] delayed_data  hash: delayed member -> cmsgpack-packed field list
 --         [4] expiry        zset: stream id -> expiry time (ms)
+--         [5] cancelled     zset: stream id -> end of its cancel marker (ms; cancel.lua)
 -- ARGV    [1] group         the consumer group that failed the entry
 --         [2] consumer      the consumer that must still own it
 --         [3] id            the stream id
@@ -11,15 +12,19 @@
 --         [5] attempts      the copy's ``a`` field (the attempt number it will be)
 --         [6] clock shift   ms (0 in production)
 -- REPLY   integer: 1 scheduled; 0 the entry is gone from the stream (acked anyway);
---         -1 ``consumer`` no longer owns it (its lease was taken over): nothing done.
+--         -1 ``consumer`` no longer owns it (its lease was taken over): nothing done;
+--         2 the message was cancelled (a live marker in ``cancelled``): nothing done, it
+--         stays pending for the caller to dead-letter (reason 'cancelled'), never retried.
 -- ATOMIC  The copy (fields without 'a' and 'g', then a = attempts, g = group: only this
 --         group gets it again) is written (to the stream, or as the delayed member
 --         'group|id') and the original acked together.
 -- ERRORS  'WRONGTYPE ...' before anything is written; NOGROUP when the group is missing.
 local stream, group, consumer, id = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-local bad = check_types(KEYS, {'stream', 'zset', 'hash', 'zset'})
+local bad = check_types(KEYS, {'stream', 'zset', 'hash', 'zset', 'zset'})
 if bad then return redis.error_reply(bad) end
 if pending_owner(stream, group, id) ~= consumer then return -1 end
+local marker = redis.call('ZSCORE', KEYS[5], id)
+if marker and tonumber(marker) > now_ms(ARGV[6]) then return 2 end
 local old = entry_fields(stream, id)
 if old == nil then
   redis.call('XACK', stream, group, id)

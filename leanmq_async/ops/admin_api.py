@@ -173,6 +173,12 @@ class AdminAPI:
                 confirm=r.flag("confirm"),
             )
             return json_response(200, cleared)
+        if head == "cancel":
+            self._allow(r, "POST")
+            if len(rest) < 2:
+                raise HTTPError(404, "cancel a message with POST /cancel/{queue}/{id}")
+            report = await dlq_tools.cancel_message(self.mq, "/".join(rest[:-1]), rest[-1])
+            return json_response(200, report)
         if head == "force-process":
             self._allow(r, "POST")
             forced = await dlq_tools.force_process(

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from leanmq_async.store import RawEntry
 
 __all__ = [
+    "CancelReport",
     "CleanupReport",
     "ClearReport",
     "ConfirmationRequiredError",
@@ -49,6 +50,7 @@ __all__ = [
     "PurgeReport",
     "RequeueReport",
     "SkippedMessage",
+    "cancel_message",
     "cleanup",
     "clear_queue",
     "force_process",
@@ -100,6 +102,14 @@ class CleanupReport(msgspec.Struct, kw_only=True):
     """Entries trimmed per stream (queues and DLQs), only those with some."""
     total: int
     errors: dict[str, str] = {}
+
+
+class CancelReport(msgspec.Struct, kw_only=True):
+    """What ``leanmq cancel`` / ``POST /cancel/{queue}/{id}`` did (``Queue.cancel``)."""
+
+    queue: str
+    id: str
+    outcome: str  # a CancelOutcome value: cancelled, running, finished, not_found
 
 
 class PendingMessage(msgspec.Struct, kw_only=True):
@@ -284,6 +294,14 @@ async def clear_queue(
     return report
 
 
+async def cancel_message(mq: LeanMQ, queue: str, message_id: str) -> CancelReport:
+    """Cancel one message of an existing main queue by id (see ``Queue.cancel``)."""
+    q = await _main(mq, queue)
+    outcome = await q.cancel(message_id)
+    mq.log.info("cancel", queue=q.name, id=message_id, outcome=outcome.value)
+    return CancelReport(queue=q.name, id=message_id, outcome=outcome.value)
+
+
 async def cleanup(
     mq: LeanMQ, max_age_hours: float, *, queues: Iterable[str] | None = None
 ) -> CleanupReport:
@@ -389,6 +407,8 @@ async def force_process(
             report.redelivered.append(sid)
         elif outcome == 0:
             report.skipped.append(SkippedMessage(sid, "entry gone from the stream (acknowledged)"))
+        elif outcome == 2:
+            report.skipped.append(SkippedMessage(sid, "cancelled: a worker dead-letters it"))
         else:
             report.skipped.append(SkippedMessage(sid, "taken over by another consumer"))
     await store.delete_consumer_if_idle(q.stream, group, consumer)

@@ -15,9 +15,10 @@ import redis.exceptions as redis_errors
 from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import LeanMQError
 from leanmq_async.keys import QueueKeys
-from leanmq_async.message import DeadLetterResult
+from leanmq_async.message import CancelOutcome, DeadLetterResult
 from leanmq_async.replies import (
     ScriptReplyError,
+    parse_cancel,
     parse_count,
     parse_dead_letter,
     parse_dead_letter_one,
@@ -37,8 +38,9 @@ class Settling(StoreBase):
         self, keys: QueueKeys, group: str, consumer: str, sid: str, delay_ms: int, attempts: int
     ) -> SettleCall:
         """Ack ``sid`` and schedule its retry in one step (``lua/retry.lua``), as one call
-        of a :meth:`settle_many` batch: 1 done, 0 entry deleted (acked), -1 not owned."""
-        stream_keys = [keys.stream, keys.delayed, keys.delayed_data, keys.expiry]
+        of a :meth:`settle_many` batch: 1 done, 0 entry deleted (acked), -1 not owned,
+        2 cancelled (left pending: dead-letter it instead)."""
+        stream_keys = [keys.stream, keys.delayed, keys.delayed_data, keys.expiry, keys.cancelled]
         args = [group, consumer, sid, delay_ms, attempts, self.clock_shift_ms]
         return SettleCall(self.scripts.retry, stream_keys, args, parse_retry)
 
@@ -108,6 +110,37 @@ class Settling(StoreBase):
             if isinstance(result, LeanMQError):
                 raise result
         return cast(list[int], results)
+
+    async def cancel(
+        self, keys: QueueKeys, source_name: str, message_id: str, marker_ms: int, channel: str
+    ) -> tuple[CancelOutcome, str]:
+        """Cancel one message (``lua/cancel.lua``): its outcome and the id it resolved to."""
+        script_keys = [
+            keys.stream,
+            keys.dlq,
+            keys.delayed,
+            keys.delayed_data,
+            keys.expiry,
+            keys.dedup,
+            keys.cancelled,
+        ]
+        args: list[Any] = [
+            message_id,
+            source_name,
+            marker_ms,
+            channel,
+            keys.base,
+            self.clock_shift_ms,
+        ]
+        with translate_errors("cancel"):
+            reply = await self.scripts.cancel(keys=script_keys, args=args)
+        return parse_cancel(reply)
+
+    async def cancel_markers(self, keys: QueueKeys) -> list[bytes]:
+        """The stream ids marked cancelled in the queue (a worker's reconcile)."""
+        with translate_errors("ZRANGE cancelled"):
+            ids = await self.client.zrange(keys.cancelled, 0, -1)
+        return cast(list[bytes], ids)
 
     async def requeue(self, keys: QueueKeys, dlq_group: str, ids: Sequence[str]) -> int:
         """Requeue DLQ entries (each one atomically); one script call per ``ID_BATCH``."""

@@ -152,6 +152,9 @@ class Settler:
         result = await self._settle(lambda: self._batcher.call(call))
         if result == -1:
             self.log.warning("lease_lost", id=sid, message_id=message_id)
+        elif result == 2:
+            # Cancelled (lua/cancel.lua) while its handler failed: never retried.
+            await self.dead_letter(sid, "cancelled", "Cancelled", "", attempt, message_id)
         elif result == 0:
             # Expiry and trimming never touch a pending entry: this one was deleted
             # under us by a user call (delete_messages, purge). Counted, not hidden.

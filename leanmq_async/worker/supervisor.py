@@ -33,6 +33,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from leanmq_async._log import get_logger
 from leanmq_async.exceptions import ConfigurationError, LeanMQConnectionError, LeanMQError
 from leanmq_async.replies import text
+from leanmq_async.worker.cancels import CancelListener
 from leanmq_async.worker.maintenance import Maintenance
 from leanmq_async.worker.runner import HandlerRunner, RunnerStats
 from leanmq_async.worker.watchdog import LoopWatchdog
@@ -149,6 +150,7 @@ class Worker:
         consumer = mq.consumer_name
         self.runners = [HandlerRunner(h, self.settings, consumer) for h in self.handlers]
         self.maintenance = Maintenance(mq.store, self.handlers, self.settings)
+        self.cancel_listener = CancelListener(mq, self.runners)  # one subscription
         for runner in self.runners:
             runner.on_scheduled = self.maintenance.nudge
         from leanmq_async.worker.cron_scheduler import CronScheduler  # issue 16
@@ -304,6 +306,13 @@ class Worker:
                     await self.maintenance.run()
 
             tg.start_soon(run_maintenance)
+            listening = anyio.CancelScope()
+
+            async def run_cancel_listener(*, task_status: TaskStatus[None]) -> None:
+                with listening:
+                    await self.cancel_listener.run(task_status=task_status)
+
+            await tg.start(run_cancel_listener)
             watchdog = anyio.CancelScope()
             threshold = self.settings.loop_block_threshold
             if threshold is not None:
@@ -332,6 +341,7 @@ class Worker:
             await self._stop.wait()
             await self._shutdown()
             maintenance.cancel()
+            listening.cancel()
             burst_watch.cancel()
             watchdog.cancel()
 

@@ -410,18 +410,20 @@ LIBRARY_COMMANDS = (
     *("xadd", "xreadgroup", "xack", "xclaim", "xpending", "xrange", "xlen", "xdel", "xtrim"),
     *("xinfo|groups", "xinfo|consumers", "xinfo|stream", "xgroup|create", "xgroup|delconsumer"),
     *("hsetnx", "hset", "hget", "hdel", "hgetall", "sadd", "srem", "smembers"),
-    *("zadd", "zrem", "zcard", "zrange", "zrangebyscore"),
+    *("zadd", "zrem", "zcard", "zrange", "zrangebyscore", "zscore"),
+    *("subscribe",),  # the worker's cancel listener (issue 16), on ``{prefix}cancel``
 )
 FORBIDDEN = ("keys", "flushall", "flushdb", "debug", "scan")
 
 
 async def set_acl_user(admin: aioredis.Redis, user: str, prefix: str) -> None:
-    """``user``: only ``prefix*`` keys (the registry included) and the library's commands.
+    """``user``: only ``prefix*`` keys (the registry included) and channels, and the
+    library's commands.
 
     redis-py sends CLIENT SETINFO on connect (Redis 7.2+; older servers answer "unknown
     subcommand", which redis-py ignores), so it is allowed where it exists.
     """
-    rules = ["reset", "on", ">secret", f"~{prefix}*", "resetchannels", "-@all"]
+    rules = ["reset", "on", ">secret", f"~{prefix}*", "resetchannels", f"&{prefix}*", "-@all"]
     rules += [f"+{c}" for c in LIBRARY_COMMANDS]
     try:
         await admin.execute_command("ACL", "SETUSER", user, *rules, "+client|setinfo")

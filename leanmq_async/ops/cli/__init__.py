@@ -9,6 +9,7 @@ order of ``leanmq --help``).
 from __future__ import annotations
 
 from leanmq_async.ops.cli import (
+    cancel,
     cron,
     dlq,
     health,
@@ -22,4 +23,4 @@ from leanmq_async.ops.cli import (
 
 __all__ = ["COMMAND_MODULES"]
 
-COMMAND_MODULES = (queues, stats, cron, health, dlq, maintain, watch, serve, migrate)
+COMMAND_MODULES = (queues, stats, cron, health, dlq, maintain, cancel, watch, serve, migrate)
