@@ -7,6 +7,8 @@ from typing import Any
 
 from leanmq_async._log import get_logger
 from leanmq_async.cluster import Durability, NotReplicatedError, check_one_slot, write_and_wait
+from leanmq_async.keys import DEFAULT_LEVEL
+from leanmq_async.priority import level_id
 from leanmq_async.replies import parse_send, text
 from leanmq_async.send_errors import translate_send_errors
 from leanmq_async.store.base import StoreBase
@@ -51,9 +53,9 @@ class Sending(StoreBase):
         keys: list[str] = []
         args: list[Any] = [len(ops)]
         for op in ops:
-            index = key_index.get(op.keys.base)
+            index = key_index.get(op.keys.stream)
             if index is None:
-                index = key_index[op.keys.base] = len(key_index) + 1
+                index = key_index[op.keys.stream] = len(key_index) + 1
                 keys += [op.keys.stream, op.keys.expiry, op.keys.delayed, op.keys.delayed_data]
                 keys += [op.keys.dedup, op.keys.dedup_until]
             args += [index, op.ttl_ms, op.delay_ms, op.field, op.body, op.member]
@@ -74,6 +76,13 @@ class Sending(StoreBase):
         sent = parse_send(reply, len(ops))
         if sent.duplicates:
             self._count_duplicates(ops, sent.ids, sent.duplicates)
+        if any(op.keys.level != DEFAULT_LEVEL for op in ops):
+            # An entry of a priority level's stream is named with its level (priority.py);
+            # a delayed message's schedule handle ('...|...') is already unique.
+            return [
+                sid if "|" in sid else level_id(sid, op.keys.level)
+                for op, sid in zip(ops, sent.ids, strict=True)
+            ]
         return sent.ids
 
     def _count_duplicates(self, ops: Sequence[SendOp], ids: list[str], dups: list[int]) -> None:

@@ -21,6 +21,7 @@ from leanmq_async._log import get_logger
 from leanmq_async.exceptions import LeanMQError, RedisOperationError
 
 if TYPE_CHECKING:
+    from leanmq_async.keys import QueueKeys
     from leanmq_async.queue import Queue
     from leanmq_async.registration import Handler
     from leanmq_async.store import MemoryUsage, Store
@@ -64,6 +65,7 @@ class Maintenance:
         self.expired = 0
         self.trimmed = 0
         self._memory_warned = False
+        self._levels: dict[str, bool] = {}  # per stream: priority levels in use
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -77,14 +79,29 @@ class Maintenance:
                 tg.start_soon(self._every, interval, self.relieve_memory_once)
             tg.start_soon(self._every, 60.0, self.housekeeping_once)
 
+    async def levels(self, queue: Queue) -> list[QueueKeys]:
+        """The keys of each priority level of ``queue`` in use (the default level alone
+        until another level's stream or delayed set exists; then all, for good)."""
+        if not self._levels.get(queue.stream):
+            try:
+                self._levels[queue.stream] = await self.store.levels_in_use(queue.keys)
+            except LeanMQError:
+                return [queue.keys]
+        return list(queue.keys.levels()) if self._levels[queue.stream] else [queue.keys]
+
     async def _mover(self, queue: Queue) -> None:
         cap_ms = self.settings.maintenance_interval * 1000
         while True:
-            try:
-                moved, wait_ms = await self.store.move_due(queue.keys, _MOVE_BATCH)
-            except LeanMQError as exc:
-                self.log.warning("move_due_failed", queue=queue.name, error=str(exc))
-                moved, wait_ms = 0, -1
+            moved, wait_ms = 0, -1
+            for keys in await self.levels(queue):
+                try:
+                    n, due_ms = await self.store.move_due(keys, _MOVE_BATCH)
+                except LeanMQError as exc:
+                    self.log.warning("move_due_failed", queue=queue.name, error=str(exc))
+                    continue
+                moved = max(moved, n)
+                if due_ms >= 0:
+                    wait_ms = due_ms if wait_ms < 0 else min(wait_ms, due_ms)
             self.moved += moved
             if moved >= _MOVE_BATCH:
                 continue
@@ -124,22 +141,25 @@ class Maintenance:
         for stream, queue in self.queues.items():
             policy = self.expired_policy[stream]
             n = 0
-            for _ in range(_EXPIRE_BATCHES):
-                result = await self.store.expire(
-                    queue.keys,
-                    queue.name,
-                    policy,
-                    _EXPIRE_BATCH,
-                    recheck_ms,
-                    self.group_policies[stream],
-                )
-                n += result.unhandled
-                if result.scanned < _EXPIRE_BATCH or not result.left:
-                    break
-            else:
-                if result.left:
-                    # ``left`` is counted up to one batch: "at least".
-                    self.log.warning("expiry_behind", queue=queue.name, left_at_least=result.left)
+            for keys in await self.levels(queue):
+                for _ in range(_EXPIRE_BATCHES):
+                    result = await self.store.expire(
+                        keys,
+                        queue.name,
+                        policy,
+                        _EXPIRE_BATCH,
+                        recheck_ms,
+                        self.group_policies[stream],
+                    )
+                    n += result.unhandled
+                    if result.scanned < _EXPIRE_BATCH or not result.left:
+                        break
+                else:
+                    if result.left:
+                        # ``left`` is counted up to one batch: "at least".
+                        self.log.warning(
+                            "expiry_behind", queue=queue.name, left_at_least=result.left
+                        )
             if n:
                 self.log.info("expired", queue=queue.name, count=n)
             total += n
@@ -164,8 +184,9 @@ class Maintenance:
         elif only_under_pressure:
             return 0
         total = 0
-        for stream in self.queues:
-            total += await self.store.trim(stream, age_ms)
+        for queue in self.queues.values():
+            for keys in await self.levels(queue):
+                total += await self.store.trim(keys.stream, age_ms)
         if usage is not None and pressed and total:
             self.log.warning(
                 "trimmed_early",

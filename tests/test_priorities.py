@@ -1,0 +1,185 @@
+"""Message priorities on a real Redis: order, the starvation guard, delays, retries, reclaim."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from leanmq_async import ConfigurationError, LeanMQ, Message
+from leanmq_async.priority import GUARD_EVERY, Priority, level_of, split_id
+from tests.worker_apps.common import settled, wait_until
+
+pytestmark = pytest.mark.anyio
+
+FAST = {"block_ms": 100, "maintenance_interval": 0.05, "grace_period": 5.0}
+
+
+def no_wait(_retry: int) -> float:
+    return 0.01
+
+
+async def test_priority_levels_are_named_and_checked() -> None:
+    assert [level_of(p) for p in ("low", "normal", "HIGH", None, 0, 2)] == [0, 1, 2, 1, 0, 2]
+    assert level_of(Priority.HIGH) == 2
+    for bad in (3, -1, "urgent", 1.5, True):
+        with pytest.raises(ConfigurationError, match="priority must be"):
+            level_of(bad)  # type: ignore[arg-type]
+
+
+async def test_ten_high_after_a_hundred_low_run_first(mq: LeanMQ, raw: aioredis.Redis) -> None:
+    """The issue's done-when: a stopped worker, concurrency 1."""
+    queue = mq.queue("jobs")
+    order: list[str] = []
+
+    @queue.handler(concurrency=1)
+    async def handle(data: dict[str, Any]) -> None:
+        order.append(data["kind"])
+
+    await mq.create_queue_pair("jobs")
+    await queue.send_messages([{"kind": "low"}] * 100, priority="low")
+    ids = [await queue.send_message({"kind": "high"}, priority="high") for _ in range(10)]
+    assert all(split_id(i)[1] == 2 for i in ids)
+    async with mq.worker(**FAST):
+        await wait_until(lambda: len(order) >= 110, what="110 messages handled")
+    assert order[:10] == ["high"] * 10
+    assert order[10:] == ["low"] * 100
+
+
+async def test_high_runs_before_a_default_backlog(mq: LeanMQ, raw: aioredis.Redis) -> None:
+    queue = mq.queue("mixed")
+    order: list[int] = []
+
+    @queue.handler(concurrency=1)
+    async def handle(msg: Message[dict[str, Any]]) -> None:
+        order.append(split_id(msg.id)[1])
+
+    await mq.create_queue_pair("mixed")
+    await queue.send_messages([{}] * 5)  # the default level: the main stream
+    await queue.send_messages([{}] * 5, priority=Priority.LOW)
+    await queue.send_messages([{}] * 5, priority=Priority.HIGH)
+    async with mq.worker(**FAST):
+        await wait_until(lambda: len(order) >= 15, what="15 handled")
+    assert order == [2] * 5 + [1] * 5 + [0] * 5
+    assert await settled(raw, queue.stream, queue.consumer_group)
+    assert await settled(raw, queue.keys.at(2).stream, queue.consumer_group)
+
+
+async def test_starvation_guard_takes_a_low_one_every_so_often(mq: LeanMQ) -> None:
+    queue = mq.queue("busy")
+    order: list[str] = []
+
+    @queue.handler(concurrency=1)
+    async def handle(data: dict[str, Any]) -> None:
+        order.append(data["kind"])
+
+    await mq.create_queue_pair("busy")
+    await queue.send_messages([{"kind": "low"}] * 3, priority="low")
+    await queue.send_messages([{"kind": "high"}] * (3 * GUARD_EVERY), priority="high")
+    async with mq.worker(**FAST):
+        await wait_until(lambda: len(order) >= 3 * GUARD_EVERY + 3, what="all handled")
+    # While high ones wait, one claim in GUARD_EVERY reads the low level first.
+    lows = [i for i, kind in enumerate(order) if kind == "low"]
+    assert lows == [GUARD_EVERY - 1, 2 * GUARD_EVERY - 1, 3 * GUARD_EVERY - 1]
+
+
+async def test_a_new_level_is_noticed_by_a_running_worker(mq: LeanMQ) -> None:
+    queue = mq.queue("late")
+    seen: list[int] = []
+
+    @queue.handler
+    async def handle(msg: Message[dict[str, Any]]) -> None:
+        seen.append(split_id(msg.id)[1])
+
+    await mq.create_queue_pair("late")
+    async with mq.worker(**FAST):
+        await queue.send_message({})
+        await wait_until(lambda: len(seen) == 1, what="a plain message")
+        with anyio.fail_after(5):  # noticed within LEVEL_CHECK + block_ms
+            await queue.send_message({}, priority="high")
+            await wait_until(lambda: len(seen) == 2, what="the high one")
+        await queue.send_message({}, priority="low")
+        await wait_until(lambda: len(seen) == 3, what="the low one")
+    assert seen == [1, 2, 0]
+
+
+async def test_delayed_and_retried_messages_keep_their_priority(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    queue = mq.queue("later")
+    calls: list[tuple[str, int]] = []
+
+    @queue.handler(backoff=no_wait, max_retries=2)
+    async def handle(msg: Message[dict[str, Any]]) -> None:
+        calls.append((msg.id, msg.attempt))
+        if msg.attempt == 1:
+            raise RuntimeError("once more")
+
+    await mq.create_queue_pair("later")
+    await queue.send_message({}, priority="high", delay=0.2)
+    assert await raw.zcard(queue.keys.at(2).delayed) == 1
+    async with mq.worker(**FAST):
+        await wait_until(lambda: len(calls) >= 2, what="the retry ran")
+        await wait_until(
+            lambda: settled(raw, queue.keys.at(2).stream, queue.consumer_group), what="ack"
+        )
+    assert [split_id(i)[1] for i, _ in calls] == [2, 2]
+    assert [a for _, a in calls] == [1, 2]
+    assert await raw.xlen(queue.stream) == 0  # nothing went to the default level
+
+
+async def test_a_dead_consumers_high_priority_message_is_reclaimed(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    queue = mq.queue("crash")
+    seen: list[str] = []
+
+    @queue.handler(visibility_timeout=0.5)
+    async def handle(msg: Message[dict[str, Any]]) -> None:
+        seen.append(msg.id)
+
+    await mq.create_queue_pair("crash")
+    sid = await queue.send_message({"n": 1}, priority="high")
+    # A consumer that read it and died.
+    found, _ = await mq.store.claim_new(
+        queue.keys.levels(), queue.consumer_group, "dead", 10
+    )
+    assert [len(entries) for _, entries in found] == [1, 0, 0]
+    async with mq.worker(**FAST, reclaim_interval=0.1):
+        await wait_until(lambda: len(seen) == 1, what="the reclaim")
+        await wait_until(
+            lambda: settled(raw, queue.keys.at(2).stream, queue.consumer_group), what="ack"
+        )
+    assert seen == [sid]
+
+
+async def test_partitioned_queue_has_levels_per_partition(mq: LeanMQ) -> None:
+    pq = mq.queue("events", partitions=2)
+    order: list[str] = []
+
+    @pq.handler(concurrency=1)
+    async def handle(data: dict[str, Any]) -> None:
+        order.append(data["kind"])
+
+    await pq.create()
+    await pq.send_messages([{"kind": "low"}] * 10, key="a", priority="low")
+    await pq.send_message({"kind": "high"}, key="a", priority="high")
+    async with mq.worker(**FAST, concurrency=1):
+        await wait_until(lambda: len(order) >= 11, what="all handled")
+    assert order[0] == "high"
+
+
+async def test_purge_and_delete_take_every_level(mq: LeanMQ, raw: aioredis.Redis) -> None:
+    queue = mq.queue("gone")
+    await mq.create_queue_pair("gone")
+    await queue.send_message({}, priority="high")
+    await queue.send_message({}, priority="low", delay=60)
+    await queue.send_message({})
+    assert await queue.purge() == 2
+    assert await raw.xlen(queue.keys.at(2).stream) == 0
+    assert await raw.zcard(queue.keys.at(0).delayed) == 0
+    await queue.send_message({}, priority="high")
+    await mq.delete_queue("gone")
+    assert not await raw.exists(queue.keys.at(2).stream)
