@@ -25,6 +25,7 @@ from leanmq_async.keys import DEFAULT_LEVEL, LEVELS, QueueKeys
 
 __all__ = [
     "GUARD_EVERY",
+    "LEVEL_CHECK",
     "Priority",
     "by_level",
     "claim_order",
@@ -34,6 +35,10 @@ __all__ = [
     "split_bid",
     "split_id",
 ]
+
+LEVEL_CHECK = 1.0
+"""Seconds between a worker's checks whether a queue it reads plainly has started using
+priorities (a level's stream or delayed set exists): one EXISTS, until one does."""
 
 GUARD_EVERY = 20
 """One claim in this many reads the levels lowest first, so no level waits forever."""

@@ -27,10 +27,14 @@ for the number of network round trips, by counting the packed writes redis-py se
     worker, messages one at a time  the acks of handled messages ride with the next XREADGROUP
                                     (one pipeline); the acker sends only those that finish
                                     while a read is blocked
+    worker, queue without priorities  XREADGROUP as above, never XREAD or claim.lua; one
+                                    EXISTS (are priority levels in use?) per LEVEL_CHECK
+                                    from the fetcher and the upkeep each
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -40,6 +44,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 
 from leanmq_async import LeanMQ, Queue
+from leanmq_async.priority import LEVEL_CHECK
 from leanmq_async.testing import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -258,3 +263,42 @@ async def test_a_worker_sends_its_acks_with_its_next_read(
     with_read = sum(1 for w in writes if w == [b"XACK", b"XREADGROUP"])
     alone = sum(1 for w in writes if w == [b"XACK"])
     assert with_read >= 9 and alone <= 1, (with_read, alone)  # 1: the flush at shutdown
+
+
+async def test_a_queue_never_using_priorities_is_read_as_before(
+    pmq: LeanMQ, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Priorities (priority.py): a worker on a plain queue reads with XREADGROUP alone, as
+    # before; what it adds is one EXISTS per queue per LEVEL_CHECK (fetcher, upkeep).
+    sent: list[bytes] = []
+    original = AbstractConnection.send_packed_command
+
+    async def recording(conn: AbstractConnection, command: Any, *args: Any, **kw: Any) -> None:
+        chunks = [command] if isinstance(command, bytes | str) else list(command)
+        data = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+        names = (b"XREADGROUP", b"XREAD", b"EXISTS", b"EVALSHA", b"XACK")
+        sent.extend(n for n in names if b"$%d\r\n%s\r\n" % (len(n), n) in data)
+        await original(conn, command, *args, **kw)
+
+    handled: list[int] = []
+
+    @queue.handler(concurrency=1)
+    async def handle(n: int) -> None:
+        handled.append(n)
+
+    await queue.send_messages(range(200))
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", recording)
+    started = time.monotonic()
+    with anyio.fail_after(20):
+        async with pmq.worker(block_ms=1000, burst=True):
+            pass
+    seconds = time.monotonic() - started
+    assert sorted(handled) == list(range(200))
+    assert sent.count(b"XREAD") == 0
+    assert sent.count(b"XREADGROUP") >= 200
+    # One at start from the fetcher, the recovery and the upkeep each; then one per
+    # LEVEL_CHECK from the fetcher and the upkeep.
+    assert sent.count(b"EXISTS") <= 3 + 2 * (seconds / LEVEL_CHECK + 1), (
+        sent.count(b"EXISTS"),
+        seconds,
+    )

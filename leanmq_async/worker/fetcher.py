@@ -25,7 +25,7 @@ import anyio.lowlevel
 
 from leanmq_async.exceptions import LeanMQError
 from leanmq_async.keys import DEFAULT_LEVEL
-from leanmq_async.priority import by_level, claim_order, level_bid
+from leanmq_async.priority import LEVEL_CHECK, by_level, claim_order, level_bid
 
 if TYPE_CHECKING:
     from leanmq_async.queue import Queue
@@ -35,10 +35,7 @@ if TYPE_CHECKING:
     from leanmq_async.worker.settler import Settler
     from leanmq_async.worker.state import RunnerState
 
-__all__ = ["LEVEL_CHECK", "Fetcher"]
-
-LEVEL_CHECK = 1.0
-"""Seconds between checks whether a queue read plainly has started using priorities."""
+__all__ = ["Fetcher"]
 
 
 class Fetcher:

@@ -12,6 +12,7 @@ Every step is one script per queue and tolerates Redis being away for a while.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ import anyio
 
 from leanmq_async._log import get_logger
 from leanmq_async.exceptions import LeanMQError, RedisOperationError
+from leanmq_async.priority import LEVEL_CHECK
 
 if TYPE_CHECKING:
     from leanmq_async.keys import QueueKeys
@@ -65,7 +67,8 @@ class Maintenance:
         self.expired = 0
         self.trimmed = 0
         self._memory_warned = False
-        self._levels: dict[str, bool] = {}  # per stream: priority levels in use
+        # Per stream: priority levels in use, and when that was last checked.
+        self._levels: dict[str, tuple[bool, float]] = {}
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -81,13 +84,16 @@ class Maintenance:
 
     async def levels(self, queue: Queue) -> list[QueueKeys]:
         """The keys of each priority level of ``queue`` in use (the default level alone
-        until another level's stream or delayed set exists; then all, for good)."""
-        if not self._levels.get(queue.stream):
+        until another level's stream or delayed set exists; then all, for good). Checked
+        at most every ``LEVEL_CHECK`` seconds."""
+        in_use, checked = self._levels.get(queue.stream, (False, -LEVEL_CHECK))
+        if not in_use and time.monotonic() >= checked + LEVEL_CHECK:
             try:
-                self._levels[queue.stream] = await self.store.levels_in_use(queue.keys)
+                in_use = await self.store.levels_in_use(queue.keys)
             except LeanMQError:
                 return [queue.keys]
-        return list(queue.keys.levels()) if self._levels[queue.stream] else [queue.keys]
+            self._levels[queue.stream] = (in_use, time.monotonic())
+        return list(queue.keys.levels()) if in_use else [queue.keys]
 
     async def _mover(self, queue: Queue) -> None:
         cap_ms = self.settings.maintenance_interval * 1000
