@@ -13,7 +13,7 @@ from leanmq_async.exceptions import (
 from leanmq_async.idempotency import dedup_window_ms, per_item_ids
 from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, default_group
 from leanmq_async.message import DeadLetterResult, Message, QueueInfo
-from leanmq_async.priority import level_id, level_of
+from leanmq_async.priority import level_of
 from leanmq_async.queue_read import info_from, peek_messages, read_messages
 from leanmq_async.registration import (
     HandlerFunc,
@@ -167,9 +167,8 @@ class Queue(Generic[PayloadT]):
         op, _ = self._send_op(data, message_id, ttl, delay, headers, dedup_window, priority)
         if durability is not None:
             durability.check(self._mq.connection_settings)
-        if not op.ttl_ms and not op.delay_ms and not op.dedup_ms:
-            sid = await self._mq.store.xadd(op.keys.stream, op.field, op.body, durability)
-            return sid if op.keys is self.keys else level_id(sid, op.keys.level)
+        if not op.ttl_ms and not op.delay_ms and not op.dedup_ms and op.keys is self.keys:
+            return await self._mq.store.xadd(self.stream, op.field, op.body, durability)
         (sid,) = await self._mq.store.send([op], durability)
         return sid
 

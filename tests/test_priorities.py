@@ -143,9 +143,7 @@ async def test_a_dead_consumers_high_priority_message_is_reclaimed(
     await mq.create_queue_pair("crash")
     sid = await queue.send_message({"n": 1}, priority="high")
     # A consumer that read it and died.
-    found, _ = await mq.store.claim_new(
-        queue.keys.levels(), queue.consumer_group, "dead", 10
-    )
+    found, _ = await mq.store.claim_new(queue.keys.levels(), queue.consumer_group, "dead", 10)
     assert [len(entries) for _, entries in found] == [1, 0, 0]
     async with mq.worker(**FAST, reclaim_interval=0.1):
         await wait_until(lambda: len(seen) == 1, what="the reclaim")
@@ -183,3 +181,57 @@ async def test_purge_and_delete_take_every_level(mq: LeanMQ, raw: aioredis.Redis
     await queue.send_message({}, priority="high")
     await mq.delete_queue("gone")
     assert not await raw.exists(queue.keys.at(2).stream)
+
+
+async def test_a_level_stream_gets_every_group_of_the_queue(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    """Sends (plain, bulk, transaction) and the delayed mover create a level's stream with
+    the main stream's groups, so its messages are aimed at every group, as the main's."""
+    queue, _ = await mq.create_queue_pair("fan")
+    await mq.store.ensure_groups([queue.stream], ["audit"])
+    await queue.send_message({"n": 1}, priority="high")
+    async with mq.transaction() as tx:
+        tx.send_message(queue, {"n": 2}, priority="low")
+    await queue.send_message({"n": 3}, priority="low", delay=0.05)  # lands in the same stream
+    for level in (0, 2):
+        groups = await raw.xinfo_groups(queue.keys.at(level).stream)
+        assert sorted(g["name"].decode() for g in groups) == ["audit", "fan-group"]
+    await mq.store.move_due(queue.keys.at(0))  # not due yet: nothing moves
+    await anyio.sleep(0.1)
+    assert (await mq.store.move_due(queue.keys.at(0)))[0] == 1
+    for group in ("audit", "fan-group"):
+        found, _ = await mq.store.claim_new(queue.keys.levels(), group, "c", 10)
+        assert [len(e) for _, e in found] == [1, 0, 2]
+
+
+async def test_move_due_creates_a_level_stream_with_the_groups(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    queue, _ = await mq.create_queue_pair("dl")
+    await mq.store.ensure_groups([queue.stream], ["other"])
+    await queue.send_message({}, priority="high", delay=0.05)
+    assert not await raw.exists(queue.keys.at(2).stream)
+    await anyio.sleep(0.1)
+    assert (await mq.store.move_due(queue.keys.at(2)))[0] == 1
+    groups = await raw.xinfo_groups(queue.keys.at(2).stream)
+    assert sorted(g["name"].decode() for g in groups) == ["dl-group", "other"]
+    assert all(g["lag"] == 1 for g in groups)
+
+
+async def test_claim_never_takes_more_than_asked(mq: LeanMQ) -> None:
+    queue, _ = await mq.create_queue_pair("few")
+    await queue.send_messages([{}] * 3, priority="high")
+    await queue.send_messages([{}] * 3)
+    await queue.send_messages([{}] * 3, priority="low")
+    group = queue.consumer_group
+    found, last = await mq.store.claim_new(queue.keys.levels(), group, "c", 4)
+    assert [(lv, len(e)) for lv, e in found] == [(2, 3), (1, 1), (0, 0)]
+    assert last == []  # something was claimed: no wait
+    found, _ = await mq.store.claim_new(tuple(reversed(queue.keys.levels())), group, "c", 4)
+    assert [(lv, len(e)) for lv, e in found] == [(0, 3), (1, 1), (2, 0)]
+    found, last = await mq.store.claim_new(queue.keys.levels(), group, "c", 4)
+    assert [len(e) for _, e in found] == [0, 1, 0]
+    found, last = await mq.store.claim_new(queue.keys.levels(), group, "c", 4)
+    assert [len(e) for _, e in found] == [0, 0, 0]
+    assert len(last) == 3 and all("-" in i for i in last)  # where a wait starts from

@@ -125,3 +125,13 @@ local function expired_meta(at, queue, id, group)
   return {reason = 'expired', error = 'Expired', traceback = '', attempts = '0', at = at,
     queue = queue, id = id, group = group}
 end
+
+-- Gives a priority level's stream ``stream``, just created, the consumer groups of the
+-- queue's main stream ``main``, at id 0: a message of the level is aimed at every group
+-- of the queue, as one of the main stream is (see leanmq_async/priority.py).
+local function copy_groups(main, stream)
+  -- A stream just created has no group yet: XGROUP CREATE cannot meet BUSYGROUP.
+  for _, g in ipairs(groups_of(main)) do
+    redis.call('XGROUP', 'CREATE', stream, g['name'], '0')
+  end
+end

@@ -14,7 +14,13 @@ import redis.exceptions as redis_errors
 from leanmq_async.cluster import queue_slot
 from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import ConfigurationError
-from leanmq_async.keys import QueueKeys, legacy_registry_key, registry_key, validate_queue_name
+from leanmq_async.keys import (
+    DEFAULT_LEVEL,
+    QueueKeys,
+    legacy_registry_key,
+    registry_key,
+    validate_queue_name,
+)
 from leanmq_async.replies import ExpireResult, parse_count, parse_expire, parse_move_due, text
 from leanmq_async.store.base import StoreBase, chunked
 
@@ -202,11 +208,11 @@ class QueueAdmin(StoreBase):
 
     async def move_due(self, keys: QueueKeys, limit: int = 500) -> tuple[int, int]:
         """Move due delayed entries into the stream; return ``(moved, ms to next or -1)``."""
+        move_keys = [keys.stream, keys.delayed, keys.delayed_data, keys.expiry]
+        if keys.level != DEFAULT_LEVEL:  # a level stream it creates gets the queue's groups
+            move_keys.append(keys.at(DEFAULT_LEVEL).stream)
         with translate_errors("move due"):
-            reply = await self.scripts.move_due(
-                keys=[keys.stream, keys.delayed, keys.delayed_data, keys.expiry],
-                args=[limit, self.clock_shift_ms],
-            )
+            reply = await self.scripts.move_due(keys=move_keys, args=[limit, self.clock_shift_ms])
         return parse_move_due(reply)
 
     async def expire(
