@@ -19,7 +19,6 @@ from leanmq_async.keys import (
 )
 from leanmq_async.testing import RedisServer
 
-
 LEVEL_KEYS = ("", ":delayed", ":delayed:data", ":expiry")
 
 
