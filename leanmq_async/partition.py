@@ -346,7 +346,7 @@ class PartitionedQueue:
     async def partition_infos(self) -> list[QueueInfo]:
         """:class:`QueueInfo` of every partition, in index order (one pipelined call)."""
         parts = self._partitions
-        infos = await self._mq.store.stream_infos([(p.stream, p.keys) for p in parts])
+        infos = await self._mq.store.stream_infos([(p.stream, p.keys) for p in parts], levels=True)
         return [info_from(p, info) for p, info in zip(parts, infos, strict=True)]
 
     async def get_info(self) -> QueueInfo:

@@ -363,7 +363,7 @@ class Queue(Generic[PayloadT]):
 
     async def get_info(self) -> QueueInfo:
         """Length, pending count, groups and creation time of this queue (one round trip)."""
-        (info,) = await self._mq.store.stream_infos([(self.stream, self.keys)])
+        (info,) = await self._mq.store.stream_infos([(self.stream, self.keys)], levels=True)
         return info_from(self, info)
 
     # -- worker --------------------------------------------------------------------------

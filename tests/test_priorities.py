@@ -235,3 +235,15 @@ async def test_claim_never_takes_more_than_asked(mq: LeanMQ) -> None:
     found, last = await mq.store.claim_new(queue.keys.levels(), group, "c", 4)
     assert [len(e) for _, e in found] == [0, 0, 0]
     assert len(last) == 3 and all("-" in i for i in last)  # where a wait starts from
+
+
+async def test_info_counts_every_level(mq: LeanMQ) -> None:
+    queue, _ = await mq.create_queue_pair("depth")
+    await queue.send_messages([{}] * 2)
+    await queue.send_messages([{}] * 3, priority="high")
+    await queue.send_message({}, priority="low", delay=60)
+    await mq.store.claim_new(queue.keys.levels(), queue.consumer_group, "c", 4)
+    info = await queue.get_info()
+    assert (info.message_count, info.pending_messages, info.delayed_messages) == (5, 4, 1)
+    (listed,) = [q for q in await mq.list_queues() if q.name == "depth"]
+    assert (listed.message_count, listed.pending_messages) == (5, 4)

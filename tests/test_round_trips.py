@@ -22,8 +22,10 @@ for the number of network round trips, by counting the packed writes redis-py se
                                     XACK 100, XDEL 100)
     acknowledge_messages(100 ids)   1 round trip: XACK 1
     delete_messages(100 ids)        1 round trip: MULTI, XACK, XDEL, ZREM, EXEC
-    get_info                        1 round trip: XLEN, XINFO GROUPS, HGETALL, ZCARD
-    list_queues (3 pairs)           2 round trips: SMEMBERS, then 6 x (XLEN, XINFO, HGETALL, ZCARD)
+    get_info                        1 round trip: XLEN, XINFO GROUPS, HGETALL, ZCARD, and
+                                    XLEN, XINFO GROUPS, ZCARD of each of 2 priority levels
+    list_queues (3 pairs)           2 round trips: SMEMBERS, then 6 x (XLEN, XINFO, HGETALL,
+                                    ZCARD) and 3 x 2 priority levels' (XLEN, XINFO, ZCARD)
     worker, messages one at a time  the acks of handled messages ride with the next XREADGROUP
                                     (one pipeline); the acker sends only those that finish
                                     while a read is blocked
@@ -219,13 +221,15 @@ async def test_settling_is_one_round_trip(meter: Meter, queue: Queue) -> None:
 async def test_info_calls(meter: Meter, pmq: LeanMQ, queue: Queue) -> None:
     trips, calls = await meter.measure(queue.get_info)
     assert trips == 1
-    assert calls == {"xlen": 1, "xinfo|groups": 1, "hgetall": 1, "zcard": 1}
+    # The two priority levels' XLEN, XINFO GROUPS and ZCARD ride in the same round trip.
+    assert calls == {"xlen": 3, "xinfo|groups": 3, "hgetall": 1, "zcard": 3}
     await pmq.create_queue_pair("rt-2")
     await pmq.create_queue_pair("rt-3")
     trips, calls = await meter.measure(pmq.list_queues)
     assert trips == 2
     # Two SMEMBERS in one round trip: the registry, and its pre-0.2-migration key (issue 15).
-    assert calls == {"smembers": 2, "xlen": 6, "xinfo|groups": 6, "hgetall": 6, "zcard": 6}
+    # 3 main queues with 2 priority levels each, and 3 DLQs.
+    assert calls == {"smembers": 2, "xlen": 12, "xinfo|groups": 12, "hgetall": 6, "zcard": 12}
 
 
 async def test_a_worker_sends_its_acks_with_its_next_read(
