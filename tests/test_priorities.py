@@ -10,9 +10,12 @@ import redis.asyncio as aioredis
 
 from leanmq_async import ConfigurationError, LeanMQ, Message
 from leanmq_async.priority import GUARD_EVERY, Priority, level_of, split_id
+from tests.cluster_fixtures import scmq, small_cluster
 from tests.worker_apps.common import settled, wait_until
 
 pytestmark = pytest.mark.anyio
+
+__all__ = ["scmq", "small_cluster"]  # fixtures, imported for pytest
 
 FAST = {"block_ms": 100, "maintenance_interval": 0.05, "grace_period": 5.0}
 
@@ -247,3 +250,30 @@ async def test_info_counts_every_level(mq: LeanMQ) -> None:
     assert (info.message_count, info.pending_messages, info.delayed_messages) == (5, 4, 1)
     (listed,) = [q for q in await mq.list_queues() if q.name == "depth"]
     assert (listed.message_count, listed.pending_messages) == (5, 4)
+
+
+async def test_priorities_on_a_cluster(scmq: LeanMQ) -> None:
+    """A partitioned queue's levels on a 3-primary cluster: each partition's levels in its
+    slot; sends, the claim, a retry and the info counts work there."""
+    pq = scmq.queue("cq", partitions=3)
+    order: list[tuple[str, int]] = []
+    levels: dict[tuple[str, int], int] = {}
+
+    @pq.handler(concurrency=1, backoff=no_wait, max_retries=1)
+    async def handle(msg: Message[dict[str, Any]]) -> None:
+        order.append((msg.data["kind"], msg.attempt))
+        levels[order[-1]] = split_id(msg.id)[1]
+        if msg.data["kind"] == "high" and msg.attempt == 1:
+            raise RuntimeError("retry me")
+
+    await pq.create()
+    await pq.send_messages([{"kind": "low"}] * 5, key="k", priority="low")
+    await pq.send_message({"kind": "high"}, key="k", priority="high")
+    async with scmq.transaction() as tx:
+        tx.send_message(pq.partition_for("k"), {"kind": "normal"})
+    assert (await pq.get_info()).message_count == 7
+    async with scmq.worker(**FAST, concurrency=1):
+        await wait_until(lambda: len(order) >= 8, what="all handled")
+    assert order[:2] == [("high", 1), ("normal", 1)]
+    assert levels[("high", 2)] == 2  # the retry kept its level
+    assert sorted(set(order)) == [("high", 1), ("high", 2), ("low", 1), ("normal", 1)]
