@@ -277,3 +277,31 @@ async def test_priorities_on_a_cluster(scmq: LeanMQ) -> None:
     assert order[:2] == [("high", 1), ("normal", 1)]
     assert levels[("high", 2)] == 2  # the retry kept its level
     assert sorted(set(order)) == [("high", 1), ("high", 2), ("low", 1), ("normal", 1)]
+
+
+async def test_housekeeping_and_trim_cover_the_levels(mq: LeanMQ, raw: aioredis.Redis) -> None:
+    queue, _ = await mq.create_queue_pair("upkeep")
+
+    @queue.handler(visibility_timeout=0.1)
+    async def handle(data: Any) -> None:
+        pass
+
+    group = queue.consumer_group
+    await queue.send_messages([{}] * 2, priority="high")
+    high = queue.keys.at(2).stream
+    found, _ = await mq.store.claim_new(queue.keys.levels(), group, "dead-empty", 1)
+    await raw.xack(high, group, found[0][1][0][0])
+    await mq.store.claim_new(queue.keys.levels(), group, "dead-holding", 1)
+    worker = mq.worker(dead_consumer_idle=0.2, retention=0.0)
+
+    async def names() -> set[str]:
+        return {c["name"].decode() for c in await raw.xinfo_consumers(high, group)}
+
+    async def swept() -> bool:
+        await worker.maintenance.housekeeping_once()
+        return await names() == {"dead-holding"}
+
+    await wait_until(swept, within=10, interval=0.2, what="idle consumers of a level removed")
+    # Retention 0: the acknowledged entry of the level is trimmed, the pending one kept.
+    assert await worker.maintenance.trim_once() == 1
+    assert await raw.xlen(high) == 1

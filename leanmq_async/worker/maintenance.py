@@ -225,10 +225,23 @@ class Maintenance:
         await self.store.sync_clock()
         for stream, groups in self.groups.items():
             idle_limit = max(self.settings.dead_consumer_idle, 10 * self.lease_ms[stream] / 1000)
+            # Each priority level in use has consumers of its own (see priority.py).
+            levels = [k.stream for k in await self.levels(self.queues[stream])]
             for group in groups:
-                for consumer in await self.store.consumers(stream, group):
-                    if consumer["pending"] or consumer["idle"] < idle_limit * 1000:
-                        continue
-                    name = consumer["name"].decode()
-                    if await self.store.delete_consumer_if_idle(stream, group, name):
-                        self.log.info("consumer_removed", consumer=name, group=group)
+                for level_stream in levels:
+                    await self._remove_idle(level_stream, group, idle_limit)
+
+    async def _remove_idle(self, stream: str, group: str, idle_limit: float) -> None:
+        try:
+            consumers = await self.store.consumers(stream, group)
+        except RedisOperationError as exc:
+            gone = "NOGROUP" in str(exc) or "no such key" in str(exc)
+            if gone and stream not in self.queues:
+                return  # a priority level's stream this group has not read yet, or none
+            raise
+        for consumer in consumers:
+            if consumer["pending"] or consumer["idle"] < idle_limit * 1000:
+                continue
+            name = consumer["name"].decode()
+            if await self.store.delete_consumer_if_idle(stream, group, name):
+                self.log.info("consumer_removed", consumer=name, group=group)
