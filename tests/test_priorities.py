@@ -8,7 +8,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from leanmq_async import ConfigurationError, LeanMQ, Message
+from leanmq_async import ConfigurationError, InvalidMessageIdError, LeanMQ, Message
 from leanmq_async.priority import GUARD_EVERY, Priority, level_of, split_id
 from tests.cluster_fixtures import scmq, small_cluster
 from tests.worker_apps.common import settled, wait_until
@@ -305,3 +305,11 @@ async def test_housekeeping_and_trim_cover_the_levels(mq: LeanMQ, raw: aioredis.
     # Retention 0: the acknowledged entry of the level is trimmed, the pending one kept.
     assert await worker.maintenance.trim_once() == 1
     assert await raw.xlen(high) == 1
+
+
+async def test_the_queue_api_says_level_ids_are_for_workers(mq: LeanMQ) -> None:
+    queue, _ = await mq.create_queue_pair("api")
+    sid = await queue.send_message({}, priority="high")
+    with pytest.raises(InvalidMessageIdError, match="priority level"):
+        await queue.acknowledge_messages([sid])
+    assert await queue.get_messages(1) == []  # get_messages reads the normal level only
