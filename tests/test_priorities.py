@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -10,8 +12,9 @@ import redis.asyncio as aioredis
 
 from leanmq_async import ConfigurationError, InvalidMessageIdError, LeanMQ, Message
 from leanmq_async.priority import GUARD_EVERY, Priority, level_of, split_id
+from leanmq_async.testing import RedisServer
 from tests.cluster_fixtures import scmq, small_cluster
-from tests.worker_apps.common import settled, wait_until
+from tests.worker_apps.common import app_env, log_tail, settled, start_app, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -313,3 +316,68 @@ async def test_the_queue_api_says_level_ids_are_for_workers(mq: LeanMQ) -> None:
     with pytest.raises(InvalidMessageIdError, match="priority level"):
         await queue.acknowledge_messages([sid])
     assert await queue.get_messages(1) == []  # get_messages reads the normal level only
+
+
+async def test_a_deleted_main_stream_is_created_again_in_priority_mode(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    queue = mq.queue("reborn")
+    seen: list[int] = []
+
+    @queue.handler
+    async def handle(msg: Message[dict[str, Any]]) -> None:
+        seen.append(split_id(msg.id)[1])
+
+    await mq.create_queue_pair("reborn")
+    await queue.send_message({}, priority="high")
+    async with mq.worker(**FAST):
+        await wait_until(lambda: seen == [2], what="the high one")
+        await raw.delete(queue.stream)  # the main stream and its group are gone
+        await wait_until(lambda: raw.exists(queue.stream), what="the queue created again")
+        await queue.send_message({})
+        await queue.send_message({}, priority="low")
+        await wait_until(lambda: len(seen) == 3, what="both handled")
+    assert sorted(seen) == [0, 1, 2]
+
+
+async def test_two_worker_processes_take_the_high_ones_first(
+    redis_server: RedisServer, mq: LeanMQ, raw: aioredis.Redis, prefix: str, tmp_path: Path
+) -> None:
+    """Two worker processes (concurrency 1 each) on 40 low then 10 high messages sent
+    while none ran: the ten high ones are the first ten started, across both."""
+    queue, _ = await mq.create_queue_pair("work")
+    ledger = f"{prefix}ledger"
+    await queue.send_messages(list(range(40)), priority="low")
+    await queue.send_messages(list(range(100, 110)), priority="high")
+    procs, logs = [], []
+    for name in ("a", "b"):
+        env = app_env(
+            redis_server.url,
+            prefix,
+            APP_CONSUMER=f"worker-{name}",
+            APP_LEDGER=ledger,
+            APP_CONCURRENCY=1,
+            APP_SLEEP=0.05,
+        )
+        logs.append(tmp_path / f"worker-{name}.log")
+        procs.append(start_app("slow_ledger", env, logs[-1]))
+    try:
+        await wait_until(lambda: _llen_at_least(raw, ledger, 50), within=60, what="all 50 handled")
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                await anyio.to_thread.run_sync(proc.wait, 10)
+            except Exception:
+                proc.kill()
+                proc.wait()
+    done = [int(x) for x in await raw.lrange(ledger, 0, -1)]
+    assert sorted(done) == [*range(40), *range(100, 110)], [log_tail(p) for p in logs]
+    # Finish order: a process's last high one may end just after the other's first low.
+    assert set(done[:9]) <= set(range(100, 110)), done
+    assert set(range(100, 110)) <= set(done[:11]), done
+
+
+async def _llen_at_least(raw: aioredis.Redis, key: str, n: int) -> bool:
+    return int(await raw.llen(key)) >= n
