@@ -333,7 +333,11 @@ async def test_a_deleted_main_stream_is_created_again_in_priority_mode(
     async with mq.worker(**FAST):
         await wait_until(lambda: seen == [2], what="the high one")
         await raw.delete(queue.stream)  # the main stream and its group are gone
-        await wait_until(lambda: raw.exists(queue.stream), what="the queue created again")
+
+        async def recreated() -> bool:
+            return bool(await raw.exists(queue.stream))
+
+        await wait_until(recreated, what="the queue created again")
         await queue.send_message({})
         await queue.send_message({}, priority="low")
         await wait_until(lambda: len(seen) == 3, what="both handled")
