@@ -385,3 +385,18 @@ async def test_two_worker_processes_take_the_high_ones_first(
 
 async def _llen_at_least(raw: aioredis.Redis, key: str, n: int) -> bool:
     return int(await raw.llen(key)) >= n
+
+
+async def test_stats_count_every_level(mq: LeanMQ) -> None:
+    from leanmq_async.ops.stats import collect_stats
+
+    queue, _ = await mq.create_queue_pair("counted")
+    await queue.send_messages([{}] * 2)
+    await queue.send_messages([{}] * 3, priority="high")
+    await queue.send_message({}, priority="low", delay=60)
+    await mq.store.claim_new(queue.keys.levels(), queue.consumer_group, "c", 4)
+    stats = await collect_stats(mq, ["counted"])
+    (q,) = stats.queues
+    (g,) = q.groups
+    assert (q.length, q.delayed, g.pending, g.lag, g.backlog) == (5, 1, 4, 1, 5)
+    assert stats.round_trips == 1
