@@ -400,3 +400,37 @@ async def test_stats_count_every_level(mq: LeanMQ) -> None:
     (g,) = q.groups
     assert (q.length, q.delayed, g.pending, g.lag, g.backlog) == (5, 1, 4, 1, 5)
     assert stats.round_trips == 1
+
+
+async def test_a_long_high_priority_handler_keeps_its_lease(
+    redis_server: RedisServer, mq: LeanMQ, raw: aioredis.Redis, prefix: str
+) -> None:
+    lease = 0.5
+    runs: dict[str, int] = {}
+    workers = []
+    async with (
+        LeanMQ(redis_server.url, prefix=prefix, consumer_name="w1") as mq1,
+        LeanMQ(redis_server.url, prefix=prefix, consumer_name="w2") as mq2,
+    ):
+        for client in (mq1, mq2):
+
+            @client.queue("long").handler(concurrency=3, visibility_timeout=lease)
+            async def handle(message: Message[int]) -> None:
+                runs[message.id] = runs.get(message.id, 0) + 1
+                await anyio.sleep(3 * lease)
+
+        queue, _ = await mq.create_queue_pair("long")
+        ids = await queue.send_messages(list(range(3)), priority="high")
+        ids += await queue.send_messages(list(range(3)), priority="low")
+        async with mq1.worker(**FAST) as w1, mq2.worker(**FAST) as w2:
+            workers = [w1, w2]
+            await wait_until(lambda: sum(runs.values()) == 6, what="six started")
+            for level in (0, 2):
+                stream = queue.keys.at(level).stream
+                await wait_until(
+                    lambda s=stream: settled(raw, s, queue.consumer_group),  # type: ignore[misc]
+                    within=15,
+                    what="all acked",
+                )
+    assert runs == dict.fromkeys(ids, 1)
+    assert [w.stats.reclaimed for w in workers] == [0, 0]
