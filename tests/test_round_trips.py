@@ -32,6 +32,8 @@ for the number of network round trips, by counting the packed writes redis-py se
     worker, queue without priorities  XREADGROUP as above, never XREAD or claim.lua; one
                                     EXISTS (are priority levels in use?) per LEVEL_CHECK
                                     from the fetcher and the upkeep each
+    worker, queue with priorities   one EVALSHA of claim.lua per read, the acks of handled
+                                    messages in the same write (no SCRIPT EXISTS before it)
 """
 
 from __future__ import annotations
@@ -306,3 +308,42 @@ async def test_a_queue_never_using_priorities_is_read_as_before(
         sent.count(b"EXISTS"),
         seconds,
     )
+
+
+async def test_a_worker_reading_priority_levels_sends_acks_with_its_claim(
+    pmq: LeanMQ, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With priorities in use a read is one EVALSHA of claim.lua: the acks of handled
+    # messages ride with it (one write), and no SCRIPT EXISTS precedes it.
+    writes: list[list[bytes]] = []
+    original = AbstractConnection.send_packed_command
+
+    async def recording(conn: AbstractConnection, command: Any, *args: Any, **kw: Any) -> None:
+        chunks = [command] if isinstance(command, bytes | str) else list(command)
+        data = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+        names = (b"XACK", b"EVALSHA", b"SCRIPT", b"EXISTS", b"XREADGROUP")
+        writes.append([n for n in names if b"$%d\r\n%s\r\n" % (len(n), n) in data])
+        await original(conn, command, *args, **kw)
+
+    handled: list[int] = []
+    handled_one = anyio.Event()
+
+    @queue.handler
+    async def handle(n: int) -> None:
+        handled.append(n)
+        handled_one.set()
+
+    await queue.send_message(-1, priority="high")  # priorities in use from the start
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", recording)
+    with anyio.fail_after(20):
+        async with pmq.worker(block_ms=1000):
+            for n in range(10):
+                await queue.send_message(n, priority="high")
+                while n not in handled:
+                    await handled_one.wait()
+                    handled_one = anyio.Event()
+                await anyio.sleep(0.01)
+    with_claim = sum(1 for w in writes if w == [b"XACK", b"EVALSHA"])
+    assert with_claim >= 9, writes
+    assert not any(b"XREADGROUP" in w for w in writes)
+    assert not any(b"SCRIPT" in w and b"EXISTS" in w for w in writes)  # no SCRIPT EXISTS

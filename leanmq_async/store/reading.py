@@ -141,11 +141,22 @@ class Reading(StoreBase):
                     await self.client.xack(stream, group, *ids)
                 reply = await self.scripts.claim(keys=streams, args=args)
             elif acks:
+                # EVALSHA itself, not the script object: redis-py would send SCRIPT EXISTS
+                # before every pipeline that runs a script (a round trip of its own).
+                script = self.scripts.claim
                 async with self.client.pipeline(transaction=False) as pipe:
                     for stream, ids in acks:
                         pipe.xack(stream, group, *ids)
-                    await self.scripts.claim(keys=streams, args=args, client=pipe)
-                    reply = (await pipe.execute())[-1]
+                    pipe.evalsha(script.sha, len(streams), *streams, *args)
+                    *acked, reply = await pipe.execute(raise_on_error=False)
+                for r in acked:
+                    if isinstance(r, Exception):
+                        raise r
+                if isinstance(reply, redis_errors.NoScriptError):
+                    # Redis lost its scripts (restarted): the acks went; claim again.
+                    reply = await script(keys=streams, args=args)
+                elif isinstance(reply, Exception):
+                    raise reply
             else:
                 reply = await self.scripts.claim(keys=streams, args=args)
         claimed = parse_claim(reply, len(streams))
