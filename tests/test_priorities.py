@@ -434,3 +434,24 @@ async def test_a_long_high_priority_handler_keeps_its_lease(
                 )
     assert runs == dict.fromkeys(ids, 1)
     assert [w.stats.reclaimed for w in workers] == [0, 0]
+
+
+async def test_a_worker_drains_priority_levels_on_a_full_redis() -> None:
+    """Under ``noeviction`` at maxmemory Redis refuses writes that grow memory; the claim
+    script's XREADGROUP is not one of them, so reading goes on (handling frees memory)."""
+    with RedisServer(args=["--maxmemory-policy", "noeviction"]) as server:
+        async with LeanMQ(server.url, prefix="full:") as mq:
+            queue, _ = await mq.create_queue_pair("big")
+            await queue.send_messages(["x" * 2000] * 100, priority="high")
+            await queue.send_messages(["x" * 2000] * 100, priority="low")
+            info = await mq.redis.info("memory")
+            await mq.redis.config_set("maxmemory", int(info["used_memory"]) - 100_000)
+            handled = 0
+
+            @queue.handler
+            async def handle(data: str) -> None:
+                nonlocal handled
+                handled += 1
+
+            async with mq.worker(block_ms=100, expire_interval=0.1, startup_timeout=1):
+                await wait_until(lambda: handled == 200, within=60, what="all handled")
