@@ -221,6 +221,7 @@ class Queue(Generic[PayloadT]):
         delay: float | None = None,
         headers: Mapping[str, str] | None = None,
         durability: Durability | None = None,
+        priority: int | str | None = None,
     ) -> Any:
         """Send ``data`` and wait for its handler's return value (request/response).
 
@@ -235,7 +236,13 @@ class Queue(Generic[PayloadT]):
 
         async def send(mid: str) -> str:
             return await self.send_message(
-                data, mid, ttl, delay=delay, headers=headers, durability=durability
+                data,
+                mid,
+                ttl,
+                delay=delay,
+                headers=headers,
+                durability=durability,
+                priority=priority,
             )
 
         self._require_main("call()")

@@ -10,7 +10,14 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from leanmq_async import ConfigurationError, InvalidMessageIdError, LeanMQ, Message
+from leanmq_async import (
+    ConfigurationError,
+    DeadLetteredError,
+    InvalidMessageIdError,
+    LeanMQ,
+    Message,
+    Reject,
+)
 from leanmq_async.priority import GUARD_EVERY, Priority, level_of, split_id
 from leanmq_async.testing import RedisServer
 from tests.cluster_fixtures import scmq, small_cluster
@@ -455,3 +462,24 @@ async def test_a_worker_drains_priority_levels_on_a_full_redis() -> None:
 
             async with mq.worker(block_ms=100, expire_interval=0.1, startup_timeout=1):
                 await wait_until(lambda: handled == 200, within=60, what="all handled")
+
+
+async def test_call_with_a_priority(mq: LeanMQ) -> None:
+    queue = mq.queue("rpc")
+
+    @queue.handler(result_ttl=60)
+    async def double(msg: Message[int]) -> list[int]:
+        return [msg.data * 2, split_id(msg.id)[1]]
+
+    @mq.queue("rpc-no").handler(result_ttl=60)
+    async def refuse(data: int) -> None:
+        raise Reject("no")
+
+    await mq.create_queue_pair("rpc")
+    await mq.create_queue_pair("rpc-no")
+    async with mq.worker(**FAST):
+        assert await queue.call(21, priority="high", timeout=10) == [42, 2]
+        with pytest.raises(DeadLetteredError, match="no"):
+            await mq.queue("rpc-no").call(1, priority="low", timeout=10)
+    (dead,) = await mq.queue("rpc-no").dead_letter_queue().peek_messages()
+    assert dead.dead_letter is not None and dead.dead_letter.reason == "no"
