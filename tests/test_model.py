@@ -578,7 +578,8 @@ class PriorityMachine(RuleBasedStateMachine):
     (``Store.claim_new``, the worker's read) must return what :meth:`Model.claim` says, in
     its order: highest level first, or lowest first (the starvation guard). Retries keep
     their level; delays move back into it; reclaim, the expiry pass, the DLQ work per
-    level; at teardown every (message, group) has exactly one outcome.
+    level, and a requeued dead letter goes back to its level; at teardown every
+    (message, group) has exactly one outcome.
     """
 
     url = ""
@@ -712,6 +713,15 @@ class PriorityMachine(RuleBasedStateMachine):
             assert raw_sid.decode() == e.sid
             self._triage(level, group, rescuer, e)
 
+    @precondition(lambda self: any(self.model.queues[n].dlq for n in LEVEL_NAMES.values()))
+    @rule(pick=st.integers(0, 50))
+    def requeue(self, pick: int) -> None:
+        """A dead letter goes back to the level it came from (its ``dlq.id`` names it)."""
+        dead = [(n, d) for n in LEVEL_NAMES.values() for d in self.model.queues[n].dlq]
+        name, d = dead[pick % len(dead)]
+        n = self.run(self.queue.dead_letter_queue().requeue_messages([d.sid]))
+        assert n == self.model.requeue(name, d)
+
     @rule(step=st.sampled_from([10, 20, 30, 60]))
     def time_passes(self, step: int) -> None:
         self.model.now += step * S
@@ -755,13 +765,17 @@ class PriorityMachine(RuleBasedStateMachine):
                     s: c for s, c in mine.items() if not s.startswith("gone-")
                 }
             want_dlq.update((d.k, d.group, d.reason) for d in qm.dlq)
-        real_dlq: Counter[tuple[int | None, str, str]] = Counter()
-        for _, fields in await client.xrange(self.queue.keys.dlq):
+        free: dict[tuple[int | None, str, str], list[str]] = {}
+        for sid, fields in await client.xrange(self.queue.keys.dlq):
             info = dead_letter_info(fields)
             assert info is not None
             reason = "expired" if info.reason.startswith("expired") else info.reason
-            real_dlq[(_k_of(fields)[0], info.group, reason)] += 1
+            free.setdefault((_k_of(fields)[0], info.group, reason), []).append(sid.decode())
+        real_dlq = Counter({key: len(v) for key, v in free.items()})
         assert real_dlq == want_dlq, f"dlq: redis {real_dlq}, model {want_dlq}"
+        for name in LEVEL_NAMES.values():  # bind the model's dead letters to DLQ ids
+            for d in self.model.queues[name].dlq:
+                d.sid = free[(d.k, d.group, d.reason)].pop(0)
         assert all(n == 1 for n in self.handled.values()), "handled twice"
 
     def _drain(self) -> None:

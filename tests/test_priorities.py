@@ -483,3 +483,33 @@ async def test_call_with_a_priority(mq: LeanMQ) -> None:
             await mq.queue("rpc-no").call(1, priority="low", timeout=10)
     (dead,) = await mq.queue("rpc-no").dead_letter_queue().peek_messages()
     assert dead.dead_letter is not None and dead.dead_letter.reason == "no"
+
+
+async def test_requeue_puts_a_message_back_at_its_level(mq: LeanMQ, raw: aioredis.Redis) -> None:
+    queue = mq.queue("back")
+    order: list[tuple[int, int]] = []
+    fail = True
+
+    @queue.handler(concurrency=1)
+    async def handle(msg: Message[int]) -> None:
+        if fail:
+            raise Reject("not now")
+        order.append((msg.data, split_id(msg.id)[1]))
+
+    await mq.create_queue_pair("back")
+    await queue.send_message(1, priority="low")
+    await queue.send_message(2, priority="high")
+    await queue.send_message(3)
+    dlq = queue.dead_letter_queue()
+    async with mq.worker(**FAST):
+        await wait_until(lambda: _llen_is(raw, dlq.stream, 3), what="all three dead-lettered")
+    fail = False
+    dead = await dlq.peek_messages()
+    assert await dlq.requeue_messages([m.id for m in dead]) == 3
+    async with mq.worker(**FAST):
+        await wait_until(lambda: len(order) == 3, what="requeued ones handled")
+    assert order == [(2, 2), (3, 1), (1, 0)]
+
+
+async def _llen_is(raw: aioredis.Redis, stream: str, n: int) -> bool:
+    return int(await raw.xlen(stream)) == n

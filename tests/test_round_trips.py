@@ -18,7 +18,7 @@ for the number of network round trips, by counting the packed writes redis-py se
                                     delayed message is due, then blocks until then.
     move_to_dlq(100 ids)            1 round trip: EVALSHA 1 (inside: TYPE 2, TIME 1, XRANGE 100,
                                     XPENDING 100, XADD 100, XACK 100)
-    dlq.requeue_messages(100 ids)   1 round trip: EVALSHA 1 (inside: TYPE 2, XRANGE 100, XADD 100,
+    dlq.requeue_messages(100 ids)   1 round trip: EVALSHA 1 (inside: TYPE 4, XRANGE 100, XADD 100,
                                     XACK 100, XDEL 100)
     acknowledge_messages(100 ids)   1 round trip: XACK 1
     delete_messages(100 ids)        1 round trip: MULTI, XACK, XDEL, ZREM, EXEC
@@ -200,7 +200,7 @@ async def test_requeue_100_is_one_evalsha(meter: Meter, queue: Queue) -> None:
     assert trips == 1
     assert calls == {
         "evalsha": 1,
-        "type": 2,
+        "type": 4,  # the DLQ, the stream, and the two priority levels' streams
         "xrange": 100,
         "xadd": 100,
         "xack": 100,
