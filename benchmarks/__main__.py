@@ -12,6 +12,7 @@ leanmq_async with a plain-Redis ceiling and with sync LeanMQ 0.2 measured in the
 8.   consumer RSS over a long drain          (``benchmarks/memory.py``)
 10.  periodic jobs: tick script, worker CPU  (``benchmarks/cron.py``)
 11.  cancellation: cost per message, stop    (``benchmarks/cancel.py``)
+12.  drain with 3 priority levels vs plain   (``benchmarks/priorities.py``)
 
 Results go to ``benchmarks/results/latest.json`` (and ``latest.png`` when matplotlib is
 installed). The default run takes about 5 minutes on 2 cores; ``--quick`` about 1.
@@ -23,7 +24,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks import cancel, cost, cron, drain, enqueue, failures, latency, memory, processes
+from benchmarks import (
+    cancel,
+    cost,
+    cron,
+    drain,
+    enqueue,
+    failures,
+    latency,
+    memory,
+    priorities,
+    processes,
+)
 from benchmarks._common import (
     environment,
     parse_args,
@@ -43,6 +55,7 @@ SECTIONS = {
     "memory": memory,
     "cron": cron,
     "cancel": cancel,
+    "priorities": priorities,
 }
 
 

@@ -32,6 +32,7 @@ from leanmq_async.exceptions import (
 )
 from leanmq_async.message import CancelOutcome, DeadLetterInfo, DeadLetterResult, Message, QueueInfo
 from leanmq_async.partition import PartitionedQueue
+from leanmq_async.priority import Priority
 from leanmq_async.queue import Queue
 from leanmq_async.transaction import Transaction
 from leanmq_async.webhook import LeanMQWebhook
@@ -60,6 +61,7 @@ __all__ = [
     "NotReplicatedError",
     "PartialSendError",
     "PartitionedQueue",
+    "Priority",
     "Queue",
     "QueueError",
     "QueueInfo",

@@ -362,7 +362,7 @@ class LeanMQ:
             await log_legacy_queues(self, self.log)
         # --- end migration from LeanMQ 0.2 ---
         queues = [self._queue_object(b, dlq) for b in bases for dlq in (False, True)]
-        infos = await self.store.stream_infos([(q.stream, q.keys) for q in queues])
+        infos = await self.store.stream_infos([(q.stream, q.keys) for q in queues], levels=True)
         return [
             info_from(q, info)
             for q, info in zip(queues, infos, strict=True)

@@ -22,11 +22,14 @@ async def expire_everywhere(mq: LeanMQ, policy: str, limit: int) -> int:
     total = 0
     for base in await mq.store.registered_queues(mq.prefix):
         queue = mq._queue_object(base, False)
-        while True:
-            result = await mq.store.expire(queue.keys, queue.name, policy, limit)
-            total += result.removed
-            if result.scanned < limit or not result.left:
-                break
+        # Each priority level in use has its own expiry index (see priority.py).
+        in_use = await mq.store.levels_in_use(queue.keys)
+        for keys in queue.keys.levels() if in_use else (queue.keys,):
+            while True:
+                result = await mq.store.expire(keys, queue.name, policy, limit)
+                total += result.removed
+                if result.scanned < limit or not result.left:
+                    break
     if total:
         mq.log.info("expired", count=total)
     return total

@@ -13,6 +13,10 @@ All keys of one queue share one Redis Cluster hash tag, the queue name in braces
     {prefix}{orders}:cancelled        ZSET  stream id -> end of its cancel marker (ms; cancel.lua)
     {prefix}{orders}:result:<message_id>  STRING  a handler's result (expires; see results.py)
     {prefix}{cron.<job>}:cron         HASH  a periodic job's state (queue cron.<job>; see cron.py)
+    {prefix}{orders}:p0 / :p2         the stream of priority level 0 (low) / 2 (high), each with
+                                      its own :delayed, :delayed:data and :expiry keys
+                                      (``{prefix}{orders}:p2:delayed`` ...); level 1, the
+                                      default, is the main stream (see :mod:`priority`)
     {prefix}{}:registry               SET   names of the queues created with this prefix
 
 and two pub/sub channels per prefix: ``{prefix}results``, announcing stored results, and
@@ -46,7 +50,9 @@ from dataclasses import dataclass
 from leanmq_async.exceptions import ConfigurationError
 
 __all__ = [
+    "DEFAULT_LEVEL",
     "DLQ_SUFFIX",
+    "LEVELS",
     "QueueKeys",
     "cancel_channel",
     "default_group",
@@ -59,6 +65,11 @@ __all__ = [
 ]
 
 DLQ_SUFFIX = ":dlq"
+
+LEVELS = (0, 1, 2)
+"""The priority levels, lowest first (see :mod:`leanmq_async.priority`)."""
+DEFAULT_LEVEL = 1
+"""The level of a message sent without ``priority``: the queue's main stream."""
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-/#@]+$")
 
@@ -102,14 +113,29 @@ class QueueKeys:
 
     prefix: str
     base: str
+    level: int = DEFAULT_LEVEL
+    """The priority level whose stream, delayed and expiry keys these are (the others are
+    the queue's, whatever the level)."""
 
     @property
     def tag(self) -> str:
         return f"{self.prefix}{{{self.base}}}"
 
     @property
+    def _level_tag(self) -> str:
+        return self.tag if self.level == DEFAULT_LEVEL else f"{self.tag}:p{self.level}"
+
+    def at(self, level: int) -> QueueKeys:
+        """The keys of priority level ``level`` of this queue."""
+        return self if level == self.level else QueueKeys(self.prefix, self.base, level)
+
+    def levels(self) -> tuple[QueueKeys, ...]:
+        """The keys of every level, highest first."""
+        return tuple(self.at(level) for level in reversed(LEVELS))
+
+    @property
     def stream(self) -> str:
-        return self.tag
+        return self._level_tag
 
     @property
     def dlq(self) -> str:
@@ -117,15 +143,15 @@ class QueueKeys:
 
     @property
     def delayed(self) -> str:
-        return f"{self.tag}:delayed"
+        return f"{self._level_tag}:delayed"
 
     @property
     def delayed_data(self) -> str:
-        return f"{self.tag}:delayed:data"
+        return f"{self._level_tag}:delayed:data"
 
     @property
     def expiry(self) -> str:
-        return f"{self.tag}:expiry"
+        return f"{self._level_tag}:expiry"
 
     @property
     def dlq_expiry(self) -> str:
@@ -162,19 +188,26 @@ class QueueKeys:
         return f"{self.tag}:result:{message_id}"
 
     def all(self) -> tuple[str, ...]:
-        """Every key of the pair, for deletion."""
+        """Every key of the pair (every priority level's included), for deletion."""
+        levels = [k for lv in self.levels() if lv.level != DEFAULT_LEVEL for k in lv.level_keys()]
+        main = self.at(DEFAULT_LEVEL)
         return (
-            self.stream,
+            main.stream,
             self.dlq,
-            self.delayed,
-            self.delayed_data,
-            self.expiry,
+            main.delayed,
+            main.delayed_data,
+            main.expiry,
             self.meta,
             self.dedup,
             self.dedup_until,
             self.cron,
             self.cancelled,
+            *levels,
         )
+
+    def level_keys(self) -> tuple[str, ...]:
+        """The keys of this level alone: stream, delayed, delayed data, expiry."""
+        return (self.stream, self.delayed, self.delayed_data, self.expiry)
 
 
 def registry_key(prefix: str) -> str:

@@ -155,9 +155,10 @@ class PartitionedQueue:
         headers: Mapping[str, str] | None = None,
         durability: Durability | None = None,
         dedup_window: float | None = None,
+        priority: int | str | None = None,
     ) -> str:
         """Send one message to ``key``'s partition (without key: ``message_id``'s, else
-        round-robin); return its id.
+        round-robin); return its id. ``priority``: its level in that partition.
 
         The id is the partition stream's id (the schedule handle when ``delay`` is given).
         ``durability``: wait for replicas like this for this call (default: the client's).
@@ -173,6 +174,7 @@ class PartitionedQueue:
             headers=headers,
             durability=durability,
             dedup_window=dedup_window,
+            priority=priority,
         )
 
     def _route(self, key: str | bytes | None, message_id: str | None) -> Queue:
@@ -237,8 +239,9 @@ class PartitionedQueue:
         durability: Durability | None = None,
         message_ids: Sequence[str | None] | None = None,
         dedup_window: float | None = None,
+        priority: int | str | None = None,
     ) -> list[str]:
-        """Send many messages; return their ids in the order of ``items``.
+        """Send many messages (at level ``priority``); return their ids in ``items``' order.
 
         ``key`` routes all of them to one partition (one atomic script call); ``keys``
         gives one key per item; without either an item with a ``message_ids`` entry goes
@@ -290,7 +293,7 @@ class PartitionedQueue:
                 await check_wait_support(self._mq.redis, waiting)
         # Encoded first: a payload the codec refuses stops the call before any write.
         ops = [
-            q._send_op(data, mid, ttl, delay, headers, dedup_window)[0]
+            q._send_op(data, mid, ttl, delay, headers, dedup_window, priority)[0]
             for q, data, mid in zip(targets, payloads, mids, strict=True)
         ]
         ids: list[str | None] = [None] * len(payloads)
@@ -343,7 +346,7 @@ class PartitionedQueue:
     async def partition_infos(self) -> list[QueueInfo]:
         """:class:`QueueInfo` of every partition, in index order (one pipelined call)."""
         parts = self._partitions
-        infos = await self._mq.store.stream_infos([(p.stream, p.keys) for p in parts])
+        infos = await self._mq.store.stream_infos([(p.stream, p.keys) for p in parts], levels=True)
         return [info_from(p, info) for p, info in zip(parts, infos, strict=True)]
 
     async def get_info(self) -> QueueInfo:

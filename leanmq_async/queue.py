@@ -13,6 +13,7 @@ from leanmq_async.exceptions import (
 from leanmq_async.idempotency import dedup_window_ms, per_item_ids
 from leanmq_async.keys import DLQ_SUFFIX, QueueKeys, cancel_channel, default_group
 from leanmq_async.message import CancelOutcome, DeadLetterResult, Message, QueueInfo
+from leanmq_async.priority import level_of
 from leanmq_async.queue_read import info_from, peek_messages, read_messages
 from leanmq_async.registration import (
     HandlerFunc,
@@ -114,8 +115,10 @@ class Queue(Generic[PayloadT]):
         delay: float | None,
         headers: Mapping[str, str] | None,
         dedup_window: float | None = None,
+        priority: int | str | None = None,
     ) -> tuple[SendOp, str]:
         self._require_main("sending")
+        keys = self.keys if priority is None else self.keys.at(level_of(priority))
         if self._mq.header_providers:
             headers = self._provided_headers(headers)
         codec = self._mq.codec
@@ -129,7 +132,7 @@ class Queue(Generic[PayloadT]):
             dedup_ms = dedup_window_ms(window)
         elif dedup_window is not None:
             dedup_window_ms(dedup_window)  # still refuse a bad value
-        op = SendOp(self.keys, codec.field, body, ttl_ms, delay_ms, member, mid, dedup_ms)
+        op = SendOp(keys, codec.field, body, ttl_ms, delay_ms, member, mid, dedup_ms)
         return op, mid
 
     def _provided_headers(self, headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -152,6 +155,7 @@ class Queue(Generic[PayloadT]):
         headers: Mapping[str, str] | None = None,
         durability: Durability | None = None,
         dedup_window: float | None = None,
+        priority: int | str | None = None,
     ) -> str:
         """Send one message; return its stream id.
 
@@ -161,11 +165,13 @@ class Queue(Generic[PayloadT]):
         ``message_id``: a send of an id sent to this queue less than ``dedup_window``
         seconds ago (default: the client's, 300) writes nothing and returns the first
         send's id, so retrying a failed send with the same id is safe; 0: no dedup.
+        ``priority``: 0/"low", 1/"normal" (default) or 2/"high" (:class:`Priority`): a
+        worker takes higher levels first (see README "Priorities").
         """
-        op, _ = self._send_op(data, message_id, ttl, delay, headers, dedup_window)
+        op, _ = self._send_op(data, message_id, ttl, delay, headers, dedup_window, priority)
         if durability is not None:
             durability.check(self._mq.connection_settings)
-        if not op.ttl_ms and not op.delay_ms and not op.dedup_ms:
+        if not op.ttl_ms and not op.delay_ms and not op.dedup_ms and op.keys is self.keys:
             return await self._mq.store.xadd(self.stream, op.field, op.body, durability)
         (sid,) = await self._mq.store.send([op], durability)
         return sid
@@ -180,10 +186,12 @@ class Queue(Generic[PayloadT]):
         durability: Durability | None = None,
         message_ids: Sequence[str | None] | None = None,
         dedup_window: float | None = None,
+        priority: int | str | None = None,
     ) -> list[str]:
         """Send many messages in one round trip, atomically; return their stream ids.
 
         ``durability``: wait for replicas like this for this call (default: the client's).
+        ``priority``: the level of every message, as ``send_message``'s.
         ``message_ids``: one per item (None: generated), deduplicated like
         ``send_message``'s (an id twice in one call: the second returns the first's id).
         """
@@ -195,7 +203,7 @@ class Queue(Generic[PayloadT]):
         payloads = list(items)
         mids = per_item_ids(message_ids, len(payloads))
         ops = [
-            self._send_op(data, mid, ttl, delay, headers, dedup_window)[0]
+            self._send_op(data, mid, ttl, delay, headers, dedup_window, priority)[0]
             for data, mid in zip(payloads, mids, strict=True)
         ]
         if not ops:
@@ -217,6 +225,7 @@ class Queue(Generic[PayloadT]):
         delay: float | None = None,
         headers: Mapping[str, str] | None = None,
         durability: Durability | None = None,
+        priority: int | str | None = None,
     ) -> Any:
         """Send ``data`` and wait for its handler's return value (request/response).
 
@@ -231,7 +240,13 @@ class Queue(Generic[PayloadT]):
 
         async def send(mid: str) -> str:
             return await self.send_message(
-                data, mid, ttl, delay=delay, headers=headers, durability=durability
+                data,
+                mid,
+                ttl,
+                delay=delay,
+                headers=headers,
+                durability=durability,
+                priority=priority,
             )
 
         self._require_main("call()")
@@ -368,12 +383,19 @@ class Queue(Generic[PayloadT]):
         return await self._mq.store.requeue(self.keys, self.consumer_group, ids)
 
     async def purge(self) -> int:
-        """Remove every message (a main queue's delayed ones too); return how many entries."""
-        return await self._mq.store.purge(self.keys, self.stream, include_delayed=not self.is_dlq)
+        """Remove every message (a main queue's delayed ones and priority levels too); return
+        how many entries."""
+        store = self._mq.store
+        n = await store.purge(self.keys, self.stream, include_delayed=not self.is_dlq)
+        if not self.is_dlq and await store.levels_in_use(self.keys):
+            for keys in self.keys.levels():
+                if keys.level != self.keys.level:
+                    n += await store.purge(keys, keys.stream, include_delayed=True)
+        return n
 
     async def get_info(self) -> QueueInfo:
         """Length, pending count, groups and creation time of this queue (one round trip)."""
-        (info,) = await self._mq.store.stream_infos([(self.stream, self.keys)])
+        (info,) = await self._mq.store.stream_infos([(self.stream, self.keys)], levels=True)
         return info_from(self, info)
 
     # -- worker --------------------------------------------------------------------------

@@ -177,7 +177,8 @@ async def peek_messages(queue: Queue[Any], count: int = 10, start: str = "-") ->
 
 
 def info_from(queue: Queue[Any], info: dict[str, Any]) -> QueueInfo:
-    """The :class:`QueueInfo` of ``queue`` from what the store read about its stream."""
+    """The :class:`QueueInfo` of ``queue`` from what the store read about its stream (and
+    its priority levels': their entries count in the message, pending and delayed counts)."""
     pending = 0
     names = []
     for group in info["groups"]:
@@ -185,6 +186,10 @@ def info_from(queue: Queue[Any], info: dict[str, Any]) -> QueueInfo:
         names.append(name)
         if name == queue.consumer_group:
             pending = int(group["pending"])
+    for groups in info.get("level_groups", ()):  # priority levels (see priority.py)
+        pending += sum(
+            int(g["pending"]) for g in groups if g["name"].decode() == queue.consumer_group
+        )
     created = info["meta"].get("created_at")
     return QueueInfo(
         name=queue.name,

@@ -15,9 +15,11 @@ from typing import Any, NamedTuple
 
 from leanmq_async.exceptions import LeanMQError
 from leanmq_async.message import CancelOutcome, DeadLetterResult
+from leanmq_async.priority import level_bid
 from leanmq_async.store_types import RawEntry
 
 __all__ = [
+    "ClaimResult",
     "CronTickResult",
     "ExpireReadStatus",
     "ExpireResult",
@@ -28,6 +30,7 @@ __all__ = [
     "ScriptReplyError",
     "SendReply",
     "parse_cancel",
+    "parse_claim",
     "parse_count",
     "parse_cron_tick",
     "parse_dead_letter",
@@ -152,6 +155,15 @@ class ReclaimResult:
     missing: list[bytes]
     next_start: str
 
+    def at_level(self, level: int) -> ReclaimResult:
+        """The same, its ids named with their priority level (see ``priority.py``)."""
+        return ReclaimResult(
+            [(level_bid(sid, level), fields) for sid, fields in self.entries],
+            {level_bid(sid, level): n for sid, n in self.deliveries.items()},
+            [level_bid(sid, level) for sid in self.missing],
+            self.next_start,
+        )
+
 
 def parse_reclaim(reply: Any) -> ReclaimResult:
     """reclaim.lua: ``{entries, counts, missing, next}``."""
@@ -170,6 +182,37 @@ def parse_reclaim(reply: Any) -> ReclaimResult:
     if not isinstance(nxt, bytes | str):
         raise _fail("reclaim", "the next start ('' or '(id')", nxt)
     return ReclaimResult(entries, deliveries, lost, text(nxt))
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """What one priority claim took (claim.lua).
+
+    ``entries``: per level stream, in the order the claim read them, the entries claimed;
+    ``last_ids``: when nothing was claimed, each stream's last id (where to wait from),
+    else empty.
+    """
+
+    entries: list[list[RawEntry]]
+    last_ids: list[str]
+
+
+def parse_claim(reply: Any, streams: int) -> ClaimResult:
+    """claim.lua: ``{entries of stream 1, ..., entries of stream k, last ids}``."""
+    expected = f"{streams} entry arrays and an array of last ids"
+    items = _array("claim", reply, expected, streams + 1)
+    per_stream: list[list[RawEntry]] = []
+    for raw in items[:streams]:
+        entries: list[RawEntry] = []
+        for entry in _array("claim", raw, "an array of {id, fields} entries"):
+            sid, fields = _array("claim", entry, "an entry {id, {field, value, ...}}", 2)
+            pairs = _pairs("claim", fields, "an entry's flat field list")
+            entries.append((_id("claim", sid), {_id("claim", k): v for k, v in pairs}))
+        per_stream.append(entries)
+    last = [text(i) for i in _array("claim", items[streams], "an array of last ids")]
+    if last and len(last) != streams:
+        raise _fail("claim", f"{streams} last ids", items[streams])
+    return ClaimResult(per_stream, last)
 
 
 def parse_extend_leases(reply: Any) -> list[bytes]:

@@ -34,6 +34,7 @@ from leanmq_async.connection import translate_errors
 from leanmq_async.envelope import decode_entry, encode_model, payload_decoder
 from leanmq_async.exceptions import ConfigurationError, DeadLetteredError, MessageDecodeError
 from leanmq_async.keys import results_channel
+from leanmq_async.priority import split_id
 from leanmq_async.replies import parse_store_failure, parse_store_result
 from leanmq_async.result_hub import ResultHub
 from leanmq_async.store_types import SettleCall
@@ -123,8 +124,9 @@ async def store_result(
         )
         return False
     hub = _hub(queue.mq)
-    keys = [queue.stream, queue.keys.result(message_id)]
-    args: list[Any] = [settler.group, sid, record, to_ms(ttl, "result_ttl"), hub.channel]
+    raw, level = split_id(sid)  # an entry of a priority level: its own stream (priority.py)
+    keys = [queue.keys.at(level).stream, queue.keys.result(message_id)]
+    args: list[Any] = [settler.group, raw, record, to_ms(ttl, "result_ttl"), hub.channel]
     args.append(INLINE_MAX)
     # One call of the settler's batches: results stored together share a round trip.
     script = settler.store.scripts.store_result
@@ -169,7 +171,8 @@ def dead_letter_step(
         with translate_errors("move to DLQ"):
             async with client.pipeline(transaction=True) as pipe:
                 result_key = queue.keys.result(message_id)
-                pipe.eval(store_failure_text, 2, queue.stream, result_key, *store_args)
+                # call.keys[0]: the entry's stream (a priority level's, see priority.py).
+                pipe.eval(store_failure_text, 2, call.keys[0], result_key, *store_args)
                 pipe.eval(dead_letter_text, len(call.keys), *call.keys, *call.args)
                 stored, reply = await pipe.execute()
         parse_store_failure(stored)

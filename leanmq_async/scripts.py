@@ -56,6 +56,7 @@ class Scripts:
     store_failure: AsyncScript
     cron_tick: AsyncScript
     cancel: AsyncScript
+    claim: AsyncScript
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -60,15 +60,17 @@ class Transaction:
         delay: float | None = None,
         headers: Mapping[str, str] | None = None,
         dedup_window: float | None = None,
+        priority: int | str | None = None,
     ) -> str:
         """Add a send to the transaction; return the message id (the producer's id).
 
         An explicit ``message_id`` is deduplicated like ``Queue.send_message``'s: a
-        duplicate writes nothing and its stream id is the first send's.
+        duplicate writes nothing and its stream id is the first send's. ``priority``: the
+        message's level, as ``Queue.send_message``'s.
         """
         if self.committed:
             raise TransactionError("this transaction is already committed; start a new one")
-        op, mid = queue._send_op(data, message_id, ttl, delay, headers, dedup_window)
+        op, mid = queue._send_op(data, message_id, ttl, delay, headers, dedup_window, priority)
         if self._store.cluster and self._ops:
             check_one_slot([self._ops[0], op])
         self._ops.append(op)

@@ -12,6 +12,7 @@ from leanmq_async.exceptions import (
 )
 
 _STREAM_ID = re.compile(r"([0-9]+)-([0-9]+)")
+_LEVEL_ID = re.compile(r"[0-9]+-[0-9]+:p[0-9]")  # priority.level_id
 _MAX_ID_PART = 2**64 - 1
 
 
@@ -32,6 +33,12 @@ def validate_ids(ids: Iterable[str | bytes]) -> list[str]:
         if match is None or any(
             len(part) > 20 or int(part) > _MAX_ID_PART for part in match.groups()
         ):
+            if isinstance(sid, str) and _LEVEL_ID.fullmatch(sid):
+                raise InvalidMessageIdError(
+                    f"{mid!r} names a message of a priority level (':p0' low, ':p2' high): "
+                    "those are read and settled by workers; get_messages and the calls "
+                    "taking ids work on the normal level (see README 'Priorities')"
+                )
             raise InvalidMessageIdError(
                 f"{mid!r} is not a stream id like '1700000000000-0'; use Message.id "
                 "(not Message.message_id)"

@@ -209,7 +209,7 @@ class LeanMQWebhook:
 
         The path need not be registered here (the receiving service registers it); the
         message waits in its queue until a worker with a handler for it reads it.
-        ``send_kwargs`` go to ``send_message`` (``message_id``, ``ttl``, ``delay``,
+        ``send_kwargs`` go to ``send_message`` (``message_id``, ``ttl``, ``delay``, ``priority``,
         ``headers``); the ``webhook-path`` header is added.
         """
         normalized, name = self._resolve(path)

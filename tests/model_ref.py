@@ -15,6 +15,9 @@ that had not read it, and the entry is deleted; a retry a group scheduled of it,
 delayed: one for that group), or marks one some group holds pending (its
 handler runs). A marked entry is never retried (:meth:`Model.retry` answers 2); the worker
 dead-letters it with reason "cancelled" instead, and so does a group that reads it later.
+Priorities (issue 16): each level of a queue is a queue of the model of its own (the
+test names them ``p0``, ``p1``, ``p2``), sharing nothing but the DLQ; :meth:`Model.claim`
+reads them in priority order.
 
 Time is the model's clock in ms (the test sets ``Store.clock_shift_ms`` to it); every
 duration the test uses is 5 s off every multiple of 10 s while time moves in 10 s steps,
@@ -158,6 +161,28 @@ class Model:
                 good.append(e)
             if good:
                 return good
+
+    def claim(
+        self, qnames: list[str], g: str, consumer: str, count: int
+    ) -> list[tuple[str, Entry]]:
+        """The worker's priority read (``Store.claim_new``, ``lua/claim.lua``): the unread
+        entries of each level's queue in ``qnames``' order (highest priority first, or
+        lowest first for the starvation guard), ``count`` in all. Every one becomes pending
+        in ``g``, foreign copies and expired ones too: the worker settles those itself."""
+        out: list[tuple[str, Entry]] = []
+        for qname in qnames:
+            q = self.queues[qname]
+            raw = [e for s, e in q.stream.items() if s > q.cursor[g]][: count - len(out)]
+            if raw:
+                q.cursor[g] = raw[-1].seq
+            for e in raw:
+                q.pending[g][e.seq] = consumer
+                out.append((qname, e))
+        return out
+
+    def skip(self, qname: str, g: str, seq: int) -> int:
+        """The worker's ack of a copy aimed at another group: no outcome for ``g``."""
+        return 1 if self.queues[qname].pending[g].pop(seq, None) is not None else 0
 
     def ack(self, qname: str, g: str, seq: int) -> int:
         q = self.queues[qname]

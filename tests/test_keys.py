@@ -19,6 +19,8 @@ from leanmq_async.keys import (
 )
 from leanmq_async.testing import RedisServer
 
+LEVEL_KEYS = ("", ":delayed", ":delayed:data", ":expiry")
+
 
 def test_key_names() -> None:
     keys = QueueKeys("mq:", "orders")
@@ -44,7 +46,17 @@ def test_key_names() -> None:
         keys.dedup_until,
         keys.cron,
         keys.cancelled,
+        *(f"mq:{{orders}}:p{level}{k}" for level in (2, 0) for k in LEVEL_KEYS),
     )
+    high = keys.at(2)
+    assert (high.stream, high.delayed, high.expiry) == (
+        "mq:{orders}:p2",
+        "mq:{orders}:p2:delayed",
+        "mq:{orders}:p2:expiry",
+    )
+    assert (high.dlq, high.meta, high.dedup) == (keys.dlq, keys.meta, keys.dedup)
+    assert keys.at(1) is keys
+    assert {key_slot(k.encode()) for k in keys.all()} == {key_slot(b"mq:{orders}")}
     assert registry_key("mq:") == "mq:{}:registry"
     assert legacy_registry_key("mq:") == "mq:registry"  # LeanMQ 0.2's own key: read only
     assert default_group("orders") == "orders-group"
@@ -118,6 +130,9 @@ async def test_every_key_written_for_a_queue_shares_its_slot(
         (msg,) = await queue.get_messages()
         await queue.cancel(msg.id)  # a cancel marker
         await queue.move_to_dlq([msg.id], "test")
+        for level in ("low", "high"):  # each priority level's stream, delayed and expiry keys
+            await queue.send_message({"a": 3}, ttl=60, priority=level)
+            await queue.send_message({"a": 4}, delay=60, priority=level)
         written = [k.decode() async for k in raw.scan_iter(match=f"{prefix}*")]
     queue_keys = [k for k in written if k != registry_key(prefix)]
     keys = QueueKeys(prefix, "orders")

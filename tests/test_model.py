@@ -626,6 +626,265 @@ def test_delivery_semantics_model(
     assert min(cancels[o] for o in ("cancelled", "running", "finished", "not_found")) > 0, cancels
 
 
+# -- priorities (issue 16) -----------------------------------------------------------------
+
+PDEF = "p-group"
+PGROUPS = [PDEF, "B"]
+LEVEL_NAMES = {0: "p0", 1: "p1", 2: "p2"}
+
+
+class PriorityMachine(RuleBasedStateMachine):
+    """Priority sends and the worker's priority read on one queue, ``p``, with two groups.
+
+    Each level is a queue of the model (``p0``, ``p1``, ``p2``). A claim
+    (``Store.claim_new``, the worker's read) must return what :meth:`Model.claim` says, in
+    its order: highest level first, or lowest first (the starvation guard). Retries keep
+    their level; delays move back into it; reclaim, the expiry pass, the DLQ work per
+    level, and a requeued dead letter goes back to its level; at teardown every
+    (message, group) has exactly one outcome.
+    """
+
+    url = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runner = asyncio.Runner()
+        self.model = Model(dict.fromkeys(LEVEL_NAMES.values(), PGROUPS))
+        self.next_k = 0
+        self.deliveries: list[tuple[int, Delivery]] = []
+        self.handled: Counter[tuple[int, str]] = Counter()
+        self.mq = LeanMQ(self.url, prefix=f"p{uuid.uuid4().hex[:10]}:")
+        self.queue = self.runner.run(self._setup())
+
+    async def _setup(self) -> Queue:
+        q, _ = await self.mq.create_queue_pair("p")
+        await self.mq.store.ensure_groups([q.stream], ["B"])
+        return q
+
+    def run(self, coro: Any) -> Any:
+        return self.runner.run(coro)
+
+    def teardown(self) -> None:
+        try:
+            if sys.exc_info()[1] is None:
+                self._drain()
+        finally:
+            self.run(self.mq.aclose())
+            self.runner.close()
+
+    @rule(level=st.sampled_from([0, 1, 2]), n=st.integers(1, 3), ttl=TTLS, delay=DELAYS)
+    def send(self, level: int, n: int, ttl: int, delay: int) -> None:
+        if ttl and delay >= ttl:
+            delay = 0
+        ks = list(range(self.next_k + 1, self.next_k + n + 1))
+        self.next_k += n
+        ids = self.run(
+            self.queue.send_messages(
+                [{"k": k} for k in ks], ttl=ttl or None, delay=delay or None, priority=level
+            )
+        )
+        assert len(ids) == n
+        for k in ks:
+            assert self.model.send(LEVEL_NAMES[level], k, ttl * S, delay * S)
+
+    @rule(
+        group=st.sampled_from(PGROUPS),
+        consumer=st.sampled_from(CONSUMERS),
+        count=st.integers(1, 4),
+        guard=st.booleans(),
+    )
+    def claim(self, group: str, consumer: str, count: int, guard: bool) -> None:
+        order = list(self.queue.keys.levels())  # highest first
+        if guard:
+            order.reverse()
+        found, _ = self.run(self.mq.store.claim_new(order, group, consumer, count))
+        got = [(lv, _k_of(f)[0], sid.decode()) for lv, entries in found for sid, f in entries]
+        want = self.model.claim([LEVEL_NAMES[k.level] for k in order], group, consumer, count)
+        assert [(lv, k) for lv, k, _ in got] == [(int(n[1]), e.k) for n, e in want], (got, want)
+        for (level, _, sid), (_, e) in zip(got, want, strict=True):
+            e.sid = sid
+            self._triage(level, group, consumer, e)
+
+    def _triage(self, level: int, group: str, consumer: str, e: Entry) -> None:
+        """What the worker's executor does first: skip a foreign copy, expire a late one."""
+        store, keys, name = self.mq.store, self.queue.keys.at(level), LEVEL_NAMES[level]
+        if e.target not in (None, group):
+            assert self.run(store.ack(keys.stream, group, [e.sid])) == 1
+            assert self.model.skip(name, group, e.seq) == 1
+        elif e.x is not None and e.x <= self.model.now:
+            call = store.expire_read_call(keys, group, consumer, "p", "drop", e.sid, e.x)
+            (result,) = self.run(store.settle_many([call]))
+            assert result == 1, f"expire_read of {e.sid}: {result!r}"
+            self.model.queues[name].pending[group].pop(e.seq)
+            self.model.outcome[(name, e.k, group)] = EXPIRED
+        else:
+            self.deliveries.append((level, Delivery(name, group, consumer, e, e.sid)))
+
+    @precondition(lambda self: self.deliveries)
+    @rule(
+        i=st.integers(0, 50),
+        outcome=st.sampled_from(["success", "success", "failure", "reject"]),
+        delay=st.sampled_from([0, 5, 15]),
+    )
+    def handler(self, i: int, outcome: str, delay: int) -> None:
+        level, d = self.deliveries.pop(i % len(self.deliveries))
+        store, keys = self.mq.store, self.queue.keys.at(level)
+        if outcome == "success":
+            n = self.run(store.ack(keys.stream, d.group, [d.sid]))
+            assert n == self.model.ack(d.queue, d.group, d.entry.seq)
+            if n:
+                self.handled[(d.entry.k, d.group)] += 1
+            return
+        if outcome == "failure":
+            attempt = d.entry.attempts + 1
+            call = store.retry_call(keys, d.group, d.consumer, d.sid, delay * S, attempt)
+            expected = self.model.retry(d.queue, d.group, d.consumer, d.entry.seq, delay * S)
+        else:
+            item = (d.sid, "rejected", "Reject", "", d.entry.attempts + 1)
+            call = store.dead_letter_call(keys, d.group, d.consumer, "p", item)
+            expected = self.model.dead_letter(d.queue, d.group, d.consumer, d.entry.seq, "rejected")
+        (result,) = self.run(store.settle_many([call]))
+        assert result == expected, f"{outcome} of {d.sid} (level {level}): {result!r}"
+
+    @rule(level=st.sampled_from([0, 1, 2]))
+    def move_due(self, level: int) -> None:
+        moved, _ = self.run(self.mq.store.move_due(self.queue.keys.at(level)))
+        assert moved == self.model.move_due(LEVEL_NAMES[level])
+
+    @rule(policy=st.sampled_from(["drop", "dlq"]))
+    def expiry_pass(self, policy: str) -> None:
+        n = self.run(self.mq.process_expired_messages(policy=policy))
+        assert n == sum(self.model.expire(name, policy) for name in LEVEL_NAMES.values())
+
+    @rule(group=st.sampled_from(PGROUPS), dead=st.sampled_from(CONSUMERS), level=st.integers(0, 2))
+    def reclaim(self, group: str, dead: str, level: int) -> None:
+        """``dead`` died: another consumer claims what it held of ``level`` (min idle 0)."""
+        name, keys, rescuer = LEVEL_NAMES[level], self.queue.keys.at(level), f"r-{dead}"
+        self.deliveries = [
+            (lv, d)
+            for lv, d in self.deliveries
+            if (lv, d.group, d.consumer) != (level, group, dead)
+        ]
+        if not self.model.queues[name].pending[group]:
+            return  # the level's stream may not exist yet: nothing is pending in it
+        found = self.run(self.mq.store.reclaim(keys.stream, group, rescuer, 0, 1000, owner=dead))
+        claimed, missing = self.model.reclaim(name, group, dead, rescuer)
+        assert [_k_of(f)[0] for _, f in found.entries] == [e.k for e in claimed]
+        assert len(found.missing) == missing
+        for (raw_sid, _), e in zip(found.entries, claimed, strict=True):
+            assert raw_sid.decode() == e.sid
+            self._triage(level, group, rescuer, e)
+
+    @precondition(lambda self: any(self.model.queues[n].dlq for n in LEVEL_NAMES.values()))
+    @rule(pick=st.integers(0, 50))
+    def requeue(self, pick: int) -> None:
+        """A dead letter goes back to the level it came from (its ``dlq.id`` names it)."""
+        dead = [(n, d) for n in LEVEL_NAMES.values() for d in self.model.queues[n].dlq]
+        name, d = dead[pick % len(dead)]
+        n = self.run(self.queue.dead_letter_queue().requeue_messages([d.sid]))
+        assert n == self.model.requeue(name, d)
+
+    @rule(step=st.sampled_from([10, 20, 30, 60]))
+    def time_passes(self, step: int) -> None:
+        self.model.now += step * S
+        self.mq.store.clock_shift_ms = self.model.now
+
+    @invariant()
+    def redis_agrees_with_the_model(self) -> None:
+        self.run(self._check_state())
+
+    async def _check_state(self) -> None:
+        client: aioredis.Redis = self.mq.store.client
+        want_dlq: Counter[tuple[int | None, str, str]] = Counter()
+        for level, name in LEVEL_NAMES.items():
+            qm, keys = self.model.queues[name], self.queue.keys.at(level)
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.xrange(keys.stream)
+                pipe.zcard(keys.delayed)
+                pipe.zcard(keys.expiry)
+                for g in PGROUPS:
+                    pipe.xpending_range(keys.stream, g, "-", "+", 10_000)
+                stream, delayed, expiry, *pending = await pipe.execute(raise_on_error=False)
+            real = [
+                (_k_of(f)[0], _k_of(f)[1].target_group, _k_of(f)[1].attempts) for _, f in stream
+            ]
+            want = [(e.k, e.target, e.attempts) for e in qm.stream.values()]
+            assert real == want, f"level {level}: redis {real}, model {want}"
+            for (sid, _), e in zip(stream, qm.stream.values(), strict=True):
+                e.sid = sid.decode()
+            assert delayed == len(qm.delayed), f"delayed of level {level}"
+            assert expiry == len(qm.expiry), f"expiry index of level {level}"
+            by_seq = {e.seq: e.sid for e in qm.stream.values()}
+            for g, rows in zip(PGROUPS, pending, strict=True):
+                got = (
+                    {}
+                    if isinstance(rows, Exception)
+                    else {r["message_id"].decode(): r["consumer"].decode() for r in rows}
+                )
+                mine = {by_seq.get(s, f"gone-{s}"): c for s, c in qm.pending[g].items()}
+                assert len(got) == len(mine), f"pending {name}/{g}: {got} vs {mine}"
+                assert {s: got.get(s) for s in mine if not s.startswith("gone-")} == {
+                    s: c for s, c in mine.items() if not s.startswith("gone-")
+                }
+            want_dlq.update((d.k, d.group, d.reason) for d in qm.dlq)
+        free: dict[tuple[int | None, str, str], list[str]] = {}
+        for sid, fields in await client.xrange(self.queue.keys.dlq):
+            info = dead_letter_info(fields)
+            assert info is not None
+            reason = "expired" if info.reason.startswith("expired") else info.reason
+            free.setdefault((_k_of(fields)[0], info.group, reason), []).append(sid.decode())
+        real_dlq = Counter({key: len(v) for key, v in free.items()})
+        assert real_dlq == want_dlq, f"dlq: redis {real_dlq}, model {want_dlq}"
+        for name in LEVEL_NAMES.values():  # bind the model's dead letters to DLQ ids
+            for d in self.model.queues[name].dlq:
+                d.sid = free[(d.k, d.group, d.reason)].pop(0)
+        assert all(n == 1 for n in self.handled.values()), "handled twice"
+
+    def _drain(self) -> None:
+        while self.deliveries:
+            self.handler(0, "success", 0)
+        for level, name in LEVEL_NAMES.items():
+            for group in PGROUPS:
+                for dead in sorted(set(self.model.queues[name].pending[group].values())):
+                    self.reclaim(group, dead, level)
+        while self.deliveries:
+            self.handler(0, "success", 0)
+        self.time_passes(10_000)
+        for level in LEVEL_NAMES:
+            self.move_due(level)
+        for group in PGROUPS:
+            while True:
+                before = len(self.deliveries)
+                self.claim(group, "drain", 10, False)
+                if (
+                    not any(
+                        e.seq > self.model.queues[n].cursor[group]
+                        for n in LEVEL_NAMES.values()
+                        for e in self.model.queues[n].stream.values()
+                    )
+                    and len(self.deliveries) == before
+                ):
+                    break
+            while self.deliveries:
+                self.handler(0, "success", 0)
+        self.expiry_pass("drop")
+        self.run(self._check_state())
+        open_pairs = [key for key, state in self.model.outcome.items() if state == OPEN]
+        assert not open_pairs, f"accepted but never settled: {open_pairs}"
+
+
+settings.register_profile(
+    "priority-ci", settings.get_profile("model-ci"), max_examples=150, stateful_step_count=30
+)
+
+
+@pytest.mark.timeout(3600)
+def test_priority_model(redis_server: RedisServer, request: pytest.FixtureRequest) -> None:
+    PriorityMachine.url = redis_server.url
+    profile = "model-slow" if request.config.getoption("--slow") else "priority-ci"
+    run_state_machine_as_test(PriorityMachine, settings=settings.get_profile(profile))
+
+
 # -- regression tests: shrunk sequences of the state machine ---------------------------
 # Each was found by the machine on the code before issue 11's fixes (each failed then).
 

@@ -320,7 +320,9 @@ async def test_stats_round_trips_do_not_grow_with_queues(
     assert calls == {
         "smembers": 2,  # the registry, and its old key during the transition (same trip)
         "xinfo|stream": 2 * n_queues,
-        "zcard": n_queues,
+        "zcard": 3 * n_queues,  # the delayed sets of the queue and of 2 priority levels
+        "xlen": 2 * n_queues,  # the 2 priority levels' streams
+        "xinfo|groups": 2 * n_queues,
         "hgetall": n_queues,
         "time": 1,
     }

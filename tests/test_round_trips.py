@@ -18,19 +18,27 @@ for the number of network round trips, by counting the packed writes redis-py se
                                     delayed message is due, then blocks until then.
     move_to_dlq(100 ids)            1 round trip: EVALSHA 1 (inside: TYPE 2, TIME 1, XRANGE 100,
                                     XPENDING 100, XADD 100, XACK 100)
-    dlq.requeue_messages(100 ids)   1 round trip: EVALSHA 1 (inside: TYPE 2, XRANGE 100, XADD 100,
+    dlq.requeue_messages(100 ids)   1 round trip: EVALSHA 1 (inside: TYPE 4, XRANGE 100, XADD 100,
                                     XACK 100, XDEL 100)
     acknowledge_messages(100 ids)   1 round trip: XACK 1
     delete_messages(100 ids)        1 round trip: MULTI, XACK, XDEL, ZREM, EXEC
-    get_info                        1 round trip: XLEN, XINFO GROUPS, HGETALL, ZCARD
-    list_queues (3 pairs)           2 round trips: SMEMBERS, then 6 x (XLEN, XINFO, HGETALL, ZCARD)
+    get_info                        1 round trip: XLEN, XINFO GROUPS, HGETALL, ZCARD, and
+                                    XLEN, XINFO GROUPS, ZCARD of each of 2 priority levels
+    list_queues (3 pairs)           2 round trips: SMEMBERS, then 6 x (XLEN, XINFO, HGETALL,
+                                    ZCARD) and 3 x 2 priority levels' (XLEN, XINFO, ZCARD)
     worker, messages one at a time  the acks of handled messages ride with the next XREADGROUP
                                     (one pipeline); the acker sends only those that finish
                                     while a read is blocked
+    worker, queue without priorities  XREADGROUP as above, never XREAD or claim.lua; one
+                                    EXISTS (are priority levels in use?) per LEVEL_CHECK
+                                    from the fetcher and the upkeep each
+    worker, queue with priorities   one EVALSHA of claim.lua per read, the acks of handled
+                                    messages in the same write (no SCRIPT EXISTS before it)
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -40,6 +48,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 
 from leanmq_async import LeanMQ, Queue
+from leanmq_async.priority import LEVEL_CHECK
 from leanmq_async.testing import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -191,7 +200,7 @@ async def test_requeue_100_is_one_evalsha(meter: Meter, queue: Queue) -> None:
     assert trips == 1
     assert calls == {
         "evalsha": 1,
-        "type": 2,
+        "type": 4,  # the DLQ, the stream, and the two priority levels' streams
         "xrange": 100,
         "xadd": 100,
         "xack": 100,
@@ -214,13 +223,15 @@ async def test_settling_is_one_round_trip(meter: Meter, queue: Queue) -> None:
 async def test_info_calls(meter: Meter, pmq: LeanMQ, queue: Queue) -> None:
     trips, calls = await meter.measure(queue.get_info)
     assert trips == 1
-    assert calls == {"xlen": 1, "xinfo|groups": 1, "hgetall": 1, "zcard": 1}
+    # The two priority levels' XLEN, XINFO GROUPS and ZCARD ride in the same round trip.
+    assert calls == {"xlen": 3, "xinfo|groups": 3, "hgetall": 1, "zcard": 3}
     await pmq.create_queue_pair("rt-2")
     await pmq.create_queue_pair("rt-3")
     trips, calls = await meter.measure(pmq.list_queues)
     assert trips == 2
     # Two SMEMBERS in one round trip: the registry, and its pre-0.2-migration key (issue 15).
-    assert calls == {"smembers": 2, "xlen": 6, "xinfo|groups": 6, "hgetall": 6, "zcard": 6}
+    # 3 main queues with 2 priority levels each, and 3 DLQs.
+    assert calls == {"smembers": 2, "xlen": 12, "xinfo|groups": 12, "hgetall": 6, "zcard": 12}
 
 
 async def test_a_worker_sends_its_acks_with_its_next_read(
@@ -258,3 +269,81 @@ async def test_a_worker_sends_its_acks_with_its_next_read(
     with_read = sum(1 for w in writes if w == [b"XACK", b"XREADGROUP"])
     alone = sum(1 for w in writes if w == [b"XACK"])
     assert with_read >= 9 and alone <= 1, (with_read, alone)  # 1: the flush at shutdown
+
+
+async def test_a_queue_never_using_priorities_is_read_as_before(
+    pmq: LeanMQ, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Priorities (priority.py): a worker on a plain queue reads with XREADGROUP alone, as
+    # before; what it adds is one EXISTS per queue per LEVEL_CHECK (fetcher, upkeep).
+    sent: list[bytes] = []
+    original = AbstractConnection.send_packed_command
+
+    async def recording(conn: AbstractConnection, command: Any, *args: Any, **kw: Any) -> None:
+        chunks = [command] if isinstance(command, bytes | str) else list(command)
+        data = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+        names = (b"XREADGROUP", b"XREAD", b"EXISTS", b"EVALSHA", b"XACK")
+        sent.extend(n for n in names if b"$%d\r\n%s\r\n" % (len(n), n) in data)
+        await original(conn, command, *args, **kw)
+
+    handled: list[int] = []
+
+    @queue.handler(concurrency=1)
+    async def handle(n: int) -> None:
+        handled.append(n)
+
+    await queue.send_messages(range(200))
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", recording)
+    started = time.monotonic()
+    with anyio.fail_after(20):
+        async with pmq.worker(block_ms=1000, burst=True):
+            pass
+    seconds = time.monotonic() - started
+    assert sorted(handled) == list(range(200))
+    assert sent.count(b"XREAD") == 0
+    assert sent.count(b"XREADGROUP") >= 200
+    # One at start from the fetcher, the recovery and the upkeep each; then one per
+    # LEVEL_CHECK from the fetcher and the upkeep.
+    assert sent.count(b"EXISTS") <= 3 + 2 * (seconds / LEVEL_CHECK + 1), (
+        sent.count(b"EXISTS"),
+        seconds,
+    )
+
+
+async def test_a_worker_reading_priority_levels_sends_acks_with_its_claim(
+    pmq: LeanMQ, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With priorities in use a read is one EVALSHA of claim.lua: the acks of handled
+    # messages ride with it (one write), and no SCRIPT EXISTS precedes it.
+    writes: list[list[bytes]] = []
+    original = AbstractConnection.send_packed_command
+
+    async def recording(conn: AbstractConnection, command: Any, *args: Any, **kw: Any) -> None:
+        chunks = [command] if isinstance(command, bytes | str) else list(command)
+        data = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+        names = (b"XACK", b"EVALSHA", b"SCRIPT", b"EXISTS", b"XREADGROUP")
+        writes.append([n for n in names if b"$%d\r\n%s\r\n" % (len(n), n) in data])
+        await original(conn, command, *args, **kw)
+
+    handled: list[int] = []
+    handled_one = anyio.Event()
+
+    @queue.handler
+    async def handle(n: int) -> None:
+        handled.append(n)
+        handled_one.set()
+
+    await queue.send_message(-1, priority="high")  # priorities in use from the start
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", recording)
+    with anyio.fail_after(20):
+        async with pmq.worker(block_ms=1000):
+            for n in range(10):
+                await queue.send_message(n, priority="high")
+                while n not in handled:
+                    await handled_one.wait()
+                    handled_one = anyio.Event()
+                await anyio.sleep(0.01)
+    with_claim = sum(1 for w in writes if w == [b"XACK", b"EVALSHA"])
+    assert with_claim >= 9, writes
+    assert not any(b"XREADGROUP" in w for w in writes)
+    assert not any(b"SCRIPT" in w and b"EXISTS" in w for w in writes)  # no SCRIPT EXISTS

@@ -44,7 +44,8 @@ for k = 0, tonumber(ARGV[4]) - 1 do
   end
   if status == 'moved' then
     add_dead_letter(dlq, fields, {reason = ARGV[b + 1], error = ARGV[b + 2],
-      traceback = ARGV[b + 3], attempts = ARGV[b + 4], at = at, queue = ARGV[3], id = id,
+      traceback = ARGV[b + 3], attempts = ARGV[b + 4], at = at, queue = ARGV[3],
+      id = entry_name(stream, id),
       group = group})
     redis.call('XACK', stream, group, id)
   end

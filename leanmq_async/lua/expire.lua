@@ -84,7 +84,8 @@ if to_dlq then
     if type(p) == 'table' then
       for _, group in ipairs(p.missed) do
         if dead_letters(group) then
-          add_dead_letter(KEYS[3], p.fields, expired_meta(at, ARGV[3], id, group))
+          local name = entry_name(KEYS[1], id)
+          add_dead_letter(KEYS[3], p.fields, expired_meta(at, ARGV[3], name, group))
         end
       end
     end

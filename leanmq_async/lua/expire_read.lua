@@ -24,7 +24,8 @@ if ARGV[3] == 'dlq' then
   local bad = check_types(KEYS, {'stream', 'stream'})
   if bad then return redis.error_reply(bad) end
   local fields = entry_fields(stream, id)
-  add_dead_letter(dlq, fields, expired_meta(time_text(), ARGV[4], id, group))
+  local name = entry_name(stream, id)
+  add_dead_letter(dlq, fields, expired_meta(time_text(), ARGV[4], name, group))
 end
 redis.call('XACK', stream, group, id)
 return 1

@@ -4,6 +4,8 @@
 --         [2] delayed       zset: delayed member -> due time (Redis clock, ms)
 --         [3] delayed_data  hash: delayed member -> cmsgpack-packed field list
 --         [4] expiry        zset: stream id -> expiry time (ms)
+--         [5] main          optional, for a priority level's stream: the queue's main
+--                           stream, whose groups a level stream created here gets
 -- ARGV    [1] limit         most delayed entries moved by this call
 --         [2] clock shift   ms (0 in production)
 -- REPLY   {moved, wait}: integers. moved: entries added to the stream; wait: ms until
@@ -13,8 +15,9 @@
 --         ``x`` field) and removed from the delayed set and hash in the same call. A
 --         member whose data is missing is only removed (not counted).
 -- ERRORS  'WRONGTYPE ...' before anything is moved.
-local bad = check_types(KEYS, {'stream', 'zset', 'hash', 'zset'})
+local bad, absent = check_types(KEYS, {'stream', 'zset', 'hash', 'zset', 'stream'})
 if bad then return redis.error_reply(bad) end
+local created = KEYS[5] ~= nil and absent[KEYS[1]]
 local now = now_ms(ARGV[2])
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local moved = 0
@@ -23,6 +26,10 @@ for _, member in ipairs(due) do
   if packed then
     local fields = cmsgpack.unpack(packed)
     local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+    if created then
+      copy_groups(KEYS[5], KEYS[1])
+      created = false
+    end
     local x = field(fields, 'x')
     if x then redis.call('ZADD', KEYS[4], x, id) end
     moved = moved + 1

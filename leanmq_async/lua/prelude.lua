@@ -102,10 +102,19 @@ local function groups_of(stream)
   return out
 end
 
+-- The name of entry ``id`` of ``stream`` outside its stream: ``id``, or for a priority
+-- level's stream (its key ends in '}:p<level>', see leanmq_async/priority.py) ``id:p<level>``.
+local function entry_name(stream, id)
+  local level = string.match(stream, '}:p(%d)$')
+  if level then return id .. ':p' .. level end
+  return id
+end
+
 -- XADDs a dead letter to ``dlq``: a copy of ``fields`` (the entry's flat field list; nil
 -- when the entry is gone from its stream: a tombstone, dlq.missing = 1, so the loss is
 -- recorded, never hidden) followed by the failure metadata, in this order:
--- dlq.reason, dlq.error, dlq.traceback, dlq.attempts, dlq.at, dlq.queue, dlq.id, dlq.group.
+-- dlq.reason, dlq.error, dlq.traceback, dlq.attempts, dlq.at, dlq.queue, dlq.id, dlq.group
+-- (dlq.id: the entry's name, entry_name: a priority level's entry names its level).
 -- ``m`` holds them: {reason, error, traceback, attempts, at, queue, id, group}.
 local function add_dead_letter(dlq, fields, m)
   local out = {'dlq.missing', '1'}
@@ -124,4 +133,14 @@ end
 local function expired_meta(at, queue, id, group)
   return {reason = 'expired', error = 'Expired', traceback = '', attempts = '0', at = at,
     queue = queue, id = id, group = group}
+end
+
+-- Gives a priority level's stream ``stream``, just created, the consumer groups of the
+-- queue's main stream ``main``, at id 0: a message of the level is aimed at every group
+-- of the queue, as one of the main stream is (see leanmq_async/priority.py).
+local function copy_groups(main, stream)
+  -- A stream just created has no group yet: XGROUP CREATE cannot meet BUSYGROUP.
+  for _, g in ipairs(groups_of(main)) do
+    redis.call('XGROUP', 'CREATE', stream, g['name'], '0')
+  end
 end

@@ -1,12 +1,14 @@
 -- send.lua: write a batch of messages to one or more queues, all or nothing.
 --
--- KEYS    6 per queue, queue q (1-based) at 6q-5 .. 6q:
---           stream        the queue's stream
+-- KEYS    6 per queue (7 with the level flag below), queue q (1-based) at 6q-5 .. 6q:
+--           stream        the queue's stream (or a priority level's: see priority.py)
 --           expiry        zset: stream id -> expiry time (Redis clock, ms)
 --           delayed       zset: delayed member -> due time (Redis clock, ms)
 --           delayed_data  hash: delayed member -> cmsgpack-packed field list
 --           dedup         hash: message_id -> "<until ms> <id first returned>"
 --           dedup_until   zset: message_id -> until (Redis clock, ms)
+--           main          only with the level flag: the queue's main stream, whose
+--                         consumer groups a level stream this call creates gets (at 0)
 -- ARGV    [1]       n: the number of messages
 --         per message k = 0 .. n-1, at b = 2 + sk, where the stride s is 8 when
 --         #ARGV = 2 + 8n (some message is deduplicated) and 6 otherwise (no dedup
@@ -20,6 +22,8 @@
 --           [b+6]   message_id (the dedup key; used only when [b+7] > 0)
 --           [b+7]   dedup window (ms; 0 = not deduplicated)
 --         [2+sn]    clock shift (ms; 0 in production)
+--         [3+sn]    optional level flag ('1'): some block's stream is a priority level's,
+--                   and every block has its 7th key (#ARGV - 2 is then odd)
 -- REPLY   array of n bulk strings, in ARGV's order: the stream id of each message, or
 --         for a delayed one its delayed member: the send time (15 digits, ms), the
 --         message's index k (6 digits), '|', the suffix. Messages due at the same ms
@@ -39,7 +43,9 @@
 -- ERRORS  'WRONGTYPE key K holds a T, not a W' (nothing written);
 --         '<redis error> (CMD KEY; nothing of this batch was written)'.
 local n = tonumber(ARGV[1])
-local stride = (#ARGV == 2 + n * 8) and 8 or 6
+local levels = (#ARGV - 2) % 2 == 1
+local stride = (#ARGV - (levels and 3 or 2) == n * 8) and 8 or 6
+local width = levels and 7 or 6  -- keys per queue
 local deduped = {}  -- queue index (0-based) -> true: one of its messages is deduplicated
 if stride == 8 then
   for op = 0, n - 1 do
@@ -47,15 +53,19 @@ if stride == 8 then
   end
 end
 local new_streams = {}
-for q = 0, #KEYS / 6 - 1 do
-  local b = q * 6
+local fresh = {}  -- level streams this call creates: stream -> main stream (groups to copy)
+for q = 0, #KEYS / width - 1 do
+  local b = q * width
   local block = {KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4]}
   if deduped[q] then
     block[5], block[6] = KEYS[b + 5], KEYS[b + 6]
   end
   local bad, absent = check_types(block, {'stream', 'zset', 'zset', 'hash', 'hash', 'zset'})
   if bad then return redis.error_reply(bad) end
-  if absent[KEYS[b + 1]] then new_streams[#new_streams + 1] = KEYS[b + 1] end
+  if absent[KEYS[b + 1]] then
+    new_streams[#new_streams + 1] = KEYS[b + 1]
+    if levels and KEYS[b + 7] ~= KEYS[b + 1] then fresh[KEYS[b + 1]] = KEYS[b + 7] end
+  end
 end
 local now = now_ms(ARGV[2 + n * stride])
 local out, dups = {}, {}
@@ -88,7 +98,7 @@ local function first_send(base, mid)
 end
 for op = 0, n - 1 do
   local b = 2 + op * stride
-  local base = (tonumber(ARGV[b]) - 1) * 6
+  local base = (tonumber(ARGV[b]) - 1) * width
   local ttl, delay = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
   local mid, dedup = '', 0
   if stride == 8 then mid, dedup = ARGV[b + 6], tonumber(ARGV[b + 7]) end
@@ -116,6 +126,10 @@ for op = 0, n - 1 do
     id, err = write('XADD', KEYS[base + 1], '*', unpack(fields))
     if err then return redis.error_reply(err) end
     undo[#undo + 1] = {'XDEL', KEYS[base + 1], id}
+    if fresh[KEYS[base + 1]] then
+      copy_groups(fresh[KEYS[base + 1]], KEYS[base + 1])
+      fresh[KEYS[base + 1]] = nil
+    end
     if ttl > 0 then
       _, err = write('ZADD', KEYS[base + 2], now + ttl, id)
       if err then return redis.error_reply(err) end

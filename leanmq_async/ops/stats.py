@@ -285,6 +285,14 @@ def _queue(name: str, raw: dict[str, Any], now_ms: float) -> tuple[QueueStats, l
         first = _first_id(info)
         q.dlq_oldest_age_s = _age(now_ms, _id_parts(first)[0]) if first else None
         q.dlq_pending = sum((_int(_map(g).get("pel-count")) or 0) for g in info.get("groups") or [])
+    for level in raw.get("levels", ()):  # priority levels (priority.py) count in the queue's
+        q.length, q.delayed = q.length + level["length"], q.delayed + level["delayed"]
+        for lg in (_map(x) for x in level["groups"]):
+            for g in (g for g in q.groups if g.name == _s(lg.get("name", ""))):
+                g.pending += _int(lg.get("pending")) or 0
+                lag = _int(lg.get("lag"))
+                g.lag = None if g.lag is None or lag is None else g.lag + lag
+                g.backlog = None if g.lag is None else g.lag + g.pending
     return q, to_count
 
 

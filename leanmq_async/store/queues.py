@@ -14,9 +14,15 @@ import redis.exceptions as redis_errors
 from leanmq_async.cluster import queue_slot
 from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import ConfigurationError
-from leanmq_async.keys import QueueKeys, legacy_registry_key, registry_key, validate_queue_name
+from leanmq_async.keys import (
+    DEFAULT_LEVEL,
+    QueueKeys,
+    legacy_registry_key,
+    registry_key,
+    validate_queue_name,
+)
 from leanmq_async.replies import ExpireResult, parse_count, parse_expire, parse_move_due, text
-from leanmq_async.store.base import StoreBase, chunked
+from leanmq_async.store.base import StoreBase
 
 __all__ = ["QueueAdmin"]
 
@@ -133,8 +139,16 @@ class QueueAdmin(StoreBase):
                 removed, *_ = await pipe.execute()
         return int(removed)
 
-    async def stream_infos(self, items: Sequence[tuple[str, QueueKeys]]) -> list[dict[str, Any]]:
-        """XLEN, groups, metadata and delayed count for each ``(stream, keys)``: one round trip."""
+    async def stream_infos(
+        self, items: Sequence[tuple[str, QueueKeys]], *, levels: bool = False
+    ) -> list[dict[str, Any]]:
+        """XLEN, groups, metadata and delayed count for each ``(stream, keys)``: one round trip.
+
+        ``levels``: a main stream's counts include its priority levels' (their length and
+        delayed count added; their groups in ``"level_groups"``): a few more commands in
+        the same round trip.
+        """
+        others = [k for k in QueueKeys("", "x").levels() if k.level != DEFAULT_LEVEL]
         with translate_errors("queue info"):
             async with self.client.pipeline(transaction=False) as pipe:
                 for stream, keys in items:
@@ -142,24 +156,42 @@ class QueueAdmin(StoreBase):
                     pipe.xinfo_groups(stream)
                     pipe.hgetall(keys.meta)
                     pipe.zcard(keys.delayed)
-                replies = await pipe.execute(raise_on_error=False)
+                    if levels and stream == keys.stream:
+                        for other in others:
+                            level = keys.at(other.level)
+                            pipe.xlen(level.stream)
+                            pipe.xinfo_groups(level.stream)
+                            pipe.zcard(level.delayed)
+                replies = iter(await pipe.execute(raise_on_error=False))
         out: list[dict[str, Any]] = []
-        for length, groups, meta, delayed in chunked(replies, 4):
+        for stream, keys in items:
+            length, groups, meta, delayed = (next(replies) for _ in range(4))
             for reply in (length, meta, delayed):
                 if isinstance(reply, Exception):
                     with translate_errors("queue info"):
                         raise reply
             # XLEN answered, so an XINFO error means the stream does not exist.
             missing = isinstance(groups, redis_errors.ResponseError)
-            out.append(
-                {
-                    "length": int(length),
-                    "exists": not missing,
-                    "groups": [] if missing else groups,
-                    "meta": {k.decode(): v.decode() for k, v in meta.items()},
-                    "delayed": int(delayed),
-                }
-            )
+            info = {
+                "length": int(length),
+                "exists": not missing,
+                "groups": [] if missing else groups,
+                "meta": {k.decode(): v.decode() for k, v in meta.items()},
+                "delayed": int(delayed),
+                "level_groups": [],
+            }
+            if levels and stream == keys.stream:
+                for _ in others:
+                    n, level_groups, waiting = next(replies), next(replies), next(replies)
+                    for reply in (n, waiting):
+                        if isinstance(reply, Exception):
+                            with translate_errors("queue info"):
+                                raise reply
+                    info["length"] += int(n)
+                    info["delayed"] += int(waiting)
+                    if not isinstance(level_groups, Exception):
+                        info["level_groups"].append(level_groups)
+            out.append(info)
         return out
 
     async def purge(self, keys: QueueKeys, stream: str, include_delayed: bool) -> int:
@@ -202,11 +234,11 @@ class QueueAdmin(StoreBase):
 
     async def move_due(self, keys: QueueKeys, limit: int = 500) -> tuple[int, int]:
         """Move due delayed entries into the stream; return ``(moved, ms to next or -1)``."""
+        move_keys = [keys.stream, keys.delayed, keys.delayed_data, keys.expiry]
+        if keys.level != DEFAULT_LEVEL:  # a level stream it creates gets the queue's groups
+            move_keys.append(keys.at(DEFAULT_LEVEL).stream)
         with translate_errors("move due"):
-            reply = await self.scripts.move_due(
-                keys=[keys.stream, keys.delayed, keys.delayed_data, keys.expiry],
-                args=[limit, self.clock_shift_ms],
-            )
+            reply = await self.scripts.move_due(keys=move_keys, args=[limit, self.clock_shift_ms])
         return parse_move_due(reply)
 
     async def expire(

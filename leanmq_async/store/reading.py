@@ -8,9 +8,10 @@ from typing import Any
 import redis.exceptions as redis_errors
 
 from leanmq_async.connection import translate_errors
-from leanmq_async.keys import QueueKeys
+from leanmq_async.keys import DEFAULT_LEVEL, QueueKeys
 from leanmq_async.replies import (
     ReclaimResult,
+    parse_claim,
     parse_delete_idle_consumer,
     parse_extend_leases,
     parse_move_due,
@@ -106,6 +107,71 @@ class Reading(StoreBase):
             with translate_errors("move due"):
                 raise reply_moved
         return entries, parse_move_due(reply_moved).next_due_ms
+
+    # -- priorities (see leanmq_async/priority.py) ------------------------------------------
+
+    async def levels_in_use(self, keys: QueueKeys) -> bool:
+        """Does a stream (or delayed set) of a priority level other than the default exist?"""
+        others = [x for k in keys.levels() if k.level != DEFAULT_LEVEL for x in k.level_keys()]
+        with translate_errors("EXISTS"):
+            return bool(await self.client.exists(*others))
+
+    async def claim_new(
+        self,
+        order: Sequence[QueueKeys],
+        group: str,
+        consumer: str,
+        count: int,
+        acks: Sequence[tuple[str, Sequence[bytes]]] = (),
+    ) -> tuple[list[tuple[int, list[RawEntry]]], list[str]]:
+        """Claim up to ``count`` new entries of one queue for ``group``, highest priority
+        first (the levels in ``order``), without blocking: ``lua/claim.lua``.
+
+        Returns ``(level, entries)`` per level read, and when nothing was claimed the
+        streams' last ids (for :meth:`wait_levels`). ``acks``: ``(stream, ids)`` to XACK
+        first, in the same round trip (on a cluster, in one of their own).
+        """
+        streams = [k.stream for k in order]
+        main = next(i for i, k in enumerate(order) if k.level == DEFAULT_LEVEL) + 1
+        args: list[str | int] = [group, consumer, count, main]
+        with translate_errors("claim"):
+            if acks and self.cluster:
+                # redis-py's cluster pipeline refuses scripts: the acks go first, apart.
+                for stream, ids in acks:
+                    await self.client.xack(stream, group, *ids)
+                reply = await self.scripts.claim(keys=streams, args=args)
+            elif acks:
+                # EVALSHA itself, not the script object: redis-py would send SCRIPT EXISTS
+                # before every pipeline that runs a script (a round trip of its own).
+                script = self.scripts.claim
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for stream, ids in acks:
+                        pipe.xack(stream, group, *ids)
+                    pipe.evalsha(script.sha, len(streams), *streams, *args)
+                    *acked, reply = await pipe.execute(raise_on_error=False)
+                for r in acked:
+                    if isinstance(r, Exception):
+                        raise r
+                if isinstance(reply, redis_errors.NoScriptError):
+                    # Redis lost its scripts (restarted): the acks went; claim again.
+                    reply = await script(keys=streams, args=args)
+                elif isinstance(reply, Exception):
+                    raise reply
+            else:
+                reply = await self.scripts.claim(keys=streams, args=args)
+        claimed = parse_claim(reply, len(streams))
+        return list(zip([k.level for k in order], claimed.entries, strict=True)), claimed.last_ids
+
+    async def wait_levels(
+        self, streams: Sequence[str], after: Sequence[str], block_ms: int
+    ) -> bool:
+        """Wait (XREAD BLOCK, consuming nothing) until one of ``streams`` has an entry after
+        its id in ``after``, at most ``block_ms``; True when one has."""
+        with translate_errors("XREAD"):
+            reply = await self.client.xread(
+                dict(zip(streams, after, strict=True)), count=1, block=block_ms
+            )
+        return bool(reply)
 
     async def ack(self, stream: str, group: str, ids: Sequence[bytes | str]) -> int:
         with translate_errors("XACK"):

@@ -7,6 +7,8 @@ from typing import Any
 
 from leanmq_async._log import get_logger
 from leanmq_async.cluster import Durability, NotReplicatedError, check_one_slot, write_and_wait
+from leanmq_async.keys import DEFAULT_LEVEL
+from leanmq_async.priority import level_id
 from leanmq_async.replies import parse_send, text
 from leanmq_async.send_errors import translate_send_errors
 from leanmq_async.store.base import StoreBase
@@ -47,19 +49,26 @@ class Sending(StoreBase):
         # Without a deduplicated message the two dedup arguments are left out (6 per
         # message, not 8): bulk sends would otherwise pay for encoding them.
         deduped = any(op.dedup_ms > 0 for op in ops)
+        # A priority level's stream needs the main stream's name (its groups are copied
+        # to a level stream the send creates): then 7 keys per queue and a flag.
+        levels = any(op.keys.level != DEFAULT_LEVEL for op in ops)
         key_index: dict[str, int] = {}
         keys: list[str] = []
         args: list[Any] = [len(ops)]
         for op in ops:
-            index = key_index.get(op.keys.base)
+            index = key_index.get(op.keys.stream)
             if index is None:
-                index = key_index[op.keys.base] = len(key_index) + 1
+                index = key_index[op.keys.stream] = len(key_index) + 1
                 keys += [op.keys.stream, op.keys.expiry, op.keys.delayed, op.keys.delayed_data]
                 keys += [op.keys.dedup, op.keys.dedup_until]
+                if levels:
+                    keys.append(op.keys.at(DEFAULT_LEVEL).stream)
             args += [index, op.ttl_ms, op.delay_ms, op.field, op.body, op.member]
             if deduped:
                 args += [op.message_id, op.dedup_ms]
         args.append(self.clock_shift_ms)
+        if levels:
+            args.append(1)
         script = self.scripts.send
         with translate_send_errors("send", retries=self._retries):
             try:
@@ -74,6 +83,13 @@ class Sending(StoreBase):
         sent = parse_send(reply, len(ops))
         if sent.duplicates:
             self._count_duplicates(ops, sent.ids, sent.duplicates)
+        if levels:
+            # An entry of a priority level's stream is named with its level (priority.py);
+            # a delayed message's schedule handle ('...|...') is already unique.
+            return [
+                sid if "|" in sid else level_id(sid, op.keys.level)
+                for op, sid in zip(ops, sent.ids, strict=True)
+            ]
         return sent.ids
 
     def _count_duplicates(self, ops: Sequence[SendOp], ids: list[str], dups: list[int]) -> None:

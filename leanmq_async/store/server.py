@@ -12,7 +12,7 @@ import redis.exceptions as redis_errors
 
 from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import ConfigurationError
-from leanmq_async.keys import QueueKeys
+from leanmq_async.keys import LEVELS, QueueKeys
 from leanmq_async.replies import parse_count
 from leanmq_async.scripts import source
 from leanmq_async.store.base import StoreBase, chunked
@@ -111,7 +111,8 @@ class ServerInfo(StoreBase):
         One round trip for any number of queues: per pair ``XINFO STREAM … FULL COUNT 1``
         of the stream and of its DLQ (groups with lag and PEL count, the oldest pending
         entry, consumers with their seen-time, the first entry), ``ZCARD`` of the delayed
-        set and ``HGETALL`` of the metadata; ``TIME`` last. ``"stream"``/``"dlq"`` are the
+        set and ``HGETALL`` of the metadata, and per priority level ``XLEN``, ``XINFO
+        GROUPS`` and ``ZCARD`` (``"levels"``); ``TIME`` last. ``"stream"``/``"dlq"`` are the
         parsed XINFO replies (None for a missing stream); a key of the wrong type is
         reported in ``"error"`` instead of failing the whole snapshot.
         """
@@ -122,12 +123,18 @@ class ServerInfo(StoreBase):
                         pipe.execute_command("XINFO STREAM", stream, "FULL", "COUNT", 1, full=True)
                     pipe.zcard(keys.delayed)
                     pipe.hgetall(keys.meta)
+                    for level in keys.levels():
+                        if level.level != keys.level:
+                            pipe.xlen(level.stream)
+                            pipe.xinfo_groups(level.stream)
+                            pipe.zcard(level.delayed)
                 pipe.time()
                 replies = await pipe.execute(raise_on_error=False)
             *body, now = replies
             if isinstance(now, Exception):
                 raise now
-            out = [_snapshot_of(per_queue) for per_queue in chunked(body, 4)]
+            width = 4 + 3 * (len(LEVELS) - 1)
+            out = [_snapshot_of(per_queue) for per_queue in chunked(body, width)]
         sec, usec = now
         return out, int(sec) * 1000 + int(usec) / 1000
 
@@ -152,15 +159,23 @@ class ServerInfo(StoreBase):
 
 
 def _snapshot_of(replies: tuple[Any, ...]) -> dict[str, Any]:
-    """One queue pair's part of :meth:`ServerInfo.stats_snapshot` (its four replies)."""
+    """One queue pair's part of :meth:`ServerInfo.stats_snapshot` (its replies)."""
     errors = [
         str(r) for r in replies if isinstance(r, Exception) and "no such key" not in str(r).lower()
     ]
     for r in replies:
         if isinstance(r, Exception) and not isinstance(r, redis_errors.ResponseError):
             raise r
-    main_info, dlq_info, delayed, meta = (None if isinstance(r, Exception) else r for r in replies)
+    main_info, dlq_info, delayed, meta, *rest = (
+        None if isinstance(r, Exception) else r for r in replies
+    )
+    # Priority levels (priority.py): length, groups (name, pending, lag) and delayed count.
+    levels = [
+        {"length": int(n or 0), "groups": groups or [], "delayed": int(waiting or 0)}
+        for n, groups, waiting in chunked(rest, 3)
+    ]
     return {
+        "levels": levels,
         "stream": main_info,
         "dlq": dlq_info,
         "delayed": int(delayed or 0),

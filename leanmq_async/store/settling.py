@@ -148,7 +148,8 @@ class Settling(StoreBase):
         with translate_errors("requeue from DLQ"):
             for i in range(0, len(ids), ID_BATCH):
                 reply = await self.scripts.requeue(
-                    keys=[keys.dlq, keys.stream, keys.expiry],
+                    # The levels' streams: a level's entry goes back to its level.
+                    keys=[keys.dlq, keys.stream, keys.expiry, keys.at(0).stream, keys.at(2).stream],
                     args=[dlq_group, *ids[i : i + ID_BATCH]],
                 )
                 moved += parse_count("requeue", reply)

@@ -17,12 +17,15 @@ pauses. :meth:`Fetcher.stop` abandons a blocking read under way.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 
 from leanmq_async.exceptions import LeanMQError
+from leanmq_async.keys import DEFAULT_LEVEL
+from leanmq_async.priority import LEVEL_CHECK, by_level, claim_order, level_bid
 
 if TYPE_CHECKING:
     from leanmq_async.queue import Queue
@@ -72,6 +75,12 @@ class Fetcher:
         self._read_scope: anyio.CancelScope | None = None
         self.reclaim_scans = 0  # reclaim intervals begun (tests count them)
         self.burst_done = anyio.Event()
+        # Priorities (priority.py): are the queue's level streams read, since when checked,
+        # claims made (the starvation guard counts them), where a wait on the levels starts.
+        self.levels = False
+        self._levels_checked = -LEVEL_CHECK
+        self.claims = 0
+        self._last: tuple[list[str], list[str]] = ([], [])
 
     def stop(self) -> None:
         """Abandon a blocking read under way (its connection is closed)."""
@@ -93,9 +102,7 @@ class Fetcher:
             try:
                 # Cancelled by stop(): no read outlives the decision to stop.
                 with anyio.CancelScope() as self._read_scope:
-                    entries = await self.store.read_group(
-                        self.stream, self.group, self.consumer, n, self.block_ms, acks=acks
-                    )
+                    entries = await self.read(n, acks)
                     read = True
             except LeanMQError as exc:
                 slots.release(n)
@@ -122,6 +129,49 @@ class Fetcher:
                 self.burst_done.set()
                 return
 
+    async def read(self, n: int, acks: list[bytes]) -> list[RawEntry]:
+        """Read up to ``n`` new entries, blocking up to ``block_ms`` when there are none.
+
+        A queue whose priority levels are in use (a stream of a level other than the
+        default exists; checked every :data:`LEVEL_CHECK` s until one does) is read with
+        :meth:`claim_levels`; any other with one XREADGROUP, as always.
+        """
+        if not self.levels and time.monotonic() >= self._levels_checked + LEVEL_CHECK:
+            self._levels_checked = time.monotonic()
+            self.levels = await self.store.levels_in_use(self.queue.keys)
+            if self.levels:
+                self.log.info("priorities_in_use", queue=self.queue.name)
+        if not self.levels:
+            return await self.store.read_group(
+                self.stream, self.group, self.consumer, n, self.block_ms, acks=acks
+            )
+        entries = await self.claim_levels(n, acks)
+        if not entries and await self.store.wait_levels(*self._last, self.block_ms):
+            entries = await self.claim_levels(n, [])
+        return entries
+
+    async def claim_levels(self, n: int, acks: list[bytes]) -> list[RawEntry]:
+        """Claim up to ``n`` new entries of the queue for the group, highest priority
+        first, without blocking (the starvation guard: :func:`~leanmq_async.priority.
+        claim_order`). Entries of a level stream are named with their level."""
+        keys = self.queue.keys
+        order = claim_order(keys, self.claims)
+        self.claims += 1
+        ack_groups = list(by_level(keys, self.stream, acks).items())
+        found, last = await self.store.claim_new(order, self.group, self.consumer, n, ack_groups)
+        self._last = ([k.stream for k in order], last)
+        return [(level_bid(sid, level), f) for level, got in found for sid, f in got]
+
+    def level_streams(self) -> list[tuple[int, str]]:
+        """``(level, stream)`` of each level this runner reads (the default only, until
+        priorities are in use)."""
+        if not self.levels:
+            return [(DEFAULT_LEVEL, self.stream)]
+        keys = self.queue.keys
+        return [
+            (k.level, self.stream if k.level == DEFAULT_LEVEL else k.stream) for k in keys.levels()
+        ]
+
     async def nothing_left(self) -> bool:
         """In burst mode: is there nothing left in flight, pending, scheduled or unread?
 
@@ -130,13 +180,25 @@ class Fetcher:
         """
         if self.state.slots.free != self.state.slots.concurrency or self.settler.acks_buffered:
             return False
-        (info,) = await self.store.stream_infos([(self.stream, self.queue.keys)])
-        mine = [g for g in info["groups"] if g["name"].decode() == self.group]
-        if not mine or int(mine[0]["pending"]) or info["delayed"]:
-            return False
-        last = mine[0]["last-delivered-id"]
-        last = last.decode() if isinstance(last, bytes) else str(last)
-        return not await self.store.range(self.stream, f"({last}", "+", 1)
+        keys = self.queue.keys
+        for level in keys.levels() if self.levels else (keys,):
+            stream = self.stream if level.level == DEFAULT_LEVEL else level.stream
+            (info,) = await self.store.stream_infos([(stream, level)])
+            mine = [g for g in info["groups"] if g["name"].decode() == self.group]
+            if stream == self.stream and not mine:
+                return False
+            if not mine:
+                # A level stream not read by this group yet: anything in it is unread.
+                if info["length"] or info["delayed"]:
+                    return False
+                continue
+            if int(mine[0]["pending"]) or info["delayed"]:
+                return False
+            last = mine[0]["last-delivered-id"]
+            last = last.decode() if isinstance(last, bytes) else str(last)
+            if await self.store.range(stream, f"({last}", "+", 1):
+                return False
+        return True
 
     async def reclaim_loop(self) -> None:
         """Every interval, scan the pending list for entries idle past the lease.
@@ -146,9 +208,9 @@ class Fetcher:
         one scan, not ``concurrency`` entries per interval.
         """
         state, slots = self.state, self.state.slots
-        start = "-"
+        start, level_i = "-", 0
         while True:
-            if start == "-":
+            if start == "-" and level_i == 0:
                 await state.pause(self.reclaim_interval)
                 self.reclaim_scans += 1
             if state.stopping.is_set():
@@ -156,16 +218,27 @@ class Fetcher:
             n = await slots.reserve_batch(reclaiming=True)
             if n == 0:
                 return
+            # Each level stream in use is scanned in turn (priority.py).
+            levels = self.level_streams()
+            level, stream = levels[min(level_i, len(levels) - 1)]
             try:
                 found = await self.store.reclaim(
-                    self.stream, self.group, self.consumer, self.lease_ms, n, start
+                    stream, self.group, self.consumer, self.lease_ms, n, start
                 )
             except LeanMQError as exc:
                 slots.release(n)
+                if level != DEFAULT_LEVEL and "NOGROUP" in str(exc):
+                    # The group has not read this level yet: nothing of it is pending.
+                    start, level_i = "-", (level_i + 1) % len(levels)
+                    continue
                 self.log.warning("reclaim_failed", error=str(exc))
-                start = "-"
+                start, level_i = "-", 0
                 continue
             start = found.next_start or "-"
+            if start == "-":
+                level_i = (level_i + 1) % len(levels)
+            if level != DEFAULT_LEVEL:
+                found = found.at_level(level)
             # An entry this worker is still handling (its lease ran out while Redis was
             # slow to answer the extension) is now ours again: do not run it twice.
             # One it handled whose ack could not be written yet (Redis was away longer than

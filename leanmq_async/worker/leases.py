@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 import anyio
 
 from leanmq_async.exceptions import LeanMQError
+from leanmq_async.priority import by_level
 
 if TYPE_CHECKING:
+    from leanmq_async.keys import QueueKeys
     from leanmq_async.store import Store
     from leanmq_async.worker.state import RunnerState, Work
 
@@ -35,6 +37,7 @@ class LeaseKeeper:
     def __init__(
         self,
         store: Store,
+        keys: QueueKeys,
         stream: str,
         group: str,
         consumer: str,
@@ -42,6 +45,7 @@ class LeaseKeeper:
         state: RunnerState,
     ) -> None:
         self.store = store
+        self.keys = keys  # the queue's; an entry of a priority level names its level
         self.stream = stream
         self.group = group
         self.consumer = consumer
@@ -60,10 +64,12 @@ class LeaseKeeper:
                 continue
             try:
                 lost: list[bytes] = []
-                for i in range(0, len(held), _EXTEND_BATCH):
-                    lost += await self.store.extend_leases(
-                        self.stream, self.group, self.consumer, held[i : i + _EXTEND_BATCH]
-                    )
+                for stream, ids in by_level(self.keys, self.stream, held).items():
+                    for i in range(0, len(ids), _EXTEND_BATCH):
+                        batch = ids[i : i + _EXTEND_BATCH]
+                        lost += await self.store.extend_leases(
+                            stream, self.group, self.consumer, batch
+                        )
             except LeanMQError as exc:
                 self.log.warning("lease_extend_failed", error=str(exc))
                 continue
@@ -79,9 +85,8 @@ class LeaseKeeper:
         reclaimed it meanwhile, running it here too would run it twice, so it is skipped.
         """
         try:
-            lost = await self.store.extend_leases(
-                self.stream, self.group, self.consumer, [work.sid]
-            )
+            ((stream, ids),) = by_level(self.keys, self.stream, [work.sid]).items()
+            lost = await self.store.extend_leases(stream, self.group, self.consumer, ids)
         except LeanMQError as exc:
             self.log.warning("lease_extend_failed", error=str(exc))
             return True  # unknown: run it, as without this check

@@ -13,6 +13,7 @@ Every step is one script per queue and tolerates Redis being away for a while.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -20,8 +21,10 @@ import anyio
 
 from leanmq_async._log import get_logger
 from leanmq_async.exceptions import LeanMQError, RedisOperationError
+from leanmq_async.priority import LEVEL_CHECK
 
 if TYPE_CHECKING:
+    from leanmq_async.keys import QueueKeys
     from leanmq_async.queue import Queue
     from leanmq_async.registration import Handler
     from leanmq_async.store import MemoryUsage, Store
@@ -67,6 +70,8 @@ class Maintenance:
         self.trimmed = 0
         self._memory_warned = False
         self.cron: CronScheduler | None = None  # periodic jobs (issue 16), set by the worker
+        # Per stream: priority levels in use, and when that was last checked.
+        self._levels: dict[str, tuple[bool, float]] = {}
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -82,14 +87,32 @@ class Maintenance:
             if self.cron is not None:
                 tg.start_soon(self.cron.run)
 
+    async def levels(self, queue: Queue) -> list[QueueKeys]:
+        """The keys of each priority level of ``queue`` in use (the default level alone
+        until another level's stream or delayed set exists; then all, for good). Checked
+        at most every ``LEVEL_CHECK`` seconds."""
+        in_use, checked = self._levels.get(queue.stream, (False, -LEVEL_CHECK))
+        if not in_use and time.monotonic() >= checked + LEVEL_CHECK:
+            try:
+                in_use = await self.store.levels_in_use(queue.keys)
+            except LeanMQError:
+                return [queue.keys]
+            self._levels[queue.stream] = (in_use, time.monotonic())
+        return list(queue.keys.levels()) if in_use else [queue.keys]
+
     async def _mover(self, queue: Queue) -> None:
         cap_ms = self.settings.maintenance_interval * 1000
         while True:
-            try:
-                moved, wait_ms = await self.store.move_due(queue.keys, _MOVE_BATCH)
-            except LeanMQError as exc:
-                self.log.warning("move_due_failed", queue=queue.name, error=str(exc))
-                moved, wait_ms = 0, -1
+            moved, wait_ms = 0, -1
+            for keys in await self.levels(queue):
+                try:
+                    n, due_ms = await self.store.move_due(keys, _MOVE_BATCH)
+                except LeanMQError as exc:
+                    self.log.warning("move_due_failed", queue=queue.name, error=str(exc))
+                    continue
+                moved = max(moved, n)
+                if due_ms >= 0:
+                    wait_ms = due_ms if wait_ms < 0 else min(wait_ms, due_ms)
             self.moved += moved
             if moved >= _MOVE_BATCH:
                 continue
@@ -129,22 +152,25 @@ class Maintenance:
         for stream, queue in self.queues.items():
             policy = self.expired_policy[stream]
             n = 0
-            for _ in range(_EXPIRE_BATCHES):
-                result = await self.store.expire(
-                    queue.keys,
-                    queue.name,
-                    policy,
-                    _EXPIRE_BATCH,
-                    recheck_ms,
-                    self.group_policies[stream],
-                )
-                n += result.unhandled
-                if result.scanned < _EXPIRE_BATCH or not result.left:
-                    break
-            else:
-                if result.left:
-                    # ``left`` is counted up to one batch: "at least".
-                    self.log.warning("expiry_behind", queue=queue.name, left_at_least=result.left)
+            for keys in await self.levels(queue):
+                for _ in range(_EXPIRE_BATCHES):
+                    result = await self.store.expire(
+                        keys,
+                        queue.name,
+                        policy,
+                        _EXPIRE_BATCH,
+                        recheck_ms,
+                        self.group_policies[stream],
+                    )
+                    n += result.unhandled
+                    if result.scanned < _EXPIRE_BATCH or not result.left:
+                        break
+                else:
+                    if result.left:
+                        # ``left`` is counted up to one batch: "at least".
+                        self.log.warning(
+                            "expiry_behind", queue=queue.name, left_at_least=result.left
+                        )
             if n:
                 self.log.info("expired", queue=queue.name, count=n)
             total += n
@@ -169,8 +195,9 @@ class Maintenance:
         elif only_under_pressure:
             return 0
         total = 0
-        for stream in self.queues:
-            total += await self.store.trim(stream, age_ms)
+        for queue in self.queues.values():
+            for keys in await self.levels(queue):
+                total += await self.store.trim(keys.stream, age_ms)
         if usage is not None and pressed and total:
             self.log.warning(
                 "trimmed_early",
@@ -203,10 +230,23 @@ class Maintenance:
         await self.store.sync_clock()
         for stream, groups in self.groups.items():
             idle_limit = max(self.settings.dead_consumer_idle, 10 * self.lease_ms[stream] / 1000)
+            # Each priority level in use has consumers of its own (see priority.py).
+            levels = [k.stream for k in await self.levels(self.queues[stream])]
             for group in groups:
-                for consumer in await self.store.consumers(stream, group):
-                    if consumer["pending"] or consumer["idle"] < idle_limit * 1000:
-                        continue
-                    name = consumer["name"].decode()
-                    if await self.store.delete_consumer_if_idle(stream, group, name):
-                        self.log.info("consumer_removed", consumer=name, group=group)
+                for level_stream in levels:
+                    await self._remove_idle(level_stream, group, idle_limit)
+
+    async def _remove_idle(self, stream: str, group: str, idle_limit: float) -> None:
+        try:
+            consumers = await self.store.consumers(stream, group)
+        except RedisOperationError as exc:
+            gone = "NOGROUP" in str(exc) or "no such key" in str(exc)
+            if gone and stream not in self.queues:
+                return  # a priority level's stream this group has not read yet, or none
+            raise
+        for consumer in consumers:
+            if consumer["pending"] or consumer["idle"] < idle_limit * 1000:
+                continue
+            name = consumer["name"].decode()
+            if await self.store.delete_consumer_if_idle(stream, group, name):
+                self.log.info("consumer_removed", consumer=name, group=group)

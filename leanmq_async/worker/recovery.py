@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from leanmq_async.exceptions import LeanMQConnectionError, LeanMQError, RedisOperationError
+from leanmq_async.keys import DEFAULT_LEVEL
 
 if TYPE_CHECKING:
     from leanmq_async.queue import Queue
@@ -38,6 +39,20 @@ class Recovery:
 
     async def recover_own_pending(self) -> None:
         """At start, handle what this consumer name still holds from a previous run."""
+        levels = [(DEFAULT_LEVEL, self.stream)]
+        if await self._levels_in_use():
+            keys = self.queue.keys
+            levels += [(k.level, k.stream) for k in keys.levels() if k.level != DEFAULT_LEVEL]
+        for level, stream in levels:
+            await self._recover_stream(level, stream)
+
+    async def _levels_in_use(self) -> bool:
+        try:
+            return await self.store.levels_in_use(self.queue.keys)
+        except LeanMQError:
+            return False
+
+    async def _recover_stream(self, level: int, stream: str) -> None:
         state = self.state
         start = "-"
         while not state.stopping.is_set():
@@ -46,12 +61,15 @@ class Recovery:
                 return
             try:
                 found = await self.store.reclaim(
-                    self.stream, self.group, self.consumer, 0, n, start, owner=self.consumer
+                    stream, self.group, self.consumer, 0, n, start, owner=self.consumer
                 )
             except LeanMQError as exc:
                 state.slots.release(n)
-                self.log.warning("recover_pending_failed", error=str(exc))
+                if level == DEFAULT_LEVEL or "NOGROUP" not in str(exc):
+                    self.log.warning("recover_pending_failed", error=str(exc))
                 return
+            if level != DEFAULT_LEVEL:
+                found = found.at_level(level)
             state.slots.release(n - len(found.entries))
             state.report_missing(found.missing)
             state.dispatch(found.entries, found.deliveries)

@@ -65,7 +65,7 @@ class HandlerRunner:
         notifier = Notifier(settings.observers, self, state.log)
         self.settler = Settler(handler, consumer, settings.settle_timeout, state, notifier)
         self.leases = LeaseKeeper(
-            self.store, self.stream, self.group, consumer, self.lease_ms, state
+            self.store, queue.keys, self.stream, self.group, consumer, self.lease_ms, state
         )
         self.recovery = Recovery(queue, self.group, consumer, state)
         self.executor = Executor(handler, state, self.settler, self.leases, notifier)

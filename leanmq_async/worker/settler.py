@@ -22,6 +22,7 @@ import anyio
 
 from leanmq_async import results  # results (issue 17)
 from leanmq_async.exceptions import LeanMQConnectionError, LeanMQError
+from leanmq_async.priority import by_level, split_id
 from leanmq_async.worker.settle_batch import SettleBatcher
 from leanmq_async.worker.state import LINGER
 
@@ -120,7 +121,8 @@ class Settler:
                 batch, self._acks = self._acks, []
                 self._acking.update(batch)
                 try:
-                    await self.store.ack(self.stream, self.group, batch)
+                    for stream, ids in by_level(self.queue.keys, self.stream, batch).items():
+                        await self.store.ack(stream, self.group, ids)
                 except LeanMQConnectionError:
                     self._acks = batch + self._acks
                     await anyio.sleep(pause)
@@ -145,9 +147,13 @@ class Settler:
     async def retry(
         self, sid: str, message_id: str, attempt: int, seconds: float, error: BaseException
     ) -> None:
-        """Schedule retry ``attempt + 1`` of a failed message in ``seconds``."""
+        """Schedule retry ``attempt + 1`` of a failed message in ``seconds``.
+
+        A retry keeps its priority: it is scheduled in (and moved back to) its level's keys.
+        """
+        raw, level = split_id(sid)
         call = self.store.retry_call(
-            self.queue.keys, self.group, self.consumer, sid, int(seconds * 1000), attempt
+            self.queue.keys.at(level), self.group, self.consumer, raw, int(seconds * 1000), attempt
         )
         result = await self._settle(lambda: self._batcher.call(call))
         if result == -1:
@@ -191,12 +197,13 @@ class Settler:
         message_id: str = "",
     ) -> int | None:
         """Move the entry to the DLQ if this consumer still holds it; 1 when moved."""
+        raw, level = split_id(sid)
         call = self.store.dead_letter_call(
-            self.queue.keys,
+            self.queue.keys.at(level),
             self.group,
             self.consumer,
             self.queue.name,
-            (sid, reason, error_type, details, attempts),
+            (raw, reason, error_type, details, attempts),
         )
         # -- results (issue 17): a result handler's waiters learn the DLQ reason --
         if self.result_ttl is not None and message_id:
@@ -230,8 +237,10 @@ class Settler:
         (``"dlq"``). False when Redis says it is still live: the caller handles it.
         """
         policy = self.expired_policy
+        raw, level = split_id(sid)
+        keys = self.queue.keys.at(level)
         call = self.store.expire_read_call(
-            self.queue.keys, self.group, self.consumer, self.queue.name, policy, sid, expires_at_ms
+            keys, self.group, self.consumer, self.queue.name, policy, raw, expires_at_ms
         )
         result = await self._settle(lambda: self._batcher.call(call))
         if result == 0:
