@@ -51,9 +51,9 @@ from leanmq_async.ops.stats import (
     GroupStats,
     QueueStats,
     Stats,
-    StatsSampler,
     collect_stats,
 )
+from leanmq_async.ops.stats_sampler import StatsSampler
 
 __all__ = [
     "AdminAPI",

@@ -30,7 +30,7 @@ from leanmq_async.ops.http_request import (
     looks_like_id,
     read_body,
 )
-from leanmq_async.ops.stats import StatsSampler
+from leanmq_async.ops.stats_sampler import StatsSampler
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ

@@ -19,7 +19,8 @@ from leanmq_async.ops.cli.common import (
     table,
 )
 from leanmq_async.ops.cli.cron import cron_text
-from leanmq_async.ops.stats import Stats, StatsSampler, collect_stats
+from leanmq_async.ops.stats import Stats, collect_stats
+from leanmq_async.ops.stats_sampler import StatsSampler
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ

@@ -19,7 +19,7 @@ from leanmq_async.ops.cli.common import (
     seconds_type,
 )
 from leanmq_async.ops.cli.stats import stats_text
-from leanmq_async.ops.stats import StatsSampler
+from leanmq_async.ops.stats_sampler import StatsSampler
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
