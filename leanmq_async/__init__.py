@@ -32,6 +32,7 @@ from leanmq_async.exceptions import (
 from leanmq_async.message import DeadLetterInfo, DeadLetterResult, Message, QueueInfo
 from leanmq_async.partition import PartitionedQueue
 from leanmq_async.queue import Queue
+from leanmq_async.rate_limit import RateLimit
 from leanmq_async.transaction import Transaction
 from leanmq_async.webhook import LeanMQWebhook
 
@@ -61,6 +62,7 @@ __all__ = [
     "QueueError",
     "QueueInfo",
     "QueueNotFoundError",
+    "RateLimit",
     "RedisOperationError",
     "Reject",
     "Retry",

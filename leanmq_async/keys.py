@@ -11,6 +11,8 @@ All keys of one queue share one Redis Cluster hash tag, the queue name in braces
     {prefix}{orders}:dedup            HASH  message_id -> "<until ms> <stream id>" (dedup)
     {prefix}{orders}:dedup:until      ZSET  message_id -> end of its dedup window (ms)
     {prefix}{orders}:result:<message_id>  STRING  a handler's result (expires; see results.py)
+    {prefix}{orders}:rl:<group>       LIST  a handler's rate limit: starts granted (ms; expires)
+    {prefix}{orders}:rl:<group>:k:<key>   LIST  the same, per key of a keyed rate limit
     {prefix}{}:registry               SET   names of the queues created with this prefix
 
 and one pub/sub channel per prefix, ``{prefix}results``, announcing stored results.
@@ -147,8 +149,15 @@ class QueueKeys:
         """Where the result of the message ``message_id`` is stored (see ``results.py``)."""
         return f"{self.tag}:result:{message_id}"
 
+    def rate_limit(self, group: str, key: str | None = None) -> str:
+        """The log of starts granted to ``group``'s handler (one per ``key`` when keyed);
+        see ``lua/rate_limit.lua``. A partitioned queue's limiter uses the keys of its
+        logical name (one limit across its partitions)."""
+        log = f"{self.tag}:rl:{group}"
+        return log if key is None else f"{log}:k:{key}"
+
     def all(self) -> tuple[str, ...]:
-        """Every key of the pair, for deletion."""
+        """Every key of the pair, for deletion (rate-limit logs expire by themselves)."""
         return (
             self.stream,
             self.dlq,

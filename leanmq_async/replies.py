@@ -29,12 +29,14 @@ __all__ = [
     "parse_count",
     "parse_dead_letter",
     "parse_dead_letter_one",
+    "parse_defer",
     "parse_delete_idle_consumer",
     "parse_expire",
     "parse_expire_read",
     "parse_extend_leases",
     "parse_migrate_step",
     "parse_move_due",
+    "parse_rate_limit",
     "parse_reclaim",
     "parse_retry",
     "parse_send",
@@ -205,6 +207,20 @@ def parse_retry(reply: Any) -> RetryStatus:
     """retry.lua: 1, 0 or -1."""
     status: RetryStatus = _one_of("retry", _int("retry", reply), RetryStatus)
     return status
+
+
+def parse_defer(reply: Any) -> RetryStatus:
+    """defer.lua: 1 (deferred), 0 or -1, as retry.lua's."""
+    status: RetryStatus = _one_of("defer", _int("defer", reply), RetryStatus)
+    return status
+
+
+def parse_rate_limit(reply: Any) -> int:
+    """rate_limit.lua: the start granted, ms on the Redis clock, negated when it is now."""
+    granted = _int("rate_limit", reply, "a non-zero integer (ms)")
+    if granted == 0:
+        raise _fail("rate_limit", "a non-zero integer (ms)", reply)
+    return granted
 
 
 def parse_expire_read(reply: Any) -> ExpireReadStatus:

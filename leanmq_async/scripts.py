@@ -54,6 +54,8 @@ class Scripts:
     migrate_step: AsyncScript
     store_result: AsyncScript
     store_failure: AsyncScript
+    rate_limit: AsyncScript  # rate limits (issue 16)
+    defer: AsyncScript  # rate limits (issue 16)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -9,10 +9,11 @@
 -- REPLY   integer: the number of entries requeued.
 -- ATOMIC  Per entry: the copy is added to the stream, and the DLQ entry acked and
 --         deleted, together. The copy drops the dlq.* metadata, the attempts ('a'), the
---         expiry ('x') and the old target ('g'), and is targeted (g) at the group that
---         failed it (dlq.group), if one did: '' (expired for a stream without groups)
---         means every group gets it again. A missing id is skipped; a tombstone (only
---         dlq.* fields) has nothing to requeue and stays in the DLQ.
+--         expiry ('x'), the old target ('g') and a rate-limit reservation ('rl'), and is
+--         targeted (g) at the group that failed it (dlq.group), if one did: '' (expired
+--         for a stream without groups) means every group gets it again. A missing id is
+--         skipped; a tombstone (only dlq.* fields) has nothing to requeue and stays in
+--         the DLQ.
 -- ERRORS  'WRONGTYPE ...' before anything is moved.
 local bad = check_types({KEYS[1], KEYS[2]}, {'stream', 'stream'})
 if bad then return redis.error_reply(bad) end
@@ -25,7 +26,8 @@ for k = 2, #ARGV do
     for i = 1, #old, 2 do
       local name = old[i]
       if name == 'dlq.group' then target = old[i + 1] end
-      if string.sub(name, 1, 4) ~= 'dlq.' and name ~= 'a' and name ~= 'x' and name ~= 'g' then
+      if string.sub(name, 1, 4) ~= 'dlq.' and name ~= 'a' and name ~= 'x' and name ~= 'g'
+        and name ~= 'rl' then
         fields[#fields + 1] = name
         fields[#fields + 1] = old[i + 1]
       end

@@ -1,0 +1,132 @@
+"""The executor's rate-limit step: ask the limiter in Redis for a start, or defer.
+
+A handler with ``rate_limit=`` (:class:`~leanmq_async.RateLimit`) gets a :class:`Limiter`.
+Before each handler call, :meth:`Limiter.admit`:
+
+* a copy that came back from the delayed set holding a reservation (field ``rl``, first
+  delivery of that entry) starts on it without asking again;
+* otherwise the key function (if any) names the limiter's log; one that raises or
+  returns no str/int dead-letters the message;
+* ``lua/rate_limit.lua`` (in the settle batch, one round trip shared with the other
+  processors) grants a start: now (the handler runs), or later: ``lua/defer.lua`` acks the
+  entry and holds its copy in the delayed set until that start, attempts unchanged (it
+  is not a failure); the delayed mover brings it back.
+
+The limiter's log lives in the queue's slot (its logical name's, for a partition: one
+limit across the partitions), so the check and the defer are two scripts; a crash between
+them leaves the entry pending (reclaimed and asked again: nothing lost) and one granted
+start unused (stricter, never looser).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from leanmq_async.keys import QueueKeys
+from leanmq_async.reading import to_message
+
+if TYPE_CHECKING:
+    from leanmq_async.envelope import DecodedEntry
+    from leanmq_async.rate_limit import RateLimit
+    from leanmq_async.worker.handler import Handler
+    from leanmq_async.worker.settler import Settler
+    from leanmq_async.worker.state import RunnerState, Work
+
+__all__ = ["FIELD_RESERVED", "Limiter"]
+
+FIELD_RESERVED = b"rl"
+"""The stream field of a deferred copy: the start (ms, Redis clock) it holds."""
+
+
+def _scope(handler: Handler) -> tuple[QueueKeys, str]:
+    """The keys and group naming the limiter: a partition's are its logical queue's."""
+    queue = handler.queue
+    for partitioned in queue.mq._partitioned.values():
+        if queue in partitioned.partitions:
+            logical = QueueKeys(queue.mq.prefix, partitioned.name)
+            group = handler.options.group or f"{partitioned.name}-group"
+            return logical, group
+    return queue.keys, handler.group
+
+
+class Limiter:
+    """The rate-limit step of one runner; see the module docstring."""
+
+    def __init__(self, handler: Handler, limit: RateLimit, settler: Settler, state: RunnerState):
+        self.handler = handler
+        self.limit = limit
+        self.settler = settler
+        self.store = handler.queue.mq.store
+        self.stats = state.stats
+        self.log = state.log
+        self.queue = handler.queue
+        keys, group = _scope(handler)
+        self.log_key = keys.rate_limit(group)
+        self._keys = keys
+        self._group = group
+        self.per_ms = limit.per_ms
+
+    async def admit(self, work: Work, sid: str, entry: DecodedEntry, payload: Any) -> int | None:
+        """The start granted now (ms, Redis clock), or None: not to start now (deferred,
+        dead-lettered, or left pending for reclaim when Redis could not be asked)."""
+        fields = work.fields or {}
+        reserved = fields.get(FIELD_RESERVED)
+        if reserved is not None and work.deliveries == 1:
+            try:
+                return int(reserved)
+            except ValueError:
+                pass  # not ours: ask the limiter
+        log_key = self.log_key
+        if self.limit.key is not None:
+            found = await self._key_of(work, sid, entry, payload)
+            if found is None:
+                return None
+            log_key = self._keys.rate_limit(self._group, found)
+        call = self.store.rate_limit_call(log_key, self.limit.limit, self.per_ms)
+        granted = await self.settler.run_call(call)
+        if granted is None:
+            self.log.warning("rate_limit_unavailable", id=sid, message_id=entry.message_id)
+            return None
+        if granted < 0:
+            return -granted
+        await self._defer(sid, entry.message_id, granted)
+        return None
+
+    async def _key_of(self, work: Work, sid: str, entry: DecodedEntry, payload: Any) -> str | None:
+        """The message's limiter key, or None when the key function failed (dead-lettered)."""
+        assert self.limit.key is not None
+        message = to_message(sid, entry, payload, self.queue.name, work.deliveries)
+        try:
+            key = self.limit.key(message)
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                raise TypeError(f"it returned {type(key).__name__}, not a str or int")
+        except Exception as exc:  # noqa: BLE001 - a user function: any failure dead-letters
+            await self.settler.dead_letter(
+                sid,
+                f"rate limit key failed: {type(exc).__name__}: {exc}",
+                "RateLimitKeyError",
+                attempts=entry.attempts,
+                message_id=entry.message_id,
+            )
+            return None
+        return str(key)
+
+    async def _defer(self, sid: str, message_id: str, start_ms: int) -> None:
+        call = self.store.defer_call(
+            self.queue.keys, self.handler.group, self.settler.consumer, sid, start_ms
+        )
+        result = await self.settler.run_call(call)
+        if result == 1:
+            self.stats.rate_limited += 1
+            self.settler.on_scheduled(self.settler.stream)
+            self.log.debug("rate_limited", id=sid, message_id=message_id, start_ms=start_ms)
+        elif result == -1:
+            self.log.warning("lease_lost", id=sid, message_id=message_id)
+        elif result == 0:
+            self.stats.lost += 1
+            self.log.error(
+                "defer_skipped",
+                id=sid,
+                message_id=message_id,
+                reason="entry deleted from the stream while handled: it cannot be deferred",
+            )
