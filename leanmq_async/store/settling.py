@@ -46,11 +46,13 @@ class Settling(StoreBase):
 
     # -- rate limits (issue 16) --
 
-    def rate_limit_call(self, log_key: str, limit: int, per_ms: int) -> SettleCall:
+    def rate_limit_call(
+        self, log_key: str, limit: int, per_ms: int, slack_ms: int = 0
+    ) -> SettleCall:
         """Ask for a handler start under a rate limit (``lua/rate_limit.lua``), as one call
         of a :meth:`settle_many` batch: the start granted in ms on the Redis clock,
         negated when it is now (start at once); positive: defer the message to it."""
-        args = [limit, per_ms, self.clock_shift_ms]
+        args = [limit, per_ms, self.clock_shift_ms, slack_ms]
         return SettleCall(self.scripts.rate_limit, [log_key], args, parse_rate_limit)
 
     def defer_call(

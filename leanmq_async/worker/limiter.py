@@ -4,13 +4,18 @@ A handler with ``rate_limit=`` (:class:`~leanmq_async.RateLimit`) gets a :class:
 Before each handler call, :meth:`Limiter.admit`:
 
 * a copy that came back from the delayed set holding a reservation (field ``rl``, first
-  delivery of that entry) starts on it without asking again;
+  delivery of that entry) starts on it without asking again, if it is on time;
 * otherwise the key function (if any) names the limiter's log; one that raises or
   returns no str/int dead-letters the message;
 * ``lua/rate_limit.lua`` (in the settle batch, one round trip shared with the other
   processors) grants a start: now (the handler runs), or later: ``lua/defer.lua`` acks the
   entry and holds its copy in the delayed set until that start, attempts unchanged (it
   is not a failure); the delayed mover brings it back.
+
+A start must begin within the limit's slack after its grant (the Redis clock, estimated
+locally): the limiter spaces grants by that slack, so the handlers' real starts keep every
+window within the limit. A grant found late (a busy worker, a slow mover) is not used:
+the message asks again (once more for a grant of "now"), and waits for its new grant.
 
 The limiter's log lives in the queue's slot (its logical name's, for a partition: one
 limit across the partitions), so the check and the defer are two scripts; a crash between
@@ -20,8 +25,10 @@ start unused (stricter, never looser).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
+from leanmq_async.exceptions import LeanMQError
 from leanmq_async.keys import QueueKeys
 from leanmq_async.reading import to_message
 
@@ -65,6 +72,7 @@ class Limiter:
         self._keys = keys
         self._group = group
         self.per_ms = limit.per_ms
+        self.slack_ms = limit.slack_ms
 
     async def admit(self, work: Work, sid: str, entry: DecodedEntry, payload: Any) -> int | None:
         """The start granted now (ms, Redis clock), or None: not to start now (deferred,
@@ -73,24 +81,41 @@ class Limiter:
         reserved = fields.get(FIELD_RESERVED)
         if reserved is not None and work.deliveries == 1:
             try:
-                return int(reserved)
+                start = int(reserved)
             except ValueError:
-                pass  # not ours: ask the limiter
+                start = 0  # not ours: ask the limiter
+            if await self._on_time(start):
+                return start
+            self.stats.rate_limit_late += 1
         log_key = self.log_key
         if self.limit.key is not None:
             found = await self._key_of(work, sid, entry, payload)
             if found is None:
                 return None
             log_key = self._keys.rate_limit(self._group, found)
-        call = self.store.rate_limit_call(log_key, self.limit.limit, self.per_ms)
-        granted = await self.settler.run_call(call)
-        if granted is None:
-            self.log.warning("rate_limit_unavailable", id=sid, message_id=entry.message_id)
-            return None
-        if granted < 0:
-            return -granted
+        call = self.store.rate_limit_call(log_key, self.limit.limit, self.per_ms, self.slack_ms)
+        for _ in range(2):
+            granted = await self.settler.run_call(call)
+            if granted is None:
+                self.log.warning("rate_limit_unavailable", id=sid, message_id=entry.message_id)
+                return None
+            if granted > 0:
+                break
+            if await self._on_time(-granted):
+                return -granted
+            self.stats.rate_limit_late += 1
+        else:
+            return None  # late twice: left pending, reclaimed and asked again later
         await self._defer(sid, entry.message_id, granted)
         return None
+
+    async def _on_time(self, start_ms: int) -> bool:
+        """May a start granted at ``start_ms`` begin now (at most the slack late)?"""
+        try:
+            now = await self.store.redis_now_ms()
+        except LeanMQError:
+            now = await self.store.redis_now_ms(max_age=math.inf)
+        return now - start_ms <= self.slack_ms
 
     async def _key_of(self, work: Work, sid: str, entry: DecodedEntry, payload: Any) -> str | None:
         """The message's limiter key, or None when the key function failed (dead-lettered)."""

@@ -2,13 +2,14 @@
 
 Environment: LEANMQ_TEST_URL, LEANMQ_TEST_PREFIX, APP_QUEUE (default "work"), APP_LEDGER
 (list of "<granted ms> <started ms> <payload> <attempt> <pid>": granted is the limiter's
-start on the Redis clock, started the Redis clock when the handler began), APP_LIMIT,
-APP_PER (seconds), APP_CONCURRENCY. Runs until killed.
+start on the Redis clock, started the wall clock when the handler began: the same clock,
+Redis runs on this host), APP_LIMIT, APP_PER (seconds), APP_CONCURRENCY. Runs until killed.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import anyio
 
@@ -25,8 +26,7 @@ async def main() -> None:
 
         @queue.handler(concurrency=env_int("APP_CONCURRENCY", 10), rate_limit=limit)
         async def handle(message: Message[int]) -> None:
-            seconds, micros = await mq.redis.time()
-            started = seconds * 1000 + micros // 1000
+            started = int(time.time() * 1000)
             granted = granted_start()
             assert granted is not None
             line = f"{round(granted * 1000)} {started} {message.data} {message.attempt}"
