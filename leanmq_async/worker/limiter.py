@@ -8,14 +8,16 @@ Before each handler call, :meth:`Limiter.admit`:
 * otherwise the key function (if any) names the limiter's log; one that raises or
   returns no str/int dead-letters the message;
 * ``lua/rate_limit.lua`` (in the settle batch, one round trip shared with the other
-  processors) grants a start: now (the handler runs), or later: ``lua/defer.lua`` acks the
-  entry and holds its copy in the delayed set until that start, attempts unchanged (it
-  is not a failure); the delayed mover brings it back.
+  processors; not shielded: it settles nothing) grants a start: now (the handler
+  runs), or later: ``lua/defer.lua`` acks the entry and holds its copy in the delayed
+  set until that start, attempts unchanged (it is not a failure); the delayed mover
+  brings it back.
 
-A start must begin within the limit's slack after its grant (the Redis clock, estimated
-locally): the limiter spaces grants by that slack, so the handlers' real starts keep every
-window within the limit. A grant found late (a busy worker, a slow mover) is not used:
-the message asks again (once more for a grant of "now"), and waits for its new grant.
+The limiter spaces grants by ``per`` plus a slack, so handlers that start up to the slack
+after their grant keep every window within the limit. A reservation found later than
+that when its copy comes back (a busy worker, a slow mover) is not used: the message asks
+again, and waits for its new grant. A grant of "now" starts at once (its lateness is
+this worker's own scheduling delay, not a wait in Redis).
 
 The limiter's log lives in the queue's slot (its logical name's, for a partition: one
 limit across the partitions), so the check and the defer are two scripts; a crash between
@@ -94,18 +96,12 @@ class Limiter:
                 return None
             log_key = self._keys.rate_limit(self._group, found)
         call = self.store.rate_limit_call(log_key, self.limit.limit, self.per_ms, self.slack_ms)
-        for _ in range(2):
-            granted = await self.settler.run_call(call)
-            if granted is None:
-                self.log.warning("rate_limit_unavailable", id=sid, message_id=entry.message_id)
-                return None
-            if granted > 0:
-                break
-            if await self._on_time(-granted):
-                return -granted
-            self.stats.rate_limit_late += 1
-        else:
-            return None  # late twice: left pending, reclaimed and asked again later
+        granted = await self.settler.ask(call)
+        if granted is None:
+            self.log.warning("rate_limit_unavailable", id=sid, message_id=entry.message_id)
+            return None
+        if granted < 0:
+            return -granted  # now: the handler starts at once
         await self._defer(sid, entry.message_id, granted)
         return None
 
