@@ -215,12 +215,13 @@ def parse_defer(reply: Any) -> RetryStatus:
     return status
 
 
-def parse_rate_limit(reply: Any) -> int:
-    """rate_limit.lua: the start granted, ms on the Redis clock, negated when it is now."""
-    granted = _int("rate_limit", reply, "a non-zero integer (ms)")
-    if granted == 0:
-        raise _fail("rate_limit", "a non-zero integer (ms)", reply)
-    return granted
+def parse_rate_limit(reply: Any, n: int) -> list[int]:
+    """rate_limit.lua: ``n`` non-zero integers (ms), each negated when it is now."""
+    expected = f"an array of {n} non-zero integers (ms)"
+    grants = [_int("rate_limit", g, expected) for g in _array("rate_limit", reply, expected, n)]
+    if not all(grants):
+        raise _fail("rate_limit", expected, reply)
+    return grants
 
 
 def parse_expire_read(reply: Any) -> ExpireReadStatus:

@@ -370,9 +370,7 @@ class QueueMachine(RuleBasedStateMachine):
             return  # started on its reservation, without asking
         queue, store = self.queues[d.queue], self.mq.store
         log = queue.keys.rate_limit(d.group)
-        (granted,) = self.run(
-            store.settle_many([store.rate_limit_call(log, RATE_LIMIT, RATE_PER * S)])
-        )
+        (granted,) = self.run(store.rate_limit([log], [1], RATE_LIMIT, RATE_PER * S, 0))
         grant = self.model.rate_limit(d.queue, d.group, RATE_LIMIT, RATE_PER * S)
         assert (granted < 0) == (grant[0] == self.model.now), f"granted {granted}, {grant}"
         if granted < 0:

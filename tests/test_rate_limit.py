@@ -95,8 +95,7 @@ async def test_the_limiter_grants_a_strict_sliding_window(mq: LeanMQ) -> None:
     store, log = mq.store, mq.queue("q").keys.rate_limit("g")
 
     async def ask() -> int:
-        (granted,) = await store.settle_many([store.rate_limit_call(log, 3, 10_000)])
-        assert isinstance(granted, int)
+        (granted,) = await store.rate_limit([log], [1], 3, 10_000, 0)
         return granted
 
     now = [await ask() for _ in range(3)]
@@ -109,6 +108,29 @@ async def test_the_limiter_grants_a_strict_sliding_window(mq: LeanMQ) -> None:
     assert 0 < await store.client.pttl(log) <= 40_000
     store.clock_shift_ms = 60_000  # a minute later: free again
     assert await ask() < 0
+
+
+async def test_one_call_grants_many_starts_from_several_logs(mq: LeanMQ) -> None:
+    """Batched asks get what the same asks one by one would: per log, in order, spaced
+    by per + slack (3 per 10 s, slack 100 ms)."""
+    store, keys = mq.store, mq.queue("q").keys
+    a, b = keys.rate_limit("g", "a"), keys.rate_limit("g", "b")
+    history = await store.rate_limit([a], [2], 3, 10_000, 100)
+    t0 = -history[0]
+    assert history == [-t0, -t0]
+    got = await store.rate_limit([a, b], [5, 4], 3, 10_000, 100)
+    t1, t2 = -got[0], -got[5]
+    assert got == [
+        -t1,  # log a: 2 of 3 used: now
+        t0 + 10_100,  # then 10.1 s after the third latest
+        t0 + 10_100,
+        t1 + 10_100,
+        t0 + 20_200,
+        -t2,  # log b: empty, three now
+        -t2,
+        -t2,
+        t2 + 10_100,
+    ]
 
 
 # -- the executor's step ---------------------------------------------------------------------

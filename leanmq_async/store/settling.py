@@ -46,14 +46,17 @@ class Settling(StoreBase):
 
     # -- rate limits (issue 16) --
 
-    def rate_limit_call(
-        self, log_key: str, limit: int, per_ms: int, slack_ms: int = 0
-    ) -> SettleCall:
-        """Ask for a handler start under a rate limit (``lua/rate_limit.lua``), as one call
-        of a :meth:`settle_many` batch: the start granted in ms on the Redis clock,
-        negated when it is now (start at once); positive: defer the message to it."""
-        args = [limit, per_ms, self.clock_shift_ms, slack_ms]
-        return SettleCall(self.scripts.rate_limit, [log_key], args, parse_rate_limit)
+    async def rate_limit(
+        self, logs: Sequence[str], counts: Sequence[int], limit: int, per_ms: int, slack_ms: int
+    ) -> list[int]:
+        """Ask for ``counts[i]`` handler starts from each rate-limit log ``logs[i]`` (keys
+        of one slot) in one step (``lua/rate_limit.lua``): the starts granted, in order, in
+        ms on the Redis clock, negated when it is now (start at once); positive: defer
+        that message to it."""
+        args = [limit, per_ms, self.clock_shift_ms, slack_ms, *counts]
+        with translate_errors("rate limit"):
+            reply = await self.scripts.rate_limit(keys=list(logs), args=args)
+        return parse_rate_limit(reply, sum(counts))
 
     def defer_call(
         self, keys: QueueKeys, group: str, consumer: str, sid: str, start_ms: int

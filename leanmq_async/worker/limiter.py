@@ -7,11 +7,14 @@ Before each handler call, :meth:`Limiter.admit`:
   delivery of that entry) starts on it without asking again, if it is on time;
 * otherwise the key function (if any) names the limiter's log; one that raises or
   returns no str/int dead-letters the message;
-* ``lua/rate_limit.lua`` (in the settle batch, one round trip shared with the other
-  processors; not shielded: it settles nothing) grants a start: now (the handler
-  runs), or later: ``lua/defer.lua`` acks the entry and holds its copy in the delayed
-  set until that start, attempts unchanged (it is not a failure); the delayed mover
-  brings it back.
+* ``lua/rate_limit.lua`` grants a start: now (the handler runs), or later:
+  ``lua/defer.lua`` acks the entry and holds its copy in the delayed set until that
+  start, attempts unchanged (it is not a failure); the delayed mover brings it back.
+
+The processors asking at the same moment share one script call (:class:`_Asks`): its
+first asker leads, sends every ask waiting (up to ``_MAX_BATCH``, any keys: they share
+the queue's slot), hands each its grant, and passes the lead to the next waiting ask. Not
+shielded (a grant settles nothing): cancelled or failed, the message stays pending.
 
 The limiter spaces grants by ``per`` plus a slack, so handlers that start up to the slack
 after their grant keep every window within the limit. A reservation found later than
@@ -27,8 +30,13 @@ start unused (stricter, never looser).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
 
 from leanmq_async.exceptions import LeanMQError
 from leanmq_async.keys import QueueKeys
@@ -45,6 +53,18 @@ __all__ = ["FIELD_RESERVED", "Limiter"]
 
 FIELD_RESERVED = b"rl"
 """The stream field of a deferred copy: the start (ms, Redis clock) it holds."""
+
+_MAX_BATCH = 500  # asks per script call
+
+
+class _Ask:
+    __slots__ = ("done", "finished", "granted", "log")
+
+    def __init__(self, log: str) -> None:
+        self.log = log
+        self.done = anyio.Event()  # set when answered, or woken to lead
+        self.finished = False
+        self.granted: int | None = None
 
 
 def _scope(handler: Handler) -> tuple[QueueKeys, str]:
@@ -75,6 +95,8 @@ class Limiter:
         self._group = group
         self.per_ms = limit.per_ms
         self.slack_ms = limit.slack_ms
+        self._asks: list[_Ask] = []
+        self._leading = False
 
     async def admit(self, work: Work, sid: str, entry: DecodedEntry, payload: Any) -> int | None:
         """The start granted now (ms, Redis clock), or None: not to start now (deferred,
@@ -95,15 +117,70 @@ class Limiter:
             if found is None:
                 return None
             log_key = self._keys.rate_limit(self._group, found)
-        call = self.store.rate_limit_call(log_key, self.limit.limit, self.per_ms, self.slack_ms)
-        granted = await self.settler.ask(call)
+        granted = await self._grant(log_key)
         if granted is None:
-            self.log.warning("rate_limit_unavailable", id=sid, message_id=entry.message_id)
             return None
         if granted < 0:
             return -granted  # now: the handler starts at once
         await self._defer(sid, entry.message_id, granted)
         return None
+
+    async def _grant(self, log: str) -> int | None:
+        """One start from ``log``, asked with the others asking now; None: Redis failed."""
+        ask = _Ask(log)
+        self._asks.append(ask)
+        try:
+            while True:
+                if not self._leading:
+                    await self._lead()
+                await ask.done.wait()
+                if ask.finished:
+                    return ask.granted
+                ask.done = anyio.Event()  # woken to lead: lead, unless another does
+        except BaseException:
+            with contextlib.suppress(ValueError):
+                self._asks.remove(ask)
+            if not self._leading:
+                self._hand_on()
+            raise
+
+    async def _lead(self) -> None:
+        self._leading = True
+        batch: list[_Ask] = []
+        try:
+            await anyio.lowlevel.checkpoint()  # let the processors asking right now join
+            batch, self._asks = self._asks[:_MAX_BATCH], self._asks[_MAX_BATCH:]
+            counts: dict[str, int] = {}
+            for ask in batch:
+                counts[ask.log] = counts.get(ask.log, 0) + 1
+            try:
+                grants = await self.store.rate_limit(
+                    list(counts),
+                    list(counts.values()),
+                    self.limit.limit,
+                    self.per_ms,
+                    self.slack_ms,
+                )
+            except LeanMQError as exc:
+                self.log.warning("rate_limit_unavailable", error=str(exc), count=len(batch))
+                return
+            by_log: dict[str, Iterator[int]] = {}
+            at = 0
+            for log, n in counts.items():
+                by_log[log], at = iter(grants[at : at + n]), at + n
+            for ask in batch:
+                ask.granted = next(by_log[ask.log])
+        finally:
+            self._leading = False
+            for ask in batch:  # granted, or None: Redis failed or the leader was cancelled
+                ask.finished = True
+                ask.done.set()
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Wake the oldest waiting ask: it leads the next call (if nobody does by then)."""
+        if self._asks:
+            self._asks[0].done.set()
 
     async def _on_time(self, start_ms: int) -> bool:
         """May a start granted at ``start_ms`` begin now (at most the slack late)?"""

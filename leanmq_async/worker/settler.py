@@ -259,16 +259,6 @@ class Settler:
         """Run one script ``call`` in this runner's settle batches (see :meth:`_settle`)."""
         return await self._settle(lambda: self._batcher.call(call))
 
-    async def ask(self, call: SettleCall) -> int | None:
-        """Run a call that settles nothing (the rate limiter's grant) in the settle
-        batches, neither shielded nor time-bounded: its reply, or None (logged) when Redis
-        failed. Cancelled or failed, the message stays pending (reclaimed later)."""
-        try:
-            return await self._batcher.call(call)
-        except LeanMQError as exc:
-            self.log.warning("settle_failed", error=str(exc))
-            return None
-
     async def _settle(self, step: Callable[[], Awaitable[T]]) -> T | None:
         """Run a settling step shielded from cancellation, retrying connection errors.
 
