@@ -5,8 +5,8 @@ three ways, and checks every message was handled once and none waited (no limit 
 bit, nothing deferred):
 
 * no limit: the plain handler;
-* ``RateLimit(100_000, per=1.0)``: one limit for the handler; each message costs one
-  ``lua/rate_limit.lua`` call (batched with the other processors' calls in one pipeline);
+* ``RateLimit(100_000, per=1.0)``: one limit for the handler; each message asks
+  ``lua/rate_limit.lua`` for a start, the processors asking at once in one call;
 * ``RateLimit(100_000, per=1.0, key=...)``: per key, 100 keys (``order_id % 100``).
 
 The overhead per message is ``1/rate(limited) - 1/rate(plain)`` in µs of wall time for
@@ -40,7 +40,7 @@ from benchmarks._consumers import PREFIX, QUEUE, lmq_names
 from leanmq_async import LeanMQ, RateLimit
 
 NAME = "rate_limit"
-TITLE = "9. Rate-limiter overhead per message"
+TITLE = "10. Rate-limiter overhead per message"
 CONCURRENCY = 500
 PLAIN = "worker burst c=500, no rate limit"
 GLOBAL = "same, RateLimit(100_000, per=1.0)"
@@ -97,7 +97,7 @@ def measure(cfg: Config, srv: Server, items: Sequence[Any], name: str) -> tuple[
 def run(cfg: Config, srv: Server) -> dict[str, Any]:
     items = payloads(cfg.messages)
     table = Table(
-        f"9. drain {len(items):,} msgs with a rate limit that never bites",
+        f"10. drain {len(items):,} msgs with a rate limit that never bites",
         "msg/s",
         base_label="no limit",
     )
@@ -118,9 +118,7 @@ def run(cfg: Config, srv: Server) -> dict[str, Any]:
     for name in (GLOBAL, KEYED):
         row = table.get(name)
         assert row is not None
-        overhead = [
-            (1 / a - 1 / b) * 1e6 for a, b in zip(row.values, plain.values, strict=True)
-        ]
+        overhead = [(1 / a - 1 / b) * 1e6 for a, b in zip(row.values, plain.values, strict=True)]
         row.extra["overhead_us_per_msg"] = round(median(overhead), 1)
         row.note = f"+{median(overhead):.1f} µs/msg"
     for name, values in redis_cpu.items():

@@ -239,6 +239,47 @@ async def test_a_failing_key_function_dead_letters_the_message(
     assert await raw.exists(runner.queue.keys.rate_limit(runner.group, "acme")) == 1
 
 
+async def test_when_the_limiter_cannot_answer_the_message_stays_pending(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    """A Redis error on the ask (here a wrong-typed log): not started, not settled, not
+    counted as a failure: it stays pending and is reclaimed later, like a crash."""
+    runner, calls = await _runner(mq, "broken", rate_limit=RateLimit(5))
+    await raw.set(runner.queue.keys.rate_limit(runner.group), "not a list")
+    work = await _work(raw, runner, 1)
+    await runner.executor.process(work)
+    assert calls == []
+    stats = runner.stats
+    assert (stats.failed, stats.rate_limited, stats.dead_lettered) == (0, 0, 0)
+    pending = await raw.xpending_range(runner.stream, runner.group, "-", "+", 10)
+    assert [p["message_id"] for p in pending] == [work.sid]
+
+
+async def test_many_processors_asking_at_once_get_one_grant_each(mq: LeanMQ) -> None:
+    """200 asks at once (two keys, 60 per 30 s each): each gets its own grant."""
+    runner, _ = await _runner(mq, "many", rate_limit=RateLimit(60, per=30))
+    limiter = runner.executor.limiter
+    assert limiter is not None
+    keys = runner.queue.keys
+    logs = [keys.rate_limit(runner.group, k) for k in ("a", "b")]
+    grants: dict[str, list[int]] = {log: [] for log in logs}
+
+    async def ask(log: str) -> None:
+        granted = await limiter._grant(log)
+        assert granted is not None
+        grants[log].append(granted)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(200):
+            tg.start_soon(ask, logs[i % 2])
+    for log in logs:
+        now = [g for g in grants[log] if g < 0]
+        later = sorted(g for g in grants[log] if g > 0)
+        assert len(now) == 60 and len(later) == 40, log
+        assert min(later) >= max(-g for g in now) + 30_000
+        assert await mq.store.client.llen(log) == 60
+
+
 async def test_a_partitioned_queue_shares_one_limit_across_its_partitions(mq: LeanMQ) -> None:
     orders = mq.queue("orders", partitions=3)
 
