@@ -11,7 +11,7 @@ Before each handler call, :meth:`Limiter.admit`:
   ``lua/defer.lua`` acks the entry and holds its copy in the delayed set until that
   start, attempts unchanged (it is not a failure); the delayed mover brings it back.
 
-The processors asking at the same moment share one script call (:class:`_Asks`): its
+The processors asking at the same moment share one script call (``Limiter._grant``): the
 first asker leads, sends every ask waiting (up to ``_MAX_BATCH``, any keys: they share
 the queue's slot), hands each its grant, and passes the lead to the next waiting ask. Not
 shielded (a grant settles nothing): cancelled or failed, the message stays pending.
@@ -39,7 +39,7 @@ import anyio
 import anyio.lowlevel
 
 from leanmq_async.exceptions import LeanMQError
-from leanmq_async.keys import QueueKeys
+from leanmq_async.keys import QueueKeys, default_group
 from leanmq_async.reading import to_message
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def _scope(handler: Handler) -> tuple[QueueKeys, str]:
     for partitioned in queue.mq._partitioned.values():
         if queue in partitioned.partitions:
             logical = QueueKeys(queue.mq.prefix, partitioned.name)
-            group = handler.options.group or f"{partitioned.name}-group"
+            group = handler.options.group or default_group(partitioned.name)
             return logical, group
     return queue.keys, handler.group
 
