@@ -23,6 +23,7 @@ from leanmq_async.testing import RedisServer
 from leanmq_async.worker.limiter import FIELD_RESERVED
 from leanmq_async.worker.runner import HandlerRunner
 from leanmq_async.worker.state import Work
+from tests.cluster_fixtures import scmq, small_cluster
 from tests.worker_apps.common import (
     app_env,
     list_items,
@@ -32,6 +33,8 @@ from tests.worker_apps.common import (
     start_app,
     wait_until,
 )
+
+__all__ = ["scmq", "small_cluster"]  # fixtures, imported for pytest
 
 pytestmark = pytest.mark.anyio
 
@@ -290,6 +293,26 @@ async def test_a_partitioned_queue_shares_one_limit_across_its_partitions(mq: Le
         runner.executor.limiter.log_key for runner in mq.worker().runners if runner.executor.limiter
     }
     assert logs == {mq.queue("orders#0").keys.rate_limit("orders-group").replace("#0", "")}
+
+
+async def test_on_a_cluster_a_partitioned_queue_keeps_one_limit(scmq: LeanMQ) -> None:
+    """3 partitions in 3 slots; the limit (5 per s) in the logical queue's slot: asking
+    and deferring are separate scripts there. 15 messages: at least 2 s, none lost."""
+    orders = scmq.queue("orders", partitions=3)
+    granted: list[int] = []
+
+    @orders.handler(rate_limit=RateLimit(5, per=1.0))
+    async def handle(message: Message[int]) -> None:
+        start = granted_start()
+        assert start is not None and message.attempt == 1
+        granted.append(round(start * 1000))
+
+    await orders.send_messages(list(range(15)))
+    async with scmq.worker(**FAST):
+        await wait_until(lambda: len(granted) == 15, within=20, what="15 handled")
+    assert most_in_any_window(granted, 1000) <= 5
+    assert max(granted) - min(granted) >= 2000
+    assert sum([(await p.get_info()).delayed_messages for p in orders.partitions]) == 0
 
 
 # -- a worker -----------------------------------------------------------------------------
