@@ -13,6 +13,7 @@ leanmq_async with a plain-Redis ceiling and with sync LeanMQ 0.2 measured in the
 10.  periodic jobs: tick script, worker CPU  (``benchmarks/cron.py``)
 11.  cancellation: cost per message, stop    (``benchmarks/cancel.py``)
 12.  drain with 3 priority levels vs plain   (``benchmarks/priorities.py``)
+13.  rate-limiter overhead per message       (``benchmarks/rate_limit.py``)
 
 Results go to ``benchmarks/results/latest.json`` (and ``latest.png`` when matplotlib is
 installed). The default run takes about 5 minutes on 2 cores; ``--quick`` about 1.
@@ -35,6 +36,7 @@ from benchmarks import (
     memory,
     priorities,
     processes,
+    rate_limit,
 )
 from benchmarks._common import (
     environment,
@@ -56,6 +58,7 @@ SECTIONS = {
     "cron": cron,
     "cancel": cancel,
     "priorities": priorities,
+    "rate_limit": rate_limit,
 }
 
 

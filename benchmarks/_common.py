@@ -84,8 +84,8 @@ def parse_args(
         p.add_argument(
             "--only",
             default="",
-            help="comma-separated sections: "
-            "enqueue,drain,processes,latency,failures,cost,memory,priorities",
+            help="comma-separated sections: enqueue,drain,processes,latency,failures,cost,memory,"
+            "cron,cancel,priorities,rate_limit",
         )
     a = p.parse_args(argv)
     cfg = Config()

@@ -34,6 +34,7 @@ from leanmq_async.message import CancelOutcome, DeadLetterInfo, DeadLetterResult
 from leanmq_async.partition import PartitionedQueue
 from leanmq_async.priority import Priority
 from leanmq_async.queue import Queue
+from leanmq_async.rate_limit import RateLimit
 from leanmq_async.transaction import Transaction
 from leanmq_async.webhook import LeanMQWebhook
 
@@ -66,6 +67,7 @@ __all__ = [
     "QueueError",
     "QueueInfo",
     "QueueNotFoundError",
+    "RateLimit",
     "RedisOperationError",
     "Reject",
     "Retry",

@@ -17,6 +17,8 @@ All keys of one queue share one Redis Cluster hash tag, the queue name in braces
                                       its own :delayed, :delayed:data and :expiry keys
                                       (``{prefix}{orders}:p2:delayed`` ...); level 1, the
                                       default, is the main stream (see :mod:`priority`)
+    {prefix}{orders}:rl:<group>       LIST  a handler's rate limit: starts granted (ms; expires)
+    {prefix}{orders}:rl:<group>:k:<key>   LIST  the same, per key of a keyed rate limit
     {prefix}{}:registry               SET   names of the queues created with this prefix
 
 and two pub/sub channels per prefix: ``{prefix}results``, announcing stored results, and
@@ -187,8 +189,16 @@ class QueueKeys:
         """Where the result of the message ``message_id`` is stored (see ``results.py``)."""
         return f"{self.tag}:result:{message_id}"
 
+    def rate_limit(self, group: str, key: str | None = None) -> str:
+        """The log of starts granted to ``group``'s handler (one per ``key`` when keyed);
+        see ``lua/rate_limit.lua``. A partitioned queue's limiter uses the keys of its
+        logical name (one limit across its partitions)."""
+        log = f"{self.tag}:rl:{group}"
+        return log if key is None else f"{log}:k:{key}"
+
     def all(self) -> tuple[str, ...]:
-        """Every key of the pair (every priority level's included), for deletion."""
+        """Every key of the pair (every priority level's included), for deletion (rate-limit
+        logs expire by themselves)."""
         levels = [k for lv in self.levels() if lv.level != DEFAULT_LEVEL for k in lv.level_keys()]
         main = self.at(DEFAULT_LEVEL)
         return (

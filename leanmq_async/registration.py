@@ -21,6 +21,7 @@ from leanmq_async.backoff import Backoff, exponential_backoff
 from leanmq_async.envelope import payload_decoder
 from leanmq_async.exceptions import ConfigurationError
 from leanmq_async.message import Message
+from leanmq_async.rate_limit import RateLimit
 
 if TYPE_CHECKING:
     from leanmq_async.queue import Queue
@@ -51,6 +52,8 @@ class HandlerOptions:
         logged) or ``"dlq"`` (dead-lettered with reason "expired").
     result_ttl: store the handler's return value for this many seconds, for
         ``queue.call()``/``queue.get_result()`` (None: results are not stored).
+    rate_limit: a :class:`~leanmq_async.RateLimit` on the handler's starts, across every
+        worker process (per key with its ``key=``); a message over it waits.
     """
 
     concurrency: int = 10
@@ -62,6 +65,7 @@ class HandlerOptions:
     max_deliveries: int = 5
     expired: ExpiredPolicy = "drop"
     result_ttl: float | None = None  # results (issue 17): see leanmq_async/results.py
+    rate_limit: RateLimit | None = None  # rate limits (issue 16): see rate_limit.py
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> ConfigurationError:
@@ -87,6 +91,8 @@ class HandlerOptions:
             raise bad("group", "use a non-empty string")
         if self.result_ttl is not None and not _positive(self.result_ttl):
             raise bad("result_ttl", "use a number of seconds > 0, or None")
+        if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
+            raise bad("rate_limit", "use RateLimit(limit, per=seconds[, key=function]), or None")
 
 
 class HandlerKwargs(TypedDict, total=False):
@@ -101,6 +107,7 @@ class HandlerKwargs(TypedDict, total=False):
     max_deliveries: int
     expired: ExpiredPolicy
     result_ttl: float | None
+    rate_limit: RateLimit | None
 
 
 def _is_int(value: object) -> bool:

@@ -35,12 +35,14 @@ __all__ = [
     "parse_cron_tick",
     "parse_dead_letter",
     "parse_dead_letter_one",
+    "parse_defer",
     "parse_delete_idle_consumer",
     "parse_expire",
     "parse_expire_read",
     "parse_extend_leases",
     "parse_migrate_step",
     "parse_move_due",
+    "parse_rate_limit",
     "parse_reclaim",
     "parse_retry",
     "parse_send",
@@ -252,6 +254,23 @@ def parse_retry(reply: Any) -> RetryStatus:
     """retry.lua: 1, 0, -1 or 2."""
     status: RetryStatus = _one_of("retry", _int("retry", reply), RetryStatus)
     return status
+
+
+def parse_defer(reply: Any) -> RetryStatus:
+    """defer.lua: 1 (deferred), 0 or -1, as retry.lua's."""
+    status: RetryStatus = _one_of("defer", _int("defer", reply), RetryStatus)
+    if status is RetryStatus.CANCELLED:  # retry.lua's alone
+        raise _fail("defer", "1, 0 or -1", reply)
+    return status
+
+
+def parse_rate_limit(reply: Any, n: int) -> list[int]:
+    """rate_limit.lua: ``n`` non-zero integers (ms), each negated when it is now."""
+    expected = f"an array of {n} non-zero integers (ms)"
+    grants = [_int("rate_limit", g, expected) for g in _array("rate_limit", reply, expected, n)]
+    if not all(grants):
+        raise _fail("rate_limit", expected, reply)
+    return grants
 
 
 def parse_expire_read(reply: Any) -> ExpireReadStatus:

@@ -57,6 +57,8 @@ class Scripts:
     cron_tick: AsyncScript
     cancel: AsyncScript
     claim: AsyncScript
+    rate_limit: AsyncScript  # rate limits (issue 16)
+    defer: AsyncScript  # rate limits (issue 16)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -18,6 +18,13 @@ dead-letters it with reason "cancelled" instead, and so does a group that reads 
 Priorities (issue 16): each level of a queue is a queue of the model of its own (the
 test names them ``p0``, ``p1``, ``p2``), sharing nothing but the DLQ; :meth:`Model.claim`
 reads them in priority order.
+Rate limits (issue 16): a handler over its limit defers its message (``lua/defer.lua``)
+to the start the limiter granted (``lua/rate_limit.lua``): the copy waits in the delayed
+set with its attempts unchanged and holds that reservation (field ``rl``, dropped by a
+retry or a requeue); it is not a failure. The limiter of each (queue, group) is modelled
+with its real sliding-log rule. A deferred copy's real due time is its model due time
+plus the real ms of the "now" its chain of reservations started from, so delayed entries
+are ordered by (due, order of that start): :meth:`Model.rate_limit`.
 
 Time is the model's clock in ms (the test sets ``Store.clock_shift_ms`` to it); every
 duration the test uses is 5 s off every multiple of 10 s while time moves in 10 s steps,
@@ -47,6 +54,7 @@ class Entry:
     sid: str = ""
     due: int = 0
     order: int = 0
+    reserved: int | None = None  # a rate-limit reservation it holds (model ms)
 
 
 @dataclass
@@ -95,6 +103,8 @@ class Model:
         self._seq = 0
         self._order = 0
         self.outcome: dict[tuple[str, int, str], str] = {}
+        # (queue, group) -> the limiter's log: (grant ms, order of the real clock it carries)
+        self.limiter: dict[tuple[str, str], list[tuple[int, int]]] = {}
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -211,6 +221,41 @@ class Model:
             q.delayed.append(copy)
         else:
             self._append(q, copy)
+        return 1
+
+    def rate_limit(self, qname: str, g: str, limit: int, per_ms: int) -> tuple[int, int]:
+        """``lua/rate_limit.lua`` for (queue, group): the start granted and its order.
+
+        The grant is the latest of now, the last grant and the ``limit``-th last + ``per``;
+        on a tie in model ms Redis takes the term carrying the later real clock (the
+        larger order). It is granted now when it equals the model's now.
+        """
+        log = self.limiter.setdefault((qname, g), [])
+        self._order += 1
+        terms = [(self.now, self._order)]
+        if log:
+            terms.append(log[-1])
+            if len(log) >= limit:
+                t, order = log[-limit]
+                terms.append((t + per_ms, order))
+        grant = max(terms)
+        log.append(grant)
+        del log[:-limit]
+        return grant
+
+    def defer(self, qname: str, g: str, consumer: str, seq: int, grant: tuple[int, int]) -> int:
+        """A handler over its rate limit: the copy waits until ``grant`` with its attempts
+        unchanged, holding the reservation (``lua/defer.lua``, ownership-checked)."""
+        q = self.queues[qname]
+        if q.pending[g].get(seq) != consumer:
+            return -1
+        del q.pending[g][seq]
+        e = q.stream.get(seq)
+        if e is None:
+            return 0
+        copy = Entry(e.k, g, e.x, e.attempts, reserved=grant[0])
+        copy.due, copy.order = grant
+        q.delayed.append(copy)
         return 1
 
     def dead_letter(self, qname: str, g: str, consumer: str, seq: int, reason: str) -> int:

@@ -8,7 +8,9 @@ consumers in two groups, a simulated handler's outcomes (ack, retry like the wor
 mover, reclaim after a consumer dies, retention trims, time moving on and cancellation by id
 (issue 16 part 4: a delayed or unread message is removed and dead-lettered "cancelled"; a
 pending one is marked, never retried, and dead-lettered "cancelled" by its handler, as by
-a group that reads it later). Sends reuse
+a group that reads it later). A handler over its rate limit (issue 16) asks the real
+limiter script and defers its message to the start granted (attempts unchanged, the
+reservation held until a retry or requeue). Sends reuse
 earlier message ids now and then: within its dedup window (per call, or the client's) a
 send of an id already sent to that queue writes nothing and returns the first send's id
 (also inside one bulk send or transaction); after the window it is written again.
@@ -62,6 +64,8 @@ DEDUP = 55
 WINDOWS = st.sampled_from([None, None, 25, 0])
 # None: a fresh message id (or none); an int picks an id sent before.
 REUSE = st.one_of(st.none(), st.none(), st.integers(0, 50))
+# Each handler's rate limit: one start per 15 s (deferred starts are 5 s off the grid).
+RATE_LIMIT, RATE_PER = 1, 15
 
 settings.register_profile(
     "model-ci",
@@ -326,6 +330,8 @@ class QueueMachine(RuleBasedStateMachine):
             self.mids[k] = message.message_id
         assert message.headers == self.headers[k]
         assert message.attempt == entry.attempts + 1
+        if entry.reserved is not None:
+            self.dedup_seen["rate limited: read back holding its reservation"] += 1
 
     # -- a handler's outcomes ------------------------------------------------------------
 
@@ -379,6 +385,30 @@ class QueueMachine(RuleBasedStateMachine):
         call = store.dead_letter_call(queue.keys, d.group, d.consumer, queue.name, item)
         expected = self.model.dead_letter(d.queue, d.group, d.consumer, d.entry.seq, "cancelled")
         assert self.run(store.settle_many([call])) == [expected]
+
+    @precondition(lambda self: self.deliveries)
+    @rule(i=st.integers(0, 50))
+    def rate_limited(self, i: int) -> None:
+        """The executor's limiter step before a handler starts (issue 16): a copy holding
+        a reservation starts on it (a rescuer asks again); otherwise the limiter grants a
+        start: now (the handler runs) or later (``store.defer_call``: the message waits
+        in the delayed set, attempts unchanged)."""
+        d = self.deliveries[i % len(self.deliveries)]
+        if d.entry.reserved is not None and not d.consumer.startswith("r-"):
+            return  # started on its reservation, without asking
+        queue, store = self.queues[d.queue], self.mq.store
+        log = queue.keys.rate_limit(d.group)
+        (granted,) = self.run(store.rate_limit([log], [1], RATE_LIMIT, RATE_PER * S, 0))
+        grant = self.model.rate_limit(d.queue, d.group, RATE_LIMIT, RATE_PER * S)
+        assert (granted < 0) == (grant[0] == self.model.now), f"granted {granted}, {grant}"
+        if granted < 0:
+            return  # started now
+        self.deliveries.remove(d)
+        call = store.defer_call(queue.keys, d.group, d.consumer, d.sid, granted)
+        (result,) = self.run(store.settle_many([call]))
+        expected = self.model.defer(d.queue, d.group, d.consumer, d.entry.seq, grant)
+        assert result == expected, f"defer of {d.sid} ({d.queue}/{d.group}): {result!r}"
+        self.dedup_seen["rate limited: deferred" if result == 1 else "rate limited: other"] += 1
 
     # -- user calls ----------------------------------------------------------------------
 
@@ -522,14 +552,24 @@ class QueueMachine(RuleBasedStateMachine):
                     pipe.xpending_range(keys.stream, g, "-", "+", 10_000)
                 stream, dlq, delayed, expiry, cancelled, *pending = await pipe.execute()
             assert cancelled == len(qm.cancelled), f"cancel markers {qname}"
-            # The stream, in order: message, target group, attempts, has a TTL.
+            # The stream, in order: message, target group, attempts, has a TTL, holds a
+            # rate-limit reservation.
             real = []
             for _, fields in stream:
                 k, entry = _k_of(fields)
                 real.append(
-                    (k, entry.target_group, entry.attempts, entry.expires_at_ms is not None)
+                    (
+                        k,
+                        entry.target_group,
+                        entry.attempts,
+                        entry.expires_at_ms is not None,
+                        b"rl" in fields,
+                    )
                 )
-            want = [(e.k, e.target, e.attempts, e.x is not None) for e in qm.stream.values()]
+            want = [
+                (e.k, e.target, e.attempts, e.x is not None, e.reserved is not None)
+                for e in qm.stream.values()
+            ]
             assert real == want, f"stream {qname}: redis {real}, model {want}"
             for (sid, _), e in zip(stream, qm.stream.values(), strict=True):
                 e.sid = sid.decode()
@@ -624,6 +664,8 @@ def test_delivery_semantics_model(
     assert min(seen["recorded"], seen["duplicate"], seen["again after its window"]) > 0, seen
     cancels = QueueMachine.cancel_seen
     assert min(cancels[o] for o in ("cancelled", "running", "finished", "not_found")) > 0, cancels
+    assert seen["rate limited: deferred"] > 0, seen
+    assert seen["rate limited: read back holding its reservation"] > 0, seen
 
 
 # -- priorities (issue 16) -----------------------------------------------------------------

@@ -22,11 +22,13 @@ from leanmq_async.replies import (
     parse_cron_tick,
     parse_dead_letter,
     parse_dead_letter_one,
+    parse_defer,
     parse_delete_idle_consumer,
     parse_expire,
     parse_expire_read,
     parse_extend_leases,
     parse_move_due,
+    parse_rate_limit,
     parse_reclaim,
     parse_retry,
     parse_send,
@@ -60,6 +62,11 @@ def test_well_formed_replies_become_typed_values() -> None:
     assert parse_count("trim", 7) == 7
     assert parse_store_result(1) == 1 and parse_store_result(0) == 0
     assert parse_store_failure(b"1") == 1
+    assert parse_rate_limit([-1_700_000_000_000, 1_700_000_001_000], 2) == [
+        -1_700_000_000_000,
+        1_700_000_001_000,
+    ]
+    assert parse_defer(1) is RetryStatus.SCHEDULED
     reclaim = parse_reclaim(
         [[[b"1-0", [b"m", b"body", b"x", b"99"]]], [b"1-0", 2], [b"2-0"], b"(3-0"]
     )
@@ -102,6 +109,10 @@ MALFORMED: list[tuple[str, Callable[[Any], object], Any]] = [
     ("cron_tick", parse_cron_tick, [1, 2]),
     ("cron_tick", parse_cron_tick, [5, 0, 0]),  # no such status
     ("cron_tick", parse_cron_tick, [3, 0, -1]),  # a negative wait
+    ("rate_limit", lambda r: parse_rate_limit(r, 2), [-5]),  # one grant for two asks
+    ("rate_limit", lambda r: parse_rate_limit(r, 1), [0]),  # a grant is never 0
+    ("rate_limit", lambda r: parse_rate_limit(r, 1), 5),  # not an array
+    ("defer", parse_defer, 2),
 ]
 
 

@@ -11,13 +11,13 @@
 -- REPLY   integer: the number of entries requeued.
 -- ATOMIC  Per entry: the copy is added to the stream, and the DLQ entry acked and
 --         deleted, together. The copy drops the dlq.* metadata, the attempts ('a'), the
---         expiry ('x') and the old target ('g'), and is targeted (g) at the group that
---         failed it (dlq.group), if one did: '' (expired for a stream without groups)
---         means every group gets it again. A missing id is skipped; a tombstone (only
---         dlq.* fields) has nothing to requeue and stays in the DLQ. An entry of a
---         priority level (its dlq.id ends in ':p0' or ':p2') goes back to that level's
---         stream when [4] and [5] are given (a level stream created here gets the main
---         stream's groups), else to the main stream.
+--         expiry ('x'), the old target ('g') and a rate-limit reservation ('rl'), and is
+--         targeted (g) at the group that failed it (dlq.group), if one did: '' (expired
+--         for a stream without groups) means every group gets it again. A missing id is
+--         skipped; a tombstone (only dlq.* fields) has nothing to requeue and stays in
+--         the DLQ. An entry of a priority level (its dlq.id ends in ':p0' or ':p2') goes
+--         back to that level's stream when [4] and [5] are given (a level stream created
+--         here gets the main stream's groups), else to the main stream.
 -- ERRORS  'WRONGTYPE ...' before anything is moved.
 local bad, absent = check_types({KEYS[1], KEYS[2], KEYS[4], KEYS[5]}, {'stream'})
 if bad then return redis.error_reply(bad) end
@@ -34,7 +34,8 @@ for k = 2, #ARGV do
       if name == 'dlq.id' then
         into = levels[string.match(old[i + 1], ':p(%d)$') or ''] or KEYS[2]
       end
-      if string.sub(name, 1, 4) ~= 'dlq.' and name ~= 'a' and name ~= 'x' and name ~= 'g' then
+      if string.sub(name, 1, 4) ~= 'dlq.' and name ~= 'a' and name ~= 'x' and name ~= 'g'
+        and name ~= 'rl' then
         fields[#fields + 1] = name
         fields[#fields + 1] = old[i + 1]
       end

@@ -15,8 +15,9 @@
 --         -1 ``consumer`` no longer owns it (its lease was taken over): nothing done;
 --         2 the message was cancelled (a live marker in ``cancelled``): nothing done, it
 --         stays pending for the caller to dead-letter (reason 'cancelled'), never retried.
--- ATOMIC  The copy (fields without 'a' and 'g', then a = attempts, g = group: only this
---         group gets it again) is written (to the stream, or as the delayed member
+-- ATOMIC  The copy (fields without 'a', 'g' and 'rl' (a rate-limit reservation: the
+--         retry asks the limiter again), then a = attempts, g = group: only this group
+--         gets it again) is written (to the stream, or as the delayed member
 --         'group|id') and the original acked together.
 -- ERRORS  'WRONGTYPE ...' before anything is written; NOGROUP when the group is missing.
 local stream, group, consumer, id = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
@@ -32,7 +33,7 @@ if old == nil then
 end
 local fields = {}
 for i = 1, #old, 2 do
-  if old[i] ~= 'a' and old[i] ~= 'g' then
+  if old[i] ~= 'a' and old[i] ~= 'g' and old[i] ~= 'rl' then
     fields[#fields + 1] = old[i]
     fields[#fields + 1] = old[i + 1]
   end

@@ -22,7 +22,9 @@ from leanmq_async.replies import (
     parse_count,
     parse_dead_letter,
     parse_dead_letter_one,
+    parse_defer,
     parse_expire_read,
+    parse_rate_limit,
     parse_retry,
 )
 from leanmq_async.store.base import ID_BATCH, StoreBase
@@ -43,6 +45,32 @@ class Settling(StoreBase):
         stream_keys = [keys.stream, keys.delayed, keys.delayed_data, keys.expiry, keys.cancelled]
         args = [group, consumer, sid, delay_ms, attempts, self.clock_shift_ms]
         return SettleCall(self.scripts.retry, stream_keys, args, parse_retry)
+
+    # -- rate limits (issue 16) --
+
+    async def rate_limit(
+        self, logs: Sequence[str], counts: Sequence[int], limit: int, per_ms: int, slack_ms: int
+    ) -> list[int]:
+        """Ask for ``counts[i]`` handler starts from each rate-limit log ``logs[i]`` (keys
+        of one slot) in one step (``lua/rate_limit.lua``): the starts granted, in order, in
+        ms on the Redis clock, negated when it is now (start at once); positive: defer
+        that message to it."""
+        args = [limit, per_ms, self.clock_shift_ms, slack_ms, *counts]
+        with translate_errors("rate limit"):
+            reply = await self.scripts.rate_limit(keys=list(logs), args=args)
+        return parse_rate_limit(reply, sum(counts))
+
+    def defer_call(
+        self, keys: QueueKeys, group: str, consumer: str, sid: str, start_ms: int
+    ) -> SettleCall:
+        """Ack ``sid`` and hold its copy in the delayed set until ``start_ms`` (its granted
+        start), attempts unchanged (``lua/defer.lua``), as one call of a
+        :meth:`settle_many` batch: 1 deferred, 0 entry deleted (acked), -1 not owned."""
+        args = [group, consumer, sid, start_ms]
+        stream_keys = [keys.stream, keys.delayed, keys.delayed_data]
+        return SettleCall(self.scripts.defer, stream_keys, args, parse_defer)
+
+    # -- end rate limits --
 
     def dead_letter_call(
         self,

@@ -9,7 +9,9 @@ The middle part of a runner's pipeline (see :mod:`leanmq_async.worker.runner`).
 2. delivered more than ``max_deliveries`` times (it may crash the worker): dead-lettered;
 3. triage (:func:`leanmq_async.reading.triage_entry`): undecodable → dead-lettered; meant
    for another group → acked; expired (Redis confirms) → dropped or dead-lettered;
-4. the payload is decoded (a bad one → dead-lettered) and the handler is called, with
+4. the payload is decoded (a bad one → dead-lettered); with a ``rate_limit`` the
+   :class:`~leanmq_async.worker.limiter.Limiter` grants the start now, or defers the
+   message to its granted start (no attempt used); the handler is called, with
    its ``timeout`` and inside the observers' ``handler_context``;
 5. a message cancelled (:mod:`leanmq_async.worker.cancels`) before its start is
    dead-lettered unrun; each processor runs in a cancel scope of its own, which a cancel
@@ -38,9 +40,11 @@ import anyio
 from leanmq_async import results  # results (issue 17)
 from leanmq_async.envelope import decode_payload
 from leanmq_async.exceptions import LeanMQError, MessageDecodeError, Reject, Retry
+from leanmq_async.rate_limit import _GRANTED  # rate limits (issue 16)
 from leanmq_async.reading import FOREIGN, expired, to_message, triage_entry
 from leanmq_async.worker.backoff import retry_delay
 from leanmq_async.worker.cancels import Cancels
+from leanmq_async.worker.limiter import Limiter
 
 if TYPE_CHECKING:
     from leanmq_async.envelope import DecodedEntry
@@ -86,6 +90,8 @@ class Executor:
         self.timed = self.debug or bool(notifier.observers)
         self.cancels = Cancels()
         self._cancelled_exc: type[BaseException] = BaseException  # set by run()
+        limit = handler.options.rate_limit  # rate limits (issue 16)
+        self.limiter = None if limit is None else Limiter(handler, limit, settler, state)
 
     async def run(self) -> None:
         """One processor: handle work items until the work queue is closed and empty."""
@@ -154,6 +160,18 @@ class Executor:
                 message_id=entry.message_id,
             )
             return
+        # -- rate limits (issue 16): start now, or wait deferred (see worker/limiter.py) --
+        if self.limiter is not None:
+            granted = await self.limiter.admit(work, sid, entry, payload)
+            if granted is None:
+                return
+            token = _GRANTED.set(granted / 1000)
+            try:
+                await self._call(work, sid, entry, payload, scope)
+            finally:
+                _GRANTED.reset(token)
+            return
+        # -- end rate limits --
         await self._call(work, sid, entry, payload, scope)
 
     async def _redis_now_ms(self) -> float:

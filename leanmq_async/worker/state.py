@@ -46,6 +46,8 @@ class RunnerStats:
     expired: int = 0
     reclaimed: int = 0
     lost: int = 0
+    rate_limited: int = 0  # deferred by the handler's rate limit (issue 16)
+    rate_limit_late: int = 0  # grants found too late to use: asked again (issue 16)
 
 
 class Work:

@@ -1,0 +1,42 @@
+-- defer.lua: hold a message over its rate limit in the delayed set until its granted start.
+--
+-- KEYS    [1] stream        the queue's stream
+--         [2] delayed       zset: delayed member -> due time (Redis clock, ms)
+--         [3] delayed_data  hash: delayed member -> cmsgpack-packed field list
+-- ARGV    [1] group         the consumer group whose handler is rate limited
+--         [2] consumer      the consumer that must still own the entry
+--         [3] id            the stream id
+--         [4] start         ms on the Redis clock: the start granted by lua/rate_limit.lua
+-- REPLY   integer: 1 deferred; 0 the entry is gone from the stream (acked anyway);
+--         -1 ``consumer`` no longer owns it (its lease was taken over): nothing done.
+-- ATOMIC  The copy (every field but 'g' and 'rl', unchanged: attempts 'a', expiry 'x',
+--         headers; then rl = start, the reservation it holds, and g = group: only this
+--         group gets it again) is stored as the delayed member 'group|id', due at
+--         ``start``, and the original acked, together. Not a failure: 'a' is not counted
+--         up. The delayed mover (lua/move_due.lua) brings it back when it is due.
+-- ERRORS  'WRONGTYPE ...' before anything is written; NOGROUP when the group is missing.
+local stream, group, consumer, id = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local bad = check_types(KEYS, {'stream', 'zset', 'hash'})
+if bad then return redis.error_reply(bad) end
+if pending_owner(stream, group, id) ~= consumer then return -1 end
+local old = entry_fields(stream, id)
+if old == nil then
+  redis.call('XACK', stream, group, id)
+  return 0
+end
+local fields = {}
+for i = 1, #old, 2 do
+  if old[i] ~= 'g' and old[i] ~= 'rl' then
+    fields[#fields + 1] = old[i]
+    fields[#fields + 1] = old[i + 1]
+  end
+end
+fields[#fields + 1] = 'rl'
+fields[#fields + 1] = ARGV[4]
+fields[#fields + 1] = 'g'
+fields[#fields + 1] = group
+local member = group .. '|' .. id
+redis.call('ZADD', KEYS[2], tonumber(ARGV[4]), member)
+redis.call('HSET', KEYS[3], member, cmsgpack.pack(fields))
+redis.call('XACK', stream, group, id)
+return 1
