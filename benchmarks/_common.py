@@ -84,7 +84,8 @@ def parse_args(
         p.add_argument(
             "--only",
             default="",
-            help="comma-separated sections: enqueue,drain,processes,latency,failures,cost,memory",
+            help="comma-separated sections: enqueue,drain,processes,latency,failures,cost,memory,"
+            "producers",
         )
     a = p.parse_args(argv)
     cfg = Config()

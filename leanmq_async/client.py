@@ -89,6 +89,10 @@ class LeanMQ:
     send of the same id within it writes nothing and returns the first send's id (0: no
     deduplication). See :mod:`leanmq_async.idempotency`.
 
+    ``coalesce_sends``: concurrent sends share round trips (one pipeline for the sends
+    made while one is in flight; see :mod:`leanmq_async.send_coalescer`); False: each
+    send on its own connection, as before.
+
     Use as ``async with LeanMQ(...) as mq:``, or call :meth:`aclose` when done.
     """
 
@@ -116,6 +120,7 @@ class LeanMQ:
         header_providers: Iterable[HeaderProvider] | None = None,
         observers: Iterable[Any] | None = None,
         dedup_window: float = DEFAULT_DEDUP_WINDOW,
+        coalesce_sends: bool = True,
     ) -> None:
         self.prefix = validate_prefix(
             os.environ.get("LEANMQ_PREFIX", DEFAULT_PREFIX) if prefix is None else prefix
@@ -150,6 +155,8 @@ class LeanMQ:
             durability.check(self.connection_settings)
         self.store = Store(self.redis)
         self.store.durability = durability
+        if not coalesce_sends:
+            self.store.coalescer = None
         self.log = get_logger("leanmq_async", prefix=self.prefix)
         self._legacy_logged = False  # LeanMQ 0.2 queues looked for (issue 15): once
         self.handlers: list[Handler] = []
@@ -197,9 +204,12 @@ class LeanMQ:
             )
         client = build_redis_client(url, self.connection_settings)
         old, durability = self.redis, self.store.durability
+        coalesce = self.store.coalescer is not None
         self.url, self.redis = url, client
         self.store = Store(client)
         self.store.durability = durability
+        if not coalesce:
+            self.store.coalescer = None
         self._closed = False
         await self._close_results()
         await old.aclose()
