@@ -226,7 +226,10 @@ class SendCoalescer:
                         pipe.execute_command(*send.command, target_nodes=node)
                     if durability is not None:
                         pipe.execute_command(*wait_command(durability), target_nodes=node)
-                    replies = await pipe.execute(raise_on_error=False, allow_redirections=False)
+                    # Without WAIT, redis-py follows a redirect by sending that command
+                    # again alone; with WAIT it must stay on this node's connection.
+                    follow = durability is None
+                    replies = await pipe.execute(raise_on_error=False, allow_redirections=follow)
             except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
                 for send in group:
                     _fail(send, self._translated(exc, send.what))
