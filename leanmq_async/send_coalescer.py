@@ -83,7 +83,7 @@ class _Send:
 class Lane:
     """The sends of one durability setting: at most one flight at a time."""
 
-    __slots__ = ("_flusher", "_line", "busy", "coalescer", "durability")
+    __slots__ = ("_flusher", "_line", "_loop", "busy", "coalescer", "durability")
 
     def __init__(self, coalescer: SendCoalescer, durability: Durability | None) -> None:
         self.coalescer = coalescer
@@ -91,6 +91,21 @@ class Lane:
         self.busy = False  # a send (alone) or a batch is in flight
         self._line: collections.deque[_Send] = collections.deque()
         self._flusher: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def enter(self) -> bool:
+        """True: nothing is in flight, send alone now (then :meth:`release`); False:
+        :meth:`join` the line."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # First use, or a previous event loop's flight that never landed (that loop
+            # was closed): its line cannot be served from this loop.
+            self._line.clear()
+            self._flusher, self._loop, self.busy = None, loop, False
+        if self.busy:
+            return False
+        self.busy = True
+        return True
 
     def release(self) -> None:
         """A lone send landed (or gave up): send what waits, else become idle."""
@@ -104,8 +119,6 @@ class Lane:
         """Wait in line; the command's reply, or its translated error raised here."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._line.append(_Send(command, key, script, what, size, future))
-        if not self.busy or (self._flusher is not None and self._flusher.done()):
-            self._start()  # not reached in practice: a busy lane has a flight to land
         # Cancelled here: the future is cancelled too, and a cancelled future is skipped
         # when a batch is taken from the line (its command is never sent).
         return await future
@@ -176,7 +189,14 @@ class SendCoalescer:
                     pending = await self._on_connection(pending, durability)
                 if not pending:
                     return
-                await self._before_again(pending)
+                try:
+                    await self._before_again(pending)
+                except Exception as exc:  # noqa: BLE001 - the refused sends ran nowhere
+                    for send in pending:
+                        error = SendNotWrittenError(f"{send.what} not written: {exc}")
+                        error.__cause__ = exc
+                        _fail(send, error)
+                    return
             for send in pending:
                 _fail(send, SendNotWrittenError(f"{send.what} kept being redirected"))
         except Exception as exc:  # noqa: BLE001 - every caller gets it, nothing is lost

@@ -32,11 +32,9 @@ class Sending(StoreBase):
         if durability is None:
             durability = self.durability
         lane = None if self.coalescer is None else self.coalescer.lane(durability)
-        if lane is not None:
-            if lane.busy:  # another send is in flight: go out with the next batch
-                command = ("XADD", stream, "*", field, body)
-                return text(await lane.join(command, stream, None, "XADD", len(body)))
-            lane.busy = True
+        if lane is not None and not lane.enter():  # another send is in flight: join it
+            command = ("XADD", stream, "*", field, body)
+            return text(await lane.join(command, stream, None, "XADD", len(body)))
         try:
             with translate_send_errors("XADD", retries=self._retries):
                 if durability is not None:
@@ -77,13 +75,11 @@ class Sending(StoreBase):
         script = self.scripts.send
         lane = None if self.coalescer is None else self.coalescer.lane(durability)
         try:
-            if lane is not None and lane.busy:  # another send is in flight: join the next batch
+            if lane is not None and not lane.enter():  # another send is in flight: join it
                 command = ("EVALSHA", script.sha, len(keys), *keys, *args)
                 size = sum(len(op.body) for op in ops)
                 reply = await lane.join(command, keys[0], script, "send", size)
             else:
-                if lane is not None:
-                    lane.busy = True
                 try:
                     with translate_send_errors("send", retries=self._retries):
                         if durability is not None:
