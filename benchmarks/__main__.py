@@ -10,7 +10,7 @@ leanmq_async with a plain-Redis ceiling and with sync LeanMQ 0.2 measured in the
 6.   drain with 1 % failing messages         (``benchmarks/failures.py``)
 7.   Redis commands and CPU per message      (``benchmarks/cost.py``)
 8.   consumer RSS over a long drain          (``benchmarks/memory.py``)
-9.   concurrent producers (1-200 tasks)       (``benchmarks/producers.py``)
+10.  concurrent producers (1-200 tasks)      (``benchmarks/producers.py``)
 
 Results go to ``benchmarks/results/latest.json`` (and ``latest.png`` when matplotlib is
 installed). The default run takes about 5 minutes on 2 cores; ``--quick`` about 1.

@@ -34,6 +34,7 @@ from leanmq_async.envelope import decode_entry
 from leanmq_async.queue import Queue
 from leanmq_async.testing import RedisServer, free_port
 from leanmq_async.testing_cluster import RedisCluster
+from leanmq_async.webhook import LeanMQWebhook
 from tests.cluster_fixtures import small_cluster
 from tests.lossy_proxy import LossyProxy
 
@@ -90,6 +91,26 @@ async def test_many_concurrent_senders_each_get_their_own_id(
     stored = await stream_payloads(raw, queue)
     assert len(stored) == 200  # each exactly once
     assert {sid: stored[sid] for sid in ids} == {sid: {"i": i} for i, sid in enumerate(ids)}
+
+
+async def test_partitioned_and_webhook_sends_coalesce_too(
+    mq: LeanMQ, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parts = mq.queue("parts", partitions=4)
+    webhook = LeanMQWebhook(mq=mq)
+    trips = Trips(monkeypatch)
+
+    async def send(i: int) -> str:
+        if i % 2:
+            return await webhook.send("/hook", {"i": i})
+        return await parts.send_message({"i": i}, key=f"k-{i}")
+
+    ids = await asyncio.gather(*(send(i) for i in range(100)))
+    assert trips.count <= 10, trips.count  # 100 sends; opening connections included
+    stored = {q.name: await stream_payloads(raw, q) for q in parts.partitions}
+    for i in range(0, 100, 2):  # ids are per stream: look in the key's partition
+        assert stored[parts.partition_for(f"k-{i}").name][ids[i]] == {"i": i}
+    assert sum(len(entries) for entries in stored.values()) == 50
 
 
 async def test_a_lone_send_goes_out_at_once_alone(
