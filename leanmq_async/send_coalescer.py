@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -304,22 +305,47 @@ class SendCoalescer:
 
 
 async def _pipeline(pool: Any, commands: list[Sequence[Any]]) -> list[Any]:
-    """``commands`` in one write on one pooled connection; each reply or its error."""
+    """``commands`` in one write on one pooled connection; each reply or its error.
+
+    One socket timeout for the whole pipeline (not one timer per reply).
+    """
     connection = await pool.get_connection()
     try:
-        await connection.send_packed_command(connection.pack_commands(commands))
+        await connection.send_packed_command(_pack(commands, connection.encoder))
         replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await connection.read_response())
-            except redis_errors.ResponseError as exc:
-                replies.append(exc)
+        try:
+            async with asyncio.timeout(connection.socket_timeout):
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except redis_errors.ResponseError as exc:
+                        replies.append(exc)
+        except TimeoutError as exc:
+            raise redis_errors.TimeoutError("Timeout reading from the pipeline's replies") from exc
     except BaseException:
         await connection.disconnect()  # replies may still be on their way: never reuse
         raise
     finally:
         await pool.release(connection)
     return replies
+
+
+def _pack(commands: list[Sequence[Any]], encoder: Any) -> bytes:
+    """The commands in the Redis protocol, as one buffer (redis-py's ``pack_commands``
+    does the same, chunked for huge values, at about twice the cost per argument)."""
+    out: list[bytes] = []
+    append = out.append
+    for command in commands:
+        append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if isinstance(arg, str):
+                arg = arg.encode(encoder.encoding, encoder.encoding_errors)
+            elif not isinstance(arg, bytes):
+                arg = encoder.encode(arg)  # numbers (refuses bools, as redis-py does)
+            append(b"$%d\r\n" % len(arg))
+            append(arg)
+            append(b"\r\n")
+    return b"".join(out)
 
 
 def _fail(send: _Send, error: BaseException) -> None:
