@@ -120,9 +120,15 @@ class Lane:
         """Wait in line; the command's reply, or its translated error raised here."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._line.append(_Send(command, key, script, what, size, future))
-        # Cancelled here: the future is cancelled too, and a cancelled future is skipped
-        # when a batch is taken from the line (its command is never sent).
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Cancelled in line: the future is cancelled too, and skipped when a batch is
+            # taken from the line (never sent). Cancelled just as its answer came: the
+            # outcome is dropped, as a cancelled lone send's would be.
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: no "never retrieved" warning
+            raise
 
     def _start(self) -> None:
         self.busy = True

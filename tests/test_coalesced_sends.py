@@ -238,6 +238,43 @@ async def test_a_cancelled_first_sender_does_not_strand_the_others(
     assert sorted(v for v in stored.values() if isinstance(v, int)) == list(range(20))
 
 
+async def test_a_sender_cancelled_while_its_batch_is_in_flight_affects_no_other(
+    redis_server: RedisServer, prefix: str, raw: aioredis.Redis
+) -> None:
+    slow = Durability(replicas=1, timeout_ms=300)  # no replica: every flight lasts 300 ms
+    async with LeanMQ(redis_server.url, prefix=prefix, durability=slow) as mq:
+        queue = mq.queue("cancel-in-flight")
+        await mq.health()
+        assert mq.store.coalescer is not None
+        lane = mq.store.coalescer.lane(slow)
+        outcomes: dict[int, Any] = {}
+        scopes = {i: anyio.CancelScope() for i in range(10)}
+
+        async def send(i: int) -> None:
+            with scopes[i]:
+                try:
+                    outcomes[i] = await queue.send_message(i)
+                except NotReplicatedError as exc:
+                    outcomes[i] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i in range(10):
+                tg.start_soon(send, i)
+            await anyio.wait_all_tasks_blocked()  # 0 in flight alone, 1-9 in line
+            with anyio.fail_after(5):
+                while lane._line:  # noqa: ASYNC110 - taken: the batch of 1-9 is in flight
+                    await anyio.sleep(0.01)
+            scopes[4].cancel()
+    assert scopes[4].cancelled_caught
+    assert sorted(outcomes) == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    stored = await stream_payloads(raw, queue)
+    for i, outcome in outcomes.items():
+        assert isinstance(outcome, NotReplicatedError)
+        assert [stored[sid] for sid in outcome.stream_ids] == [i]
+    # The cancelled sender's message left with its batch: written, like a cancelled send.
+    assert sorted(stored.values()) == list(range(10))
+
+
 async def test_a_broken_pipeline_is_outcome_unknown_for_every_send_in_it(
     redis_server: RedisServer, prefix: str, raw: aioredis.Redis
 ) -> None:
