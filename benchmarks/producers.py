@@ -9,6 +9,8 @@ messages (each task awaits one send after the other):
   on its own connection);
 * leanmq_async: ``await queue.send_message(payload)`` on one client: concurrent sends
   coalesce (what is sent while a send is in flight goes out in the next pipeline);
+* the same 50 tasks with ``LeanMQ(coalesce_sends=False)``: each send on its own
+  connection, as before issue 14;
 * bulk: ``await queue.send_messages(chunk)``, 1000 per call from one task (the client's
   own bulk rate; the ``vs bulk`` column).
 
@@ -46,6 +48,7 @@ TITLE = "10. Concurrent producers"
 TASKS = (1, 10, 50, 200)
 CHUNK = 1000
 BULK = "Queue.send_messages, 1000 per call"
+ALONE = "Queue.send_message, 50 tasks, coalesce_sends=False"
 
 
 def plain_name(n: int) -> str:
@@ -85,8 +88,8 @@ async def plain(url: str, items: Sequence[Any], n: int) -> float:
         await r.aclose()
 
 
-async def lmq(url: str, items: Sequence[Any], n: int) -> float:
-    async with LeanMQ(url, prefix="bench:") as mq:
+async def lmq(url: str, items: Sequence[Any], n: int, coalesce: bool = True) -> float:
+    async with LeanMQ(url, prefix="bench:", coalesce_sends=coalesce) as mq:
         q, _ = await mq.create_queue_pair("producers")
         return await _spread(n, items, q.send_message)
 
@@ -107,12 +110,14 @@ def run(cfg: Config, srv: Server) -> dict[str, Any]:
     for n in TASKS:
         table.row(plain_name(n), CEILING)
         table.row(lmq_name(n), LEANMQ_ASYNC, ceiling=plain_name(n), base=BULK)
+    table.row(ALONE, LEANMQ_ASYNC, ceiling=plain_name(50), base=BULK)
     table.row(BULK, LEANMQ_ASYNC)
     for run_no in range(cfg.runs):
         steps: list[tuple[str, Any]] = [(BULK, lambda: run_async(cfg, lmq_bulk, srv.url, items))]
         for n in TASKS:
             steps.append((plain_name(n), lambda n=n: run_async(cfg, plain, srv.url, items, n)))
             steps.append((lmq_name(n), lambda n=n: run_async(cfg, lmq, srv.url, items, n)))
+        steps.append((ALONE, lambda: run_async(cfg, lmq, srv.url, items, 50, False)))
         # Rotate the order from run to run, so no variant always goes first.
         k = run_no % len(steps)
         for name, step in steps[k:] + steps[:k]:
