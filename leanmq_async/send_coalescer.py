@@ -205,7 +205,8 @@ class SendCoalescer:
                         _fail(send, error)
                     return
             for send in pending:
-                _fail(send, SendNotWrittenError(f"{send.what} kept being redirected"))
+                refused = f"refused {_ROUNDS} times (unknown script, cluster redirect)"
+                _fail(send, SendNotWrittenError(f"{send.what} not written: {refused}"))
         except Exception as exc:  # noqa: BLE001 - every caller gets it, nothing is lost
             for send in batch:
                 _fail(send, self._translated(exc, send.what))
@@ -225,8 +226,12 @@ class SendCoalescer:
         try:
             replies = await _pipeline(client.connection_pool, commands)
         except (redis_errors.RedisError, OSError) as exc:
+            error: BaseException = exc
+            if not isinstance(exc, redis_errors.RedisError):  # a socket error redis-py let out
+                error = redis_errors.ConnectionError(f"pipeline failed: {exc!r}")
+                error.__cause__ = exc
             for send in sends:
-                _fail(send, self._translated(exc, send.what))
+                _fail(send, self._translated(error, send.what))
             return []
         return self._answer(sends, replies, durability)
 
