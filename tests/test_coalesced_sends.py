@@ -113,6 +113,30 @@ async def test_partitioned_and_webhook_sends_coalesce_too(
     assert sum(len(entries) for entries in stored.values()) == 50
 
 
+async def test_a_flushed_script_is_loaded_again_for_the_whole_batch(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    queue = mq.queue("noscript")
+    await queue.send_message("warm-up", ttl=60)
+    await raw.script_flush()  # Redis restarted, say: every EVALSHA meets NOSCRIPT
+    assert mq.store.coalescer is not None
+    lane = mq.store.coalescer.lane(None)
+    assert lane.enter()  # a send in flight: all 50 go in one pipeline, and meet NOSCRIPT
+    ids: dict[int, str] = {}
+
+    async def send(i: int) -> None:
+        ids[i] = await queue.send_message(i, ttl=60)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(send, i)
+        await anyio.wait_all_tasks_blocked()
+        lane.release()
+    stored = await stream_payloads(raw, queue)
+    assert {stored[sid]: i for i, sid in ids.items()} == {i: i for i in range(50)}
+    assert len(stored) == 51
+
+
 async def test_a_lone_send_goes_out_at_once_alone(
     mq: LeanMQ, monkeypatch: pytest.MonkeyPatch
 ) -> None:
