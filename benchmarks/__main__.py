@@ -14,6 +14,7 @@ leanmq_async with a plain-Redis ceiling and with sync LeanMQ 0.2 measured in the
 11.  cancellation: cost per message, stop    (``benchmarks/cancel.py``)
 12.  drain with 3 priority levels vs plain   (``benchmarks/priorities.py``)
 13.  rate-limiter overhead per message       (``benchmarks/rate_limit.py``)
+14.  concurrent producers (1-200 tasks)      (``benchmarks/producers.py``)
 
 Results go to ``benchmarks/results/latest.json`` (and ``latest.png`` when matplotlib is
 installed). The default run takes about 5 minutes on 2 cores; ``--quick`` about 1.
@@ -36,6 +37,7 @@ from benchmarks import (
     memory,
     priorities,
     processes,
+    producers,
     rate_limit,
 )
 from benchmarks._common import (
@@ -59,6 +61,7 @@ SECTIONS = {
     "cancel": cancel,
     "priorities": priorities,
     "rate_limit": rate_limit,
+    "producers": producers,
 }
 
 

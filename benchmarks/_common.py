@@ -85,7 +85,7 @@ def parse_args(
             "--only",
             default="",
             help="comma-separated sections: enqueue,drain,processes,latency,failures,cost,memory,"
-            "cron,cancel,priorities,rate_limit",
+            "cron,cancel,priorities,rate_limit,producers",
         )
     a = p.parse_args(argv)
     cfg = Config()

@@ -13,17 +13,10 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from leanmq_async._log import get_logger
 from leanmq_async.client_connect import choose_client, redact_url
-from leanmq_async.client_ops import expire_everywhere, redis_health
+from leanmq_async.client_ops import expire_everywhere, list_every_queue, redis_health
 from leanmq_async.cluster import Durability, build_redis_client
-from leanmq_async.connection import (
-    ConnectionSettings,
-)
-from leanmq_async.envelope import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    Serializer,
-    get_codec,
-    payload_decoder,
-)
+from leanmq_async.connection import ConnectionSettings
+from leanmq_async.envelope import DEFAULT_MAX_MESSAGE_SIZE, Serializer, get_codec, payload_decoder
 from leanmq_async.exceptions import (
     ConfigurationError,
     DeadLetterQueueNotFoundError,
@@ -37,11 +30,10 @@ from leanmq_async.keys import (
     validate_prefix,
     validate_queue_name,
 )
-from leanmq_async.legacy import legacy_hint, log_legacy_queues
+from leanmq_async.legacy import legacy_hint
 from leanmq_async.message import QueueInfo
 from leanmq_async.partition import PartitionedQueue
 from leanmq_async.queue import Queue
-from leanmq_async.queue_read import info_from
 from leanmq_async.store import Store
 from leanmq_async.transaction import Transaction
 
@@ -92,6 +84,10 @@ class LeanMQ:
     send of the same id within it writes nothing and returns the first send's id (0: no
     deduplication). See :mod:`leanmq_async.idempotency`.
 
+    ``coalesce_sends``: concurrent sends share round trips (one pipeline for the sends
+    made while one is in flight; see :mod:`leanmq_async.send_coalescer`); False: each
+    send on its own connection, as before.
+
     Use as ``async with LeanMQ(...) as mq:``, or call :meth:`aclose` when done.
     """
 
@@ -119,6 +115,7 @@ class LeanMQ:
         header_providers: Iterable[HeaderProvider] | None = None,
         observers: Iterable[Any] | None = None,
         dedup_window: float = DEFAULT_DEDUP_WINDOW,
+        coalesce_sends: bool = True,
     ) -> None:
         self.prefix = validate_prefix(
             os.environ.get("LEANMQ_PREFIX", DEFAULT_PREFIX) if prefix is None else prefix
@@ -153,6 +150,8 @@ class LeanMQ:
             durability.check(self.connection_settings)
         self.store = Store(self.redis)
         self.store.durability = durability
+        if not coalesce_sends:
+            self.store.coalescer = None
         self.log = get_logger("leanmq_async", prefix=self.prefix)
         self._legacy_logged = False  # LeanMQ 0.2 queues looked for (issue 15): once
         self.handlers: list[Handler] = []
@@ -201,9 +200,12 @@ class LeanMQ:
             )
         client = build_redis_client(url, self.connection_settings)
         old, durability = self.redis, self.store.durability
+        coalesce = self.store.coalescer is not None
         self.url, self.redis = url, client
         self.store = Store(client)
         self.store.durability = durability
+        if not coalesce:
+            self.store.coalescer = None
         self._closed = False
         await self._close_results()
         await old.aclose()
@@ -355,19 +357,7 @@ class LeanMQ:
         listed (their layout differs): the first call that finds some logs the warning
         ``legacy_queues_found`` with their counts and how to migrate them.
         """
-        bases = await self.store.registered_queues(self.prefix)
-        # --- migration from LeanMQ 0.2 (issue 15): say so, once, when its queues exist ---
-        if self.store.legacy_registry_members and not self._legacy_logged:
-            self._legacy_logged = True
-            await log_legacy_queues(self, self.log)
-        # --- end migration from LeanMQ 0.2 ---
-        queues = [self._queue_object(b, dlq) for b in bases for dlq in (False, True)]
-        infos = await self.store.stream_infos([(q.stream, q.keys) for q in queues], levels=True)
-        return [
-            info_from(q, info)
-            for q, info in zip(queues, infos, strict=True)
-            if info.get("exists", True)
-        ]
+        return await list_every_queue(self)
 
     async def delete_queue(self, queue_name: str, delete_dlq: bool = True) -> bool:
         """Delete a queue (and by default its DLQ); True if anything was deleted."""

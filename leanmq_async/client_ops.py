@@ -1,16 +1,36 @@
-"""Whole-client operations of LeanMQ: expiry over every queue, and the health report."""
+"""Whole-client operations of LeanMQ: listing and expiry over every queue, the health report."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from leanmq_async.exceptions import ConfigurationError, LeanMQError, RedisOperationError
+from leanmq_async.legacy import log_legacy_queues
+from leanmq_async.queue_read import info_from
 
 if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
+    from leanmq_async.message import QueueInfo
     from leanmq_async.store import Store
 
-__all__ = ["expire_everywhere", "redis_health"]
+__all__ = ["expire_everywhere", "list_every_queue", "redis_health"]
+
+
+async def list_every_queue(mq: LeanMQ) -> list[QueueInfo]:
+    """:meth:`LeanMQ.list_queues <leanmq_async.LeanMQ.list_queues>`."""
+    bases = await mq.store.registered_queues(mq.prefix)
+    # --- migration from LeanMQ 0.2 (issue 15): say so, once, when its queues exist ---
+    if mq.store.legacy_registry_members and not mq._legacy_logged:
+        mq._legacy_logged = True
+        await log_legacy_queues(mq, mq.log)
+    # --- end migration from LeanMQ 0.2 ---
+    queues = [mq._queue_object(b, dlq) for b in bases for dlq in (False, True)]
+    infos = await mq.store.stream_infos([(q.stream, q.keys) for q in queues], levels=True)
+    return [
+        info_from(q, info)
+        for q, info in zip(queues, infos, strict=True)
+        if info.get("exists", True)
+    ]
 
 
 async def expire_everywhere(mq: LeanMQ, policy: str, limit: int) -> int:

@@ -7,6 +7,8 @@ for the number of network round trips, by counting the packed writes redis-py se
 
     send_message (no ttl/delay)     1 round trip: XADD 1
     send_message(ttl=...)           1 round trip: EVALSHA 1 (inside: TYPE 4, TIME 1, XADD 1, ZADD 1)
+    200 concurrent send_message     2 round trips: XADD 200 (the first alone, the 199 sent
+                                    while it was in flight in one pipeline; issue 14)
     send_messages(100 items)        1 round trip: EVALSHA 1 (inside: TYPE 4, TIME 1, XADD 100)
     transaction (2 queues, 10 sends) 1 round trip: EVALSHA 1 (inside: TYPE 8, TIME 1, XADD 10)
     get_messages(count=100)         1 round trip: EVALSHA 1 (MOVE_DUE; inside: TYPE 4, TIME 1,
@@ -38,6 +40,7 @@ for the number of network round trips, by counting the packed writes redis-py se
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -347,3 +350,14 @@ async def test_a_worker_reading_priority_levels_sends_acks_with_its_claim(
     assert with_claim >= 9, writes
     assert not any(b"XREADGROUP" in w for w in writes)
     assert not any(b"SCRIPT" in w and b"EXISTS" in w for w in writes)  # no SCRIPT EXISTS
+
+
+async def test_concurrent_sends_share_round_trips(meter: Meter, queue: Queue) -> None:
+    # Issue 14: the first send goes out alone, the 199 made while it is in flight go out
+    # together in one pipeline as soon as it lands.
+    async def run() -> None:
+        await asyncio.gather(*(queue.send_message(i) for i in range(200)))
+
+    await run()  # any connection it needs is opened here
+    trips, calls = await meter.measure(run)
+    assert (trips, calls) == (2, {"xadd": 200})

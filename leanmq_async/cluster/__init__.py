@@ -77,6 +77,8 @@ from leanmq_async.cluster.durability import (
     Durability,
     NotReplicatedError,
     check_wait_support,
+    replication_error,
+    wait_command,
     write_and_wait,
 )
 from leanmq_async.cluster.slots import check_one_slot, queue_slot
@@ -101,6 +103,8 @@ __all__ = [
     "parse_cluster_url",
     "parse_sentinel_url",
     "queue_slot",
+    "replication_error",
     "sentinel_url",
+    "wait_command",
     "write_and_wait",
 ]

@@ -94,7 +94,8 @@ async def check_wait_support(client: AnyRedis, durability: Durability) -> None:
         )
 
 
-def _wait_command(durability: Durability) -> tuple[Any, ...]:
+def wait_command(durability: Durability) -> tuple[Any, ...]:
+    """The ``WAIT``/``WAITAOF`` command that waits as ``durability`` asks."""
     if durability.aof:
         return ("WAITAOF", 1, durability.replicas, durability.timeout_ms)
     return ("WAIT", durability.replicas, durability.timeout_ms)
@@ -127,7 +128,7 @@ async def write_and_wait(
     (the write happened) when too few confirmed. Other Redis errors propagate.
     """
     await check_wait_support(client, durability)
-    wait = _wait_command(durability)
+    wait = wait_command(durability)
     for _ in range(5):
         if isinstance(client, AsyncRedisCluster):
             await client.initialize()  # a no-op once the layout is known
@@ -157,25 +158,37 @@ async def write_and_wait(
             continue
         if isinstance(reply, Exception):
             raise reply
-        ids = _ids(reply)
-        if isinstance(waited, Exception):
-            raise NotReplicatedError(
-                f"{_written(ids)} to the primary, but {wait[0]} failed ({waited}): "
-                "replication not confirmed",
-                ids,
-                0,
-            ) from waited
-        enough, count, what = _confirmed(waited, durability)
-        if not enough:
-            raise NotReplicatedError(
-                f"{_written(ids)} to the primary, but only {what} within "
-                f"{durability.timeout_ms} ms (wanted {durability.replicas}): the write may be "
-                "lost if the primary fails now",
-                ids,
-                count,
-            )
+        error = replication_error(reply, waited, durability)
+        if error is not None:
+            raise error
         return reply
     raise redis_errors.ConnectionError(f"{command[0]} kept being redirected; nothing was written")
+
+
+def replication_error(reply: Any, waited: Any, durability: Durability) -> NotReplicatedError | None:
+    """The :class:`NotReplicatedError` for a write's ``reply`` followed by ``waited``
+    (the WAIT/WAITAOF reply, or its error), or None when enough confirmed."""
+    ids = _ids(reply)
+    wait = wait_command(durability)[0]
+    if isinstance(waited, Exception):
+        error = NotReplicatedError(
+            f"{_written(ids)} to the primary, but {wait} failed ({waited}): "
+            "replication not confirmed",
+            ids,
+            0,
+        )
+        error.__cause__, error.__suppress_context__ = waited, True
+        return error
+    enough, count, what = _confirmed(waited, durability)
+    if enough:
+        return None
+    return NotReplicatedError(
+        f"{_written(ids)} to the primary, but only {what} within "
+        f"{durability.timeout_ms} ms (wanted {durability.replicas}): the write may be "
+        "lost if the primary fails now",
+        ids,
+        count,
+    )
 
 
 def _written(ids: Sequence[str]) -> str:

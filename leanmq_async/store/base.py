@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from leanmq_async.cluster import AnyRedis, Durability, is_cluster
 from leanmq_async.connection import translate_errors
 from leanmq_async.scripts import Scripts
+from leanmq_async.send_coalescer import SendCoalescer
 from leanmq_async.send_errors import client_retries
 
 __all__ = ["ID_BATCH", "StoreBase", "chunked"]
@@ -46,6 +47,10 @@ class StoreBase:
         # -- idempotent sends and honest send errors (issue 17) --
         self.dedup_hits = 0  # sends that found their message_id already sent
         self._retries = client_retries(client)  # > 0: every send error is "outcome unknown"
+        # -- concurrent sends share round trips (issue 14); None: each send alone --
+        self.coalescer: SendCoalescer | None = None
+        if not getattr(client, "single_connection_client", False):
+            self.coalescer = SendCoalescer(client, self.cluster, self._retries)
 
     async def load_scripts(self) -> None:
         """Load every script now (on every primary of a cluster).

@@ -1,4 +1,8 @@
-"""Writing messages: one plain XADD on the fast path, else one call of ``lua/send.lua``."""
+"""Writing messages: one plain XADD on the fast path, else one call of ``lua/send.lua``.
+
+Concurrent sends share round trips (:mod:`leanmq_async.send_coalescer`): a send made
+while another is in flight joins the next pipeline; a lone send goes out at once.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +33,20 @@ class Sending(StoreBase):
         """
         if durability is None:
             durability = self.durability
-        with translate_send_errors("XADD", retries=self._retries):
-            if durability is not None:
-                command = ("XADD", stream, "*", field, body)
-                sid = await write_and_wait(self.client, stream, command, durability)
-            else:
-                sid = await self.client.xadd(stream, {field: body})
+        lane = None if self.coalescer is None else self.coalescer.lane(durability)
+        if lane is not None and not lane.enter():  # another send is in flight: join it
+            command = ("XADD", stream, "*", field, body)
+            return text(await lane.join(command, stream, None, "XADD", len(body)))
+        try:
+            with translate_send_errors("XADD", retries=self._retries):
+                if durability is not None:
+                    command = ("XADD", stream, "*", field, body)
+                    sid = await write_and_wait(self.client, stream, command, durability)
+                else:
+                    sid = await self.client.xadd(stream, {field: body})
+        finally:
+            if lane is not None:
+                lane.release()
         return text(sid)
 
     async def send(self, ops: Sequence[SendOp], durability: Durability | None = None) -> list[str]:
@@ -70,16 +82,28 @@ class Sending(StoreBase):
         if levels:
             args.append(1)
         script = self.scripts.send
-        with translate_send_errors("send", retries=self._retries):
-            try:
-                if durability is not None:
-                    command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-                    reply = await write_and_wait(self.client, keys[0], command, durability, script)
-                else:
-                    reply = await script(keys=keys, args=args)
-            except NotReplicatedError as exc:
-                exc.stream_ids = exc.stream_ids[: len(ops)]  # the duplicates' positions follow
-                raise
+        lane = None if self.coalescer is None else self.coalescer.lane(durability)
+        try:
+            if lane is not None and not lane.enter():  # another send is in flight: join it
+                command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+                size = sum(len(op.body) for op in ops)
+                reply = await lane.join(command, keys[0], script, "send", size)
+            else:
+                try:
+                    with translate_send_errors("send", retries=self._retries):
+                        if durability is not None:
+                            command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+                            reply = await write_and_wait(
+                                self.client, keys[0], command, durability, script
+                            )
+                        else:
+                            reply = await script(keys=keys, args=args)
+                finally:
+                    if lane is not None:
+                        lane.release()
+        except NotReplicatedError as exc:
+            exc.stream_ids = exc.stream_ids[: len(ops)]  # the duplicates' positions follow
+            raise
         sent = parse_send(reply, len(ops))
         if sent.duplicates:
             self._count_duplicates(ops, sent.ids, sent.duplicates)
