@@ -278,3 +278,38 @@ async def test_a_high_handler_failing_after_its_cancel_is_dead_lettered_not_retr
         assert await raw.zcard(keys.delayed) == 0
     assert await raw.xlen(q.stream) == 0 and await raw.xlen(q.keys.at(0).stream) == 0
     assert (await q.get_info()).pending_messages == 0
+
+
+async def test_a_high_marker_set_while_no_worker_listened_is_reconciled(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    """Cancelled while a dead consumer held it: the worker that reclaims it from its level
+    learns the marker (its level's name) from Redis at start and dead-letters it unrun."""
+    q, _ = await mq.create_queue_pair("c")
+    high = await q.send_message({"k": 1}, priority="high")
+    await _read(raw, q.keys.at(2).stream, q.consumer_group, "dead")
+    assert await q.cancel(high) is CancelOutcome.RUNNING
+    rec = Recorder(0)
+    q.handler(visibility_timeout=0.2)(rec.handle)
+    async with mq.worker(**FAST, reclaim_interval=0.1):
+        await wait_until(lambda: _any_dead(mq, "c"))
+    assert rec.started == []
+    assert await _dead(mq, "c") == [({"k": 1}, "cancelled", "c-group", high)]
+
+
+async def test_a_group_that_reads_a_cancelled_low_message_later_never_runs_it(
+    mq: LeanMQ, raw: aioredis.Redis
+) -> None:
+    """Running in the queue's group when cancelled, unread in B: B's worker (its local
+    check, by the level's name) dead-letters it unrun."""
+    q, _ = await mq.create_queue_pair("c")
+    await mq.store.ensure_groups([q.stream], ["B"])
+    low = await q.send_message({"k": 1}, priority="low")
+    await _read(raw, q.keys.at(0).stream, q.consumer_group, "a-worker")
+    assert await q.cancel(low) is CancelOutcome.RUNNING
+    rec = Recorder(0)
+    q.handler(group="B")(rec.handle)
+    async with mq.worker(**FAST):
+        await wait_until(lambda: _any_dead(mq, "c"))
+    assert rec.started == []
+    assert await _dead(mq, "c") == [({"k": 1}, "cancelled", "B", low)]
