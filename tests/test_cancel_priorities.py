@@ -8,7 +8,7 @@ that name, so equal stream ids of two levels are never confused.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -58,7 +58,13 @@ class Recorder:
 async def _read(raw: aioredis.Redis, stream: str, group: str, consumer: str) -> list[bytes]:
     """XREADGROUP every new entry of ``stream`` for ``consumer`` (pending now); their ids."""
     reply = await raw.xreadgroup(group, consumer, {stream: ">"}, count=100)
-    return [sid for _, entries in reply for sid, _ in entries]
+    rows = cast(list[tuple[bytes, list[tuple[bytes, Any]]]], reply)
+    return [sid for _, entries in rows for sid, _ in entries]
+
+
+async def _entries(raw: aioredis.Redis, stream: str) -> list[tuple[bytes, dict[Any, Any]]]:
+    """XRANGE of the whole of ``stream``: (stream id, fields) of each entry."""
+    return cast(list[tuple[bytes, dict[Any, Any]]], await raw.xrange(stream))
 
 
 # -- the queue API -------------------------------------------------------------------------
@@ -93,7 +99,7 @@ async def test_a_waiting_low_message_is_dead_lettered_once_per_group(
         ({"k": 1}, "cancelled", "B", low),
         ({"k": 1}, "cancelled", "c-group", low),
     ]
-    left = [sid.decode() for sid, _ in await raw.xrange(q.keys.at(0).stream)]
+    left = [sid.decode() for sid, _ in await _entries(raw, q.keys.at(0).stream)]
     assert left == [split_id(keep)[0]]
     assert await q.cancel(low) is CancelOutcome.NOT_FOUND
 
@@ -146,7 +152,7 @@ async def test_equal_stream_ids_of_two_levels_are_cancelled_apart(
     the level's id the level's one only."""
     q, _ = await mq.create_queue_pair("c")
     sid = await q.send_message({"k": 1})
-    ((_, fields),) = await raw.xrange(q.stream)
+    ((_, fields),) = await _entries(raw, q.stream)
     level = q.keys.at(2)
     await raw.xgroup_create(level.stream, q.consumer_group, id="0", mkstream=True)
     await raw.xadd(level.stream, fields, id=sid)
@@ -156,7 +162,7 @@ async def test_equal_stream_ids_of_two_levels_are_cancelled_apart(
     assert await _dead(mq, "c") == [({"k": 1}, "cancelled", "c-group", sid)]
     # Running in both: each cancel marks its own name; retry.lua refuses only that one.
     await raw.xdel(level.stream, sid)
-    sid = (await raw.xadd(q.stream, fields)).decode()
+    sid = cast(bytes, await raw.xadd(q.stream, fields)).decode()
     await raw.xadd(level.stream, fields, id=sid)
     assert await _read(raw, q.stream, q.consumer_group, "w1") == [sid.encode()]
     assert await _read(raw, level.stream, q.consumer_group, "w1") == [sid.encode()]
@@ -234,7 +240,7 @@ async def test_a_cancel_of_a_plain_id_leaves_the_level_entry_of_that_id_running(
     cancel of the plain id stops the main one only."""
     q, _ = await mq.create_queue_pair("c")
     sid = await q.send_message({"k": "main"})
-    ((_, fields),) = await raw.xrange(q.stream)
+    ((_, fields),) = await _entries(raw, q.stream)
     level = q.keys.at(2)
     await raw.xgroup_create(level.stream, q.consumer_group, id="0", mkstream=True)
     await raw.xadd(level.stream, {**fields}, id=sid)
