@@ -11,12 +11,17 @@ from __future__ import annotations
 from typing import Any, cast
 
 import anyio
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from leanmq_async import CancelOutcome, LeanMQ, Message
+from leanmq_async.ops import admin_app
 from leanmq_async.priority import split_id
+from tests.cluster_fixtures import scmq, small_cluster
 from tests.worker_apps.common import wait_until
+
+__all__ = ["scmq", "small_cluster"]  # fixtures, imported for pytest
 
 pytestmark = pytest.mark.anyio
 
@@ -319,3 +324,30 @@ async def test_a_group_that_reads_a_cancelled_low_message_later_never_runs_it(
         await wait_until(lambda: _any_dead(mq, "c"))
     assert rec.started == []
     assert await _dead(mq, "c") == [({"k": 1}, "cancelled", "B", low)]
+
+
+async def test_post_cancel_of_a_high_message(mq: LeanMQ) -> None:
+    q, _ = await mq.create_queue_pair("orders")
+    high = await q.send_message({"k": 1}, priority="high")
+    transport = httpx.ASGITransport(app=admin_app(mq, token="t"))
+    auth = {"Authorization": "Bearer t"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://a", headers=auth) as c:
+        r = await c.post(f"/cancel/orders/{high}")
+        assert r.json() == {"queue": "orders", "id": high, "outcome": "cancelled"}
+        assert (await c.post("/cancel/orders/1-1:p2")).json()["outcome"] == "not_found"
+
+
+async def test_cancel_of_level_messages_on_a_cluster(scmq: LeanMQ) -> None:
+    """The script's fifteen keys are in the queue's slot; a running high one is stopped."""
+    pq = scmq.queue("pc", partitions=3)
+    await pq.create()
+    rec = Recorder(60)
+    pq.handler(rec.handle)
+    delayed = await pq.send_message({"k": 0}, key="a", delay=30, priority="low")
+    assert await pq.cancel(delayed, key="a") is CancelOutcome.CANCELLED
+    async with scmq.worker(**FAST):
+        high = await pq.send_message({"k": 1}, key="b", priority="high")
+        await wait_until(lambda: bool(rec.started), within=15)
+        assert await pq.cancel(high, key="b") is CancelOutcome.RUNNING
+        await wait_until(lambda: bool(rec.cancelled), within=5)
+    assert rec.finished == []
