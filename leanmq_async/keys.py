@@ -182,7 +182,7 @@ class QueueKeys:
 
     @property
     def cancelled(self) -> str:
-        """The cancel markers: stream id -> when the marker ends (ms, Redis clock)."""
+        """The cancel markers: entry name (a level's: ``<id>:p<level>``) -> when it ends (ms)."""
         return f"{self.tag}:cancelled"
 
     def result(self, message_id: str) -> str:

@@ -342,7 +342,8 @@ class Queue(Generic[PayloadT]):
 
     async def cancel(self, message_id: str) -> CancelOutcome:
         """Cancel one message by the id its send returned (or an idempotent send's
-        ``message_id``): see :class:`~leanmq_async.CancelOutcome` and README "Cancellation".
+        ``message_id``), at any priority level (``<stream id>:p2`` names a high one): see
+        :class:`~leanmq_async.CancelOutcome` and README "Cancellation".
 
         One atomic script: a message no worker started never runs (dead-lettered with
         reason ``"cancelled"``); a running one is cancelled in its handler by its worker.

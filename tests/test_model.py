@@ -46,6 +46,7 @@ from hypothesis.stateful import (
 from leanmq_async import LeanMQ
 from leanmq_async.envelope import decode_entry, decode_payload
 from leanmq_async.exceptions import ConfigurationError, MessageDecodeError
+from leanmq_async.priority import level_id
 from leanmq_async.queue import Queue
 from leanmq_async.reading import dead_letter_info
 from leanmq_async.testing import RedisServer
@@ -682,9 +683,13 @@ class PriorityMachine(RuleBasedStateMachine):
     (``Store.claim_new``, the worker's read) must return what :meth:`Model.claim` says, in
     its order: highest level first, or lowest first (the starvation guard). Retries keep
     their level; delays move back into it; reclaim, the expiry pass, the DLQ work per
-    level, and a requeued dead letter goes back to its level; at teardown every
-    (message, group) has exactly one outcome.
+    level, and a requeued dead letter goes back to its level; a cancel by the id a user
+    sees (``<stream id>:p<level>``, a delayed member, a retry's member) acts on that level
+    only, its marker named so (equal stream ids of two levels are common here: XADD '*' in
+    the same ms); at teardown every (message, group) has exactly one outcome.
     """
+
+    cancel_seen: Counter[str] = Counter()  # over every example: each cancel outcome?
 
     url = ""
 
@@ -726,8 +731,10 @@ class PriorityMachine(RuleBasedStateMachine):
             )
         )
         assert len(ids) == n
-        for k in ks:
+        for k, sid in zip(ks, ids, strict=True):
             assert self.model.send(LEVEL_NAMES[level], k, ttl * S, delay * S)
+            if delay:
+                self.model.queues[LEVEL_NAMES[level]].delayed[-1].sid = sid  # its member
 
     @rule(
         group=st.sampled_from(PGROUPS),
@@ -771,6 +778,12 @@ class PriorityMachine(RuleBasedStateMachine):
     def handler(self, i: int, outcome: str, delay: int) -> None:
         level, d = self.deliveries.pop(i % len(self.deliveries))
         store, keys = self.mq.store, self.queue.keys.at(level)
+        if d.entry.seq in self.model.queues[d.queue].cancelled and outcome != "success":
+            # As QueueMachine.handler: a failure's retry is refused (retry.lua, called with
+            # the level's keys, checks the level's name), "reject" stands for the handler
+            # cancelled by its worker; both dead-letter it "cancelled".
+            self._honour_cancel(level, d, delay, retry_first=outcome == "failure")
+            return
         if outcome == "success":
             n = self.run(store.ack(keys.stream, d.group, [d.sid]))
             assert n == self.model.ack(d.queue, d.group, d.entry.seq)
@@ -787,6 +800,53 @@ class PriorityMachine(RuleBasedStateMachine):
             expected = self.model.dead_letter(d.queue, d.group, d.consumer, d.entry.seq, "rejected")
         (result,) = self.run(store.settle_many([call]))
         assert result == expected, f"{outcome} of {d.sid} (level {level}): {result!r}"
+
+    def _honour_cancel(self, level: int, d: Delivery, delay: int, *, retry_first: bool) -> None:
+        """A cancelled delivery of ``level`` is dead-lettered "cancelled" (the executor's
+        way); ``retry_first``: its handler failed, and the retry is refused first (2)."""
+        store, keys = self.mq.store, self.queue.keys.at(level)
+        attempt = d.entry.attempts + 1
+        if retry_first:
+            call = store.retry_call(keys, d.group, d.consumer, d.sid, delay * S, attempt)
+            expected = self.model.retry(d.queue, d.group, d.consumer, d.entry.seq, delay * S)
+            assert self.run(store.settle_many([call])) == [expected], f"retry of {d.sid}"
+            if expected != 2:
+                return
+        item = (d.sid, "cancelled", "Cancelled", "", attempt)
+        call = store.dead_letter_call(keys, d.group, d.consumer, "p", item)
+        expected = self.model.dead_letter(d.queue, d.group, d.consumer, d.entry.seq, "cancelled")
+        assert self.run(store.settle_many([call])) == [expected], f"cancelled {d.sid}"
+
+    @rule(
+        level=st.sampled_from([0, 1, 2]),
+        where=st.sampled_from(["stream", "stream", "read", "delayed", "unknown"]),
+        pick=st.integers(0, 50),
+    )
+    def cancel(self, level: int, where: str, pick: int) -> None:
+        """``Queue.cancel`` of a level's stream entry by its name (``<sid>:p<level>``), of a
+        delayed member (a delayed send's or a retry's, found in the level's delayed set),
+        or of an unknown id."""
+        name = LEVEL_NAMES[level]
+        qm = self.model.queues[name]
+        read = [  # read by every group it is for, pending in none: finished (or retried)
+            e
+            for e in qm.stream.values()
+            if all(e.seq <= qm.cursor[g] and e.seq not in qm.pending[g] for g in qm.aimed(e))
+        ]
+        if where == "read" and read:
+            e = read[pick % len(read)]
+            mid, expected = level_id(e.sid, level), self.model.cancel(name, seq=e.seq)
+        elif where == "delayed" and qm.delayed:
+            e = qm.delayed[pick % len(qm.delayed)]
+            mid, expected = e.sid, self.model.cancel(name, delayed=e)
+        elif where == "stream" and qm.stream:
+            e = list(qm.stream.values())[pick % len(qm.stream)]
+            mid, expected = level_id(e.sid, level), self.model.cancel(name, seq=e.seq)
+        else:
+            mid, expected = level_id("1-1", level), "not_found"
+        got = self.run(self.queue.cancel(mid))
+        assert got == expected, f"cancel {mid} of level {level}: {got}, model {expected}"
+        self.cancel_seen[expected] += 1
 
     @rule(level=st.sampled_from([0, 1, 2]))
     def move_due(self, level: int) -> None:
@@ -869,6 +929,9 @@ class PriorityMachine(RuleBasedStateMachine):
                     s: c for s, c in mine.items() if not s.startswith("gone-")
                 }
             want_dlq.update((d.k, d.group, d.reason) for d in qm.dlq)
+        # One marker per (level, entry): named with the level, equal stream ids stay apart.
+        markers = await client.zcard(self.queue.keys.cancelled)
+        assert markers == sum(len(self.model.queues[n].cancelled) for n in LEVEL_NAMES.values())
         free: dict[tuple[int | None, str, str], list[str]] = {}
         for sid, fields in await client.xrange(self.queue.keys.dlq):
             info = dead_letter_info(fields)
@@ -882,15 +945,20 @@ class PriorityMachine(RuleBasedStateMachine):
                 d.sid = free[(d.k, d.group, d.reason)].pop(0)
         assert all(n == 1 for n in self.handled.values()), "handled twice"
 
-    def _drain(self) -> None:
+    def _settle_all(self) -> None:
+        """Every running handler ends: success, or a cancelled one dead-lettered."""
         while self.deliveries:
-            self.handler(0, "success", 0)
+            _, d = self.deliveries[0]
+            marked = d.entry.seq in self.model.queues[d.queue].cancelled
+            self.handler(0, "failure" if marked else "success", 0)
+
+    def _drain(self) -> None:
+        self._settle_all()
         for level, name in LEVEL_NAMES.items():
             for group in PGROUPS:
                 for dead in sorted(set(self.model.queues[name].pending[group].values())):
                     self.reclaim(group, dead, level)
-        while self.deliveries:
-            self.handler(0, "success", 0)
+        self._settle_all()
         self.time_passes(10_000)
         for level in LEVEL_NAMES:
             self.move_due(level)
@@ -907,8 +975,7 @@ class PriorityMachine(RuleBasedStateMachine):
                     and len(self.deliveries) == before
                 ):
                     break
-            while self.deliveries:
-                self.handler(0, "success", 0)
+            self._settle_all()
         self.expiry_pass("drop")
         self.run(self._check_state())
         open_pairs = [key for key, state in self.model.outcome.items() if state == OPEN]
@@ -924,7 +991,10 @@ settings.register_profile(
 def test_priority_model(redis_server: RedisServer, request: pytest.FixtureRequest) -> None:
     PriorityMachine.url = redis_server.url
     profile = "model-slow" if request.config.getoption("--slow") else "priority-ci"
+    PriorityMachine.cancel_seen.clear()
     run_state_machine_as_test(PriorityMachine, settings=settings.get_profile(profile))
+    cancels = PriorityMachine.cancel_seen
+    assert min(cancels[o] for o in ("cancelled", "running", "finished", "not_found")) > 0, cancels
 
 
 # -- regression tests: shrunk sequences of the state machine ---------------------------

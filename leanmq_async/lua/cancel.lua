@@ -1,20 +1,27 @@
 -- cancel.lua: cancel one message by id: remove it if no group started it, else mark it.
 --
--- KEYS    [1] stream        the queue's stream
+-- KEYS    [1] stream        the queue's main stream (the default priority level's)
 --         [2] dlq           the dead-letter queue's stream
 --         [3] delayed       zset: delayed member -> due time (Redis clock, ms)
 --         [4] delayed_data  hash: delayed member -> cmsgpack-packed field list
 --         [5] expiry        zset: stream id -> expiry time (ms)
 --         [6] dedup         hash: message_id -> "<until ms> <id first returned>"
---         [7] cancelled     zset: stream id -> end of its cancel marker (Redis clock, ms)
--- ARGV    [1] id            a stream id, a delayed member (what a delayed send returned),
---                           or the message_id of an idempotent send (looked up in dedup)
+--         [7] cancelled     zset: entry name -> end of its cancel marker (Redis clock, ms)
+--         [8] [9] [10] [11] priority level 0's stream, delayed, delayed_data, expiry
+--         [12] [13] [14] [15] priority level 2's stream, delayed, delayed_data, expiry
+-- ARGV    [1] id            an entry's name (a stream id, or '<stream id>:p<level>' for a
+--                           priority level's entry: leanmq_async/priority.py), a delayed
+--                           member (what a delayed send returned; looked up in every
+--                           level's delayed set), or the message_id of an idempotent send
+--                           (looked up in dedup)
 --         [2] queue         the queue's name (dlq.queue)
 --         [3] marker_ms     how long a cancel marker is kept (ms)
 --         [4] channel       the pub/sub channel announcing cancel requests
---         [5] announcement  the text published, followed by ' ' and the stream id
+--         [5] announcement  the text published, followed by ' ' and the entry name
 --         [6] clock shift   ms (0 in production)
--- REPLY   {status, id}: bulk strings; id is the stream id or delayed member resolved, status:
+-- REPLY   {status, id}: bulk strings; id is the entry name or delayed member resolved
+--         (entry_name: a level's entry names its level, as everywhere ids leave the store;
+--         the marker's member, the announcement and dlq.id use that name), status:
 --           'cancelled'  no group had started it: a delayed member is removed and
 --                        dead-lettered once (dlq.group = its target group, '' = every
 --                        group); a stream entry is dead-lettered once per group that had
@@ -31,31 +38,56 @@
 --         marker and its announcement, happen together; markers past their end are
 --         dropped here, and the key expires marker_ms after the last cancel.
 -- ERRORS  'WRONGTYPE ...' before anything is written.
-local stream, dlq, delayed, cancelled = KEYS[1], KEYS[2], KEYS[3], KEYS[7]
-local bad = check_types(KEYS, {'stream', 'stream', 'zset', 'hash', 'zset', 'hash', 'zset'})
+local dlq, cancelled = KEYS[2], KEYS[7]
+local bad = check_types(KEYS, {'stream', 'stream', 'zset', 'hash', 'zset', 'hash', 'zset',
+  'stream', 'zset', 'hash', 'zset', 'stream', 'zset', 'hash', 'zset'})
 if bad then return redis.error_reply(bad) end
+-- level -> {stream, delayed, delayed_data, expiry}
+local levels = {['0'] = {KEYS[8], KEYS[9], KEYS[10], KEYS[11]},
+  ['1'] = {KEYS[1], KEYS[3], KEYS[4], KEYS[5]}, ['2'] = {KEYS[12], KEYS[13], KEYS[14], KEYS[15]}}
+-- The level and the stream id of an entry's name ('<sid>' or '<sid>:p<level>'), or nil.
+local function parse(s)
+  if string.match(s, '^%d+%-%d+$') then return '1', s end
+  local sid, level = string.match(s, '^(%d+%-%d+):p(%d)$')
+  if sid and levels[level] then return level, sid end
+  return nil
+end
+-- The level whose delayed set holds member ``s``, or nil.
+local function delayed_level(s)
+  for _, level in ipairs({'1', '2', '0'}) do
+    if redis.call('ZSCORE', levels[level][2], s) then return level end
+  end
+  return nil
+end
 local id = ARGV[1]
-local function is_stream_id(s) return string.match(s, '^%d+%-%d+$') ~= nil end
-if not is_stream_id(id) and not redis.call('ZSCORE', delayed, id) then
+local level, sid = parse(id)
+local member_level = level == nil and delayed_level(id)
+if level == nil and not member_level then
   local record = redis.call('HGET', KEYS[6], id)
   if record then id = string.match(record, '^%S+ (.+)$') or id end
+  level, sid = parse(id)
+  member_level = level == nil and delayed_level(id)
 end
 local at = time_text()
-local function dead(fields, group)
+local function dead(fields, group, name)
   add_dead_letter(dlq, fields, {reason = 'cancelled', error = 'Cancelled', traceback = '',
-    attempts = field(fields, 'a') or '0', at = at, queue = ARGV[2], id = id, group = group})
+    attempts = field(fields, 'a') or '0', at = at, queue = ARGV[2], id = name, group = group})
 end
-if not is_stream_id(id) then
-  if not redis.call('ZSCORE', delayed, id) then return {'not_found', id} end
-  local packed = redis.call('HGET', KEYS[4], id)
-  redis.call('ZREM', delayed, id)
-  redis.call('HDEL', KEYS[4], id)
+if level == nil then
+  if not member_level then return {'not_found', id} end
+  local keys = levels[member_level]
+  local packed = redis.call('HGET', keys[3], id)
+  redis.call('ZREM', keys[2], id)
+  redis.call('HDEL', keys[3], id)
   if not packed then return {'not_found', id} end
   local fields = cmsgpack.unpack(packed)
-  dead(fields, field(fields, 'g') or '')
+  -- dlq.id names the level (entry_name): a requeue puts it back into its level's stream.
+  dead(fields, field(fields, 'g') or '', entry_name(keys[1], id))
   return {'cancelled', id}
 end
-local fields = entry_fields(stream, id)
+local stream, delayed, delayed_data, expiry = unpack(levels[level])
+id = entry_name(stream, sid)  -- the name users see: also the marker's member
+local fields = entry_fields(stream, sid)
 if not fields then return {'not_found', id} end
 local target = field(fields, 'g')
 if target == '' then target = nil end
@@ -63,16 +95,16 @@ local running, waiting, retried = false, {}, false
 for _, g in ipairs(groups_of(stream)) do
   local name = g['name']
   if target == nil or target == name then
-    if pending_owner(stream, name, id) then
+    if pending_owner(stream, name, sid) then
       running = true
-    elseif id_less(g['last-delivered-id'], id) then
+    elseif id_less(g['last-delivered-id'], sid) then
       waiting[#waiting + 1] = name
     else
-      local member = name .. '|' .. id
-      local packed = redis.call('HGET', KEYS[4], member)
+      local member = name .. '|' .. sid
+      local packed = redis.call('HGET', delayed_data, member)
       if redis.call('ZREM', delayed, member) == 1 then
-        redis.call('HDEL', KEYS[4], member)
-        if packed then dead(cmsgpack.unpack(packed), name) end
+        redis.call('HDEL', delayed_data, member)
+        if packed then dead(cmsgpack.unpack(packed), name, id) end
         retried = true
       end
     end
@@ -88,7 +120,7 @@ if running then
   return {'running', id}
 end
 if #waiting == 0 then return {retried and 'cancelled' or 'finished', id} end
-for _, name in ipairs(waiting) do dead(fields, name) end
-redis.call('XDEL', stream, id)
-redis.call('ZREM', KEYS[5], id)
+for _, name in ipairs(waiting) do dead(fields, name, id) end
+redis.call('XDEL', stream, sid)
+redis.call('ZREM', expiry, sid)
 return {'cancelled', id}

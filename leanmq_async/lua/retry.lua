@@ -4,7 +4,8 @@
 --         [2] delayed       zset: delayed member -> due time (Redis clock, ms)
 --         [3] delayed_data  hash: delayed member -> cmsgpack-packed field list
 --         [4] expiry        zset: stream id -> expiry time (ms)
---         [5] cancelled     zset: stream id -> end of its cancel marker (ms; cancel.lua)
+--         [5] cancelled     zset: entry name -> end of its cancel marker (ms; cancel.lua:
+--                           a priority level's entry is '<id>:p<level>', entry_name)
 -- ARGV    [1] group         the consumer group that failed the entry
 --         [2] consumer      the consumer that must still own it
 --         [3] id            the stream id
@@ -24,7 +25,7 @@ local stream, group, consumer, id = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local bad = check_types(KEYS, {'stream', 'zset', 'hash', 'zset', 'zset'})
 if bad then return redis.error_reply(bad) end
 if pending_owner(stream, group, id) ~= consumer then return -1 end
-local marker = redis.call('ZSCORE', KEYS[5], id)
+local marker = redis.call('ZSCORE', KEYS[5], entry_name(stream, id))
 if marker and tonumber(marker) > now_ms(ARGV[6]) then return 2 end
 local old = entry_fields(stream, id)
 if old == nil then

@@ -29,7 +29,8 @@
 --         message's index k (6 digits), '|', the suffix. Messages due at the same ms
 --         sort by member, so they keep the order they were sent in. Then, as integers,
 --         the 1-based positions of the messages that were duplicates (nothing written;
---         their id is the first send's).
+--         their id is the first send's as recorded: a priority level's entry with its
+--         level, '<stream id>:p<level>', see entry_name).
 -- DEDUP   A message with a window whose message_id was sent to the same queue less than
 --         its window ago (on the Redis clock, counted from that first send) writes
 --         nothing. Records expired are swept a few per call (100 + 2n per queue); both
@@ -138,7 +139,11 @@ for op = 0, n - 1 do
     out[#out + 1] = id
   end
   if dedup > 0 and not sent then
-    _, err = write('HSET', KEYS[base + 5], mid, string.format('%.0f ', now + dedup) .. out[#out])
+    -- The record names a level's entry with its level (entry_name), as the send returns
+    -- it: a duplicate returns it as it is, and cancel.lua finds its level by it.
+    local first = out[#out]
+    if delay == 0 then first = entry_name(KEYS[base + 1], first) end
+    _, err = write('HSET', KEYS[base + 5], mid, string.format('%.0f ', now + dedup) .. first)
     if err then return redis.error_reply(err) end
     undo[#undo + 1] = {'HDEL', KEYS[base + 5], mid}
     _, err = write('ZADD', KEYS[base + 6], now + dedup, mid)

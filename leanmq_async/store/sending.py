@@ -109,10 +109,12 @@ class Sending(StoreBase):
             self._count_duplicates(ops, sent.ids, sent.duplicates)
         if levels:
             # An entry of a priority level's stream is named with its level (priority.py);
-            # a delayed message's schedule handle ('...|...') is already unique.
+            # a delayed message's schedule handle ('...|...') is already unique, and a
+            # duplicate's id is the first send's as send.lua recorded it (named already).
+            dups = set(sent.duplicates)
             return [
-                sid if "|" in sid else level_id(sid, op.keys.level)
-                for op, sid in zip(ops, sent.ids, strict=True)
+                sid if "|" in sid or i in dups else level_id(sid, op.keys.level)
+                for i, (op, sid) in enumerate(zip(ops, sent.ids, strict=True))
             ]
         return sent.ids
 

@@ -14,7 +14,7 @@ import redis.exceptions as redis_errors
 
 from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import LeanMQError
-from leanmq_async.keys import QueueKeys
+from leanmq_async.keys import DEFAULT_LEVEL, QueueKeys
 from leanmq_async.message import CancelOutcome, DeadLetterResult
 from leanmq_async.replies import (
     ScriptReplyError,
@@ -142,7 +142,9 @@ class Settling(StoreBase):
     async def cancel(
         self, keys: QueueKeys, source_name: str, message_id: str, marker_ms: int, channel: str
     ) -> tuple[CancelOutcome, str]:
-        """Cancel one message (``lua/cancel.lua``): its outcome and the id it resolved to."""
+        """Cancel one message (``lua/cancel.lua``) at any priority level: its outcome and
+        the id it resolved to (a level's entry named with its level, ``priority.py``)."""
+        keys = keys.at(DEFAULT_LEVEL)
         script_keys = [
             keys.stream,
             keys.dlq,
@@ -151,6 +153,10 @@ class Settling(StoreBase):
             keys.expiry,
             keys.dedup,
             keys.cancelled,
+            # Every priority level's: the id names its level, or a delayed member or a
+            # message_id is looked up in each (lua/cancel.lua).
+            *keys.at(0).level_keys(),
+            *keys.at(2).level_keys(),
         ]
         args: list[Any] = [
             message_id,
@@ -165,7 +171,7 @@ class Settling(StoreBase):
         return parse_cancel(reply)
 
     async def cancel_markers(self, keys: QueueKeys) -> list[bytes]:
-        """The stream ids marked cancelled in the queue (a worker's reconcile)."""
+        """The entry names marked cancelled in the queue (a worker's reconcile)."""
         with translate_errors("ZRANGE cancelled"):
             ids = await self.client.zrange(keys.cancelled, 0, -1)
         return cast(list[bytes], ids)

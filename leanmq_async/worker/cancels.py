@@ -16,7 +16,9 @@ announcement to the :class:`Cancels` of the runners of that queue:
 
 After every (re)subscription the listener reads the markers stored in Redis for each
 queue it serves (the reconcile), so a cancel announced while it was disconnected is not
-missed. Its whole cost on a message never cancelled is that set lookup and the
+missed. Ids are entry names (a priority level's entry ``<stream id>:p<level>``, see
+:mod:`leanmq_async.priority`), so equal stream ids of two levels are never confused.
+Its whole cost on a message never cancelled is that set lookup and the
 processor's scope registered under the message's id while its handler runs (two dict
 operations; ``benchmarks/cancel.py``).
 """
@@ -56,8 +58,10 @@ class Cancels:
     __slots__ = ("marked", "running")
 
     def __init__(self) -> None:
-        self.marked: dict[bytes, float] = {}  # stream id -> when forgotten (monotonic)
-        self.running: dict[bytes, anyio.CancelScope] = {}  # stream id -> its processor's scope
+        # Keyed by entry name, the executor's ``Work.sid``: a stream id, or for a priority
+        # level's entry '<stream id>:p<level>' (as cancel.lua marks and announces it).
+        self.marked: dict[bytes, float] = {}  # entry name -> when forgotten (monotonic)
+        self.running: dict[bytes, anyio.CancelScope] = {}  # entry name -> its processor's scope
 
     def request(self, sid: bytes) -> bool:
         """Record a cancel of ``sid``; cancel its handler if one runs here (True then)."""
