@@ -245,10 +245,13 @@ class Model:
 
     def defer(self, qname: str, g: str, consumer: str, seq: int, grant: tuple[int, int]) -> int:
         """A handler over its rate limit: the copy waits until ``grant`` with its attempts
-        unchanged, holding the reservation (``lua/defer.lua``, ownership-checked)."""
+        unchanged, holding the reservation (``lua/defer.lua``, ownership-checked). A
+        cancelled one is refused (2, as retry): left pending for a dead_letter, never run."""
         q = self.queues[qname]
         if q.pending[g].get(seq) != consumer:
             return -1
+        if seq in q.cancelled:
+            return 2
         del q.pending[g][seq]
         e = q.stream.get(seq)
         if e is None:

@@ -409,6 +409,10 @@ class QueueMachine(RuleBasedStateMachine):
         (result,) = self.run(store.settle_many([call]))
         expected = self.model.defer(d.queue, d.group, d.consumer, d.entry.seq, grant)
         assert result == expected, f"defer of {d.sid} ({d.queue}/{d.group}): {result!r}"
+        if result == 2:  # cancelled: never deferred nor run; the executor dead-letters it
+            self._honour_cancel(d, 0, retry_first=False)
+            self.dedup_seen["rate limited: cancelled"] += 1
+            return
         self.dedup_seen["rate limited: deferred" if result == 1 else "rate limited: other"] += 1
 
     # -- user calls ----------------------------------------------------------------------
@@ -816,6 +820,31 @@ class PriorityMachine(RuleBasedStateMachine):
         call = store.dead_letter_call(keys, d.group, d.consumer, "p", item)
         expected = self.model.dead_letter(d.queue, d.group, d.consumer, d.entry.seq, "cancelled")
         assert self.run(store.settle_many([call])) == [expected], f"cancelled {d.sid}"
+
+    @precondition(lambda self: self.deliveries)
+    @rule(i=st.integers(0, 50))
+    def rate_limited(self, i: int) -> None:
+        """As QueueMachine.rate_limited, for a delivery of any level: one limiter log per
+        group (the handler's, whatever the level), and the deferral waits in the delayed
+        set of the delivery's level (it comes back at its priority); a cancelled one is
+        refused (2) and dead-lettered "cancelled"."""
+        level, d = self.deliveries[i % len(self.deliveries)]
+        if d.entry.reserved is not None and not d.consumer.startswith("r-"):
+            return  # started on its reservation, without asking
+        store, keys = self.mq.store, self.queue.keys.at(level)
+        log = self.queue.keys.rate_limit(d.group)
+        (granted,) = self.run(store.rate_limit([log], [1], RATE_LIMIT, RATE_PER * S, 0))
+        grant = self.model.rate_limit("p", d.group, RATE_LIMIT, RATE_PER * S)
+        assert (granted < 0) == (grant[0] == self.model.now), f"granted {granted}, {grant}"
+        if granted < 0:
+            return  # started now
+        self.deliveries.remove((level, d))
+        call = store.defer_call(keys, d.group, d.consumer, d.sid, granted)
+        (result,) = self.run(store.settle_many([call]))
+        expected = self.model.defer(d.queue, d.group, d.consumer, d.entry.seq, grant)
+        assert result == expected, f"defer of {d.sid} (level {level}): {result!r}"
+        if result == 2:
+            self._honour_cancel(level, d, 0, retry_first=False)
 
     @rule(
         level=st.sampled_from([0, 1, 2]),
