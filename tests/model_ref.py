@@ -258,6 +258,7 @@ class Model:
             return 0
         copy = Entry(e.k, g, e.x, e.attempts, reserved=grant[0])
         copy.due, copy.order = grant
+        copy.sid = f"{g}|{e.sid}"  # defer.lua's delayed member: a cancel of e finds it
         q.delayed.append(copy)
         return 1
 
