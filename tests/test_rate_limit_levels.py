@@ -9,7 +9,7 @@ one); ``Queue.cancel`` finds a deferred message by its name at any level.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -70,7 +70,10 @@ async def test_a_deferral_waits_at_its_level_and_comes_back_there(
     assert (runner.stats.rate_limited, runner.stats.dead_lettered) == (1, 0)
     keys, main = runner.queue.keys.at(level), runner.queue.keys
     raw_sid = work.sid.decode().rsplit(":p", 1)[0]
-    ((member, due),) = await raw.zrange(keys.delayed, 0, -1, withscores=True)
+    delayed = cast(
+        list[tuple[bytes, float]], await raw.zrange(keys.delayed, 0, -1, withscores=True)
+    )
+    ((member, due),) = delayed
     assert member.decode() == f"{runner.group}|{raw_sid}"
     assert await raw.zcard(main.delayed) == 0, "not in the main level's delayed set"
     assert await raw.xpending(keys.stream, runner.group) == {
@@ -93,7 +96,7 @@ async def test_a_deferral_waits_at_its_level_and_comes_back_there(
         got, _ = await mq.store.claim_new(order, runner.group, runner.consumer, 1)
         ((read_level, ((sid, fields),)),) = [(lv, e) for lv, e in got if e]
         assert read_level == 0
-    assert int(fields[FIELD_RESERVED]) == int(due)
+    assert fields is not None and int(fields[FIELD_RESERVED]) == int(due)
     back = Work(level_id(sid.decode(), level).encode(), fields, 1, time.monotonic())
     await runner.executor.process(back)
     assert [(c[0], c[1]) for c in calls] == [("first", 1), ("later", 1)]
