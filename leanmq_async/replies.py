@@ -234,7 +234,7 @@ def parse_delete_idle_consumer(reply: Any) -> bool:
 
 
 class RetryStatus(enum.IntEnum):
-    """retry.lua's reply."""
+    """retry.lua's (and defer.lua's) reply."""
 
     SCHEDULED = 1
     GONE = 0  # the entry was deleted from the stream: acked, nothing to retry
@@ -257,10 +257,8 @@ def parse_retry(reply: Any) -> RetryStatus:
 
 
 def parse_defer(reply: Any) -> RetryStatus:
-    """defer.lua: 1 (deferred), 0 or -1, as retry.lua's."""
+    """defer.lua: 1 (deferred), 0, -1 or 2 (cancelled), as retry.lua's."""
     status: RetryStatus = _one_of("defer", _int("defer", reply), RetryStatus)
-    if status is RetryStatus.CANCELLED:  # retry.lua's alone
-        raise _fail("defer", "1, 0 or -1", reply)
     return status
 
 

@@ -245,16 +245,20 @@ class Model:
 
     def defer(self, qname: str, g: str, consumer: str, seq: int, grant: tuple[int, int]) -> int:
         """A handler over its rate limit: the copy waits until ``grant`` with its attempts
-        unchanged, holding the reservation (``lua/defer.lua``, ownership-checked)."""
+        unchanged, holding the reservation (``lua/defer.lua``, ownership-checked). A
+        cancelled one is refused (2, as retry): left pending for a dead_letter, never run."""
         q = self.queues[qname]
         if q.pending[g].get(seq) != consumer:
             return -1
+        if seq in q.cancelled:
+            return 2
         del q.pending[g][seq]
         e = q.stream.get(seq)
         if e is None:
             return 0
         copy = Entry(e.k, g, e.x, e.attempts, reserved=grant[0])
         copy.due, copy.order = grant
+        copy.sid = f"{g}|{e.sid}"  # defer.lua's delayed member: a cancel of e finds it
         q.delayed.append(copy)
         return 1
 

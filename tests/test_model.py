@@ -409,6 +409,10 @@ class QueueMachine(RuleBasedStateMachine):
         (result,) = self.run(store.settle_many([call]))
         expected = self.model.defer(d.queue, d.group, d.consumer, d.entry.seq, grant)
         assert result == expected, f"defer of {d.sid} ({d.queue}/{d.group}): {result!r}"
+        if result == 2:  # cancelled: never deferred nor run; the executor dead-letters it
+            self._honour_cancel(d, 0, retry_first=False)
+            self.dedup_seen["rate limited: cancelled"] += 1
+            return
         self.dedup_seen["rate limited: deferred" if result == 1 else "rate limited: other"] += 1
 
     # -- user calls ----------------------------------------------------------------------
@@ -995,6 +999,83 @@ def test_priority_model(redis_server: RedisServer, request: pytest.FixtureReques
     run_state_machine_as_test(PriorityMachine, settings=settings.get_profile(profile))
     cancels = PriorityMachine.cancel_seen
     assert min(cancels[o] for o in ("cancelled", "running", "finished", "not_found")) > 0, cancels
+
+
+class LimitedPriorityMachine(PriorityMachine):
+    """PriorityMachine with a rate-limited handler: the executor's limiter step on a
+    delivery of any level (a separate machine, so that PriorityMachine's own derandomized
+    examples, and the cancel outcomes they reach, stay as they were)."""
+
+    limit_seen: Counter[str] = Counter()  # over every example: deferred, refused?
+
+    @precondition(lambda self: self.deliveries)
+    @rule(i=st.integers(0, 50))
+    def rate_limited(self, i: int) -> None:
+        """As QueueMachine.rate_limited, for a delivery of any level: one limiter log per
+        group (the handler's, whatever the level), and the deferral waits in the delayed
+        set of the delivery's level (it comes back at its priority); a cancelled one is
+        refused (2) and dead-lettered "cancelled"."""
+        level, d = self.deliveries[i % len(self.deliveries)]
+        if d.entry.reserved is not None and not d.consumer.startswith("r-"):
+            return  # started on its reservation, without asking
+        store, keys = self.mq.store, self.queue.keys.at(level)
+        log = self.queue.keys.rate_limit(d.group)
+        (granted,) = self.run(store.rate_limit([log], [1], RATE_LIMIT, RATE_PER * S, 0))
+        grant = self.model.rate_limit("p", d.group, RATE_LIMIT, RATE_PER * S)
+        assert (granted < 0) == (grant[0] == self.model.now), f"granted {granted}, {grant}"
+        if granted < 0:
+            return  # started now
+        self.deliveries.remove((level, d))
+        call = store.defer_call(keys, d.group, d.consumer, d.sid, granted)
+        (result,) = self.run(store.settle_many([call]))
+        expected = self.model.defer(d.queue, d.group, d.consumer, d.entry.seq, grant)
+        assert result == expected, f"defer of {d.sid} (level {level}): {result!r}"
+        self.limit_seen[f"level {level}: {result}"] += 1
+        if result == 2:
+            self._honour_cancel(level, d, 0, retry_first=False)
+
+
+@pytest.mark.timeout(3600)
+def test_limited_priority_model(redis_server: RedisServer, request: pytest.FixtureRequest) -> None:
+    """Deferrals keep their level, cancelled deliveries are never deferred (defer.lua 2)."""
+    LimitedPriorityMachine.url = redis_server.url
+    profile = "model-slow" if request.config.getoption("--slow") else "priority-ci"
+    LimitedPriorityMachine.limit_seen.clear()
+    run_state_machine_as_test(LimitedPriorityMachine, settings=settings.get_profile(profile))
+    assert sum(LimitedPriorityMachine.limit_seen.values()) > 0, "no deferral reached"
+
+
+@pytest.mark.parametrize("level", [0, 2])
+def test_limited_priority_sequences(redis_server: RedisServer, level: int) -> None:
+    """LimitedPriorityMachine's rules in fixed sequences (the search rarely reaches both):
+    a deferral of a ``level`` delivery waits in that level's delayed set, comes back there
+    and is handled; a delivery cancelled while pending is refused (2), dead-lettered."""
+    LimitedPriorityMachine.url = redis_server.url
+    m = LimitedPriorityMachine()
+    try:
+        m.send(level, 1, 0, 0)
+        m.claim(PDEF, "c1", 1, False)
+        m.rate_limited(0)  # granted now (the handler would start)
+        m.rate_limited(0)  # asked again in the window: deferred
+        assert not m.deliveries
+        assert len(m.model.queues[LEVEL_NAMES[level]].delayed) == 1
+        m.redis_agrees_with_the_model()
+        m.time_passes(20)
+        m.move_due(level)
+        m.claim(PDEF, "c1", 1, False)
+        ((back_level, back),) = m.deliveries
+        assert back_level == level and back.entry.reserved is not None
+        m.handler(0, "success", 0)
+        m.send(level, 1, 0, 0)
+        m.claim(PDEF, "c2", 1, False)
+        m.cancel(level, "stream", 2)  # the third entry (the original, its copy, this)
+        assert m.model.queues[LEVEL_NAMES[level]].cancelled
+        m.rate_limited(0)  # deferred in the model's window: refused, dead-lettered
+        assert LimitedPriorityMachine.limit_seen[f"level {level}: 2"] > 0
+        assert [d.reason for d in m.model.queues[LEVEL_NAMES[level]].dlq] == ["cancelled"]
+        m.redis_agrees_with_the_model()
+    finally:
+        m.teardown()
 
 
 # -- regression tests: shrunk sequences of the state machine ---------------------------

@@ -67,6 +67,7 @@ def test_well_formed_replies_become_typed_values() -> None:
         1_700_000_001_000,
     ]
     assert parse_defer(1) is RetryStatus.SCHEDULED
+    assert parse_defer(2) is RetryStatus.CANCELLED  # a cancelled message is never deferred
     reclaim = parse_reclaim(
         [[[b"1-0", [b"m", b"body", b"x", b"99"]]], [b"1-0", 2], [b"2-0"], b"(3-0"]
     )
@@ -112,7 +113,7 @@ MALFORMED: list[tuple[str, Callable[[Any], object], Any]] = [
     ("rate_limit", lambda r: parse_rate_limit(r, 2), [-5]),  # one grant for two asks
     ("rate_limit", lambda r: parse_rate_limit(r, 1), [0]),  # a grant is never 0
     ("rate_limit", lambda r: parse_rate_limit(r, 1), 5),  # not an array
-    ("defer", parse_defer, 2),
+    ("defer", parse_defer, 3),  # no such status
 ]
 
 

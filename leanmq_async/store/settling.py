@@ -65,9 +65,11 @@ class Settling(StoreBase):
     ) -> SettleCall:
         """Ack ``sid`` and hold its copy in the delayed set until ``start_ms`` (its granted
         start), attempts unchanged (``lua/defer.lua``), as one call of a
-        :meth:`settle_many` batch: 1 deferred, 0 entry deleted (acked), -1 not owned."""
-        args = [group, consumer, sid, start_ms]
-        stream_keys = [keys.stream, keys.delayed, keys.delayed_data]
+        :meth:`settle_many` batch: 1 deferred, 0 entry deleted (acked), -1 not owned,
+        2 cancelled (left pending: dead-letter it instead). ``keys``: the entry's level's
+        (``QueueKeys.at``), so that the deferral comes back at its priority."""
+        args = [group, consumer, sid, start_ms, self.clock_shift_ms]
+        stream_keys = [keys.stream, keys.delayed, keys.delayed_data, keys.cancelled]
         return SettleCall(self.scripts.defer, stream_keys, args, parse_defer)
 
     # -- end rate limits --

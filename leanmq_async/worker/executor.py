@@ -14,9 +14,11 @@ The middle part of a runner's pipeline (see :mod:`leanmq_async.worker.runner`).
    message to its granted start (no attempt used); the handler is called, with
    its ``timeout`` and inside the observers' ``handler_context``;
 5. a message cancelled (:mod:`leanmq_async.worker.cancels`) before its start is
-   dead-lettered unrun; each processor runs in a cancel scope of its own, which a cancel
-   request of the message its handler runs cancels (dead-lettered too, reason
-   ``"cancelled"``; the processor goes on in a new scope). One scope per processor, not
+   dead-lettered unrun (checked before the limiter is asked; a marker this worker has
+   not heard of makes ``lua/defer.lua`` refuse the deferral: dead-lettered too); each
+   processor runs in a cancel scope of its own, which a cancel request of the message
+   its handler runs cancels (dead-lettered too, reason ``"cancelled"``; the processor
+   goes on in a new scope). One scope per processor, not
    per message: an anyio scope costs microseconds, the hot path pays two dict operations;
 6. the outcome goes to the :class:`~leanmq_async.worker.settler.Settler`: returned → ack
    (with ``result_ttl``: the value is stored with the ack, :mod:`leanmq_async.results`);
@@ -162,6 +164,9 @@ class Executor:
             return
         # -- rate limits (issue 16): start now, or wait deferred (see worker/limiter.py) --
         if self.limiter is not None:
+            if work.sid in self.cancels.marked:  # cancelled: never asks for a start
+                await self._cancelled(sid, entry, entry.attempts, started=False)
+                return
             granted = await self.limiter.admit(work, sid, entry, payload)
             if granted is None:
                 return

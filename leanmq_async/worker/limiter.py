@@ -8,8 +8,10 @@ Before each handler call, :meth:`Limiter.admit`:
 * otherwise the key function (if any) names the limiter's log; one that raises or
   returns no str/int dead-letters the message;
 * ``lua/rate_limit.lua`` grants a start: now (the handler runs), or later:
-  ``lua/defer.lua`` acks the entry and holds its copy in the delayed set until that
-  start, attempts unchanged (it is not a failure); the delayed mover brings it back.
+  ``lua/defer.lua`` acks the entry and holds its copy in the delayed set of its priority
+  level until that start, attempts unchanged (it is not a failure); the delayed mover
+  brings it back at its level. A message cancelled meanwhile is not deferred: it is
+  dead-lettered "cancelled", never run.
 
 The processors asking at the same moment share one script call (``Limiter._grant``): the
 first asker leads, sends every ask waiting (up to ``_MAX_BATCH``, any keys: they share
@@ -40,6 +42,7 @@ import anyio.lowlevel
 
 from leanmq_async.exceptions import LeanMQError
 from leanmq_async.keys import QueueKeys, default_group
+from leanmq_async.priority import split_id
 from leanmq_async.reading import to_message
 
 if TYPE_CHECKING:
@@ -122,7 +125,7 @@ class Limiter:
             return None
         if granted < 0:
             return -granted  # now: the handler starts at once
-        await self._defer(sid, entry.message_id, granted)
+        await self._defer(sid, entry, granted)
         return None
 
     async def _grant(self, log: str) -> int | None:
@@ -209,12 +212,20 @@ class Limiter:
             return None
         return str(key)
 
-    async def _defer(self, sid: str, message_id: str, start_ms: int) -> None:
-        call = self.store.defer_call(
-            self.queue.keys, self.handler.group, self.settler.consumer, sid, start_ms
-        )
+    async def _defer(self, sid: str, entry: DecodedEntry, start_ms: int) -> None:
+        """Hold the entry in its priority level's delayed set until ``start_ms``; one
+        cancelled meanwhile (defer.lua answers 2) is dead-lettered "cancelled" unrun."""
+        message_id = entry.message_id
+        raw, level = split_id(sid)  # a deferral keeps its priority, as a retry does
+        keys = self.queue.keys.at(level)
+        call = self.store.defer_call(keys, self.handler.group, self.settler.consumer, raw, start_ms)
         result = await self.settler.run_call(call)
-        if result == 1:
+        if result == 2:
+            self.log.info("cancelled", id=sid, message_id=message_id, started=False)
+            await self.settler.dead_letter(
+                sid, "cancelled", "Cancelled", attempts=entry.attempts, message_id=message_id
+            )
+        elif result == 1:
             self.stats.rate_limited += 1
             self.settler.on_scheduled(self.settler.stream)
             self.log.debug("rate_limited", id=sid, message_id=message_id, start_ms=start_ms)
