@@ -419,14 +419,23 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(
         qname=st.sampled_from(["q", "q", "r"]),
-        where=st.sampled_from(["stream", "stream", "delayed", "unknown"]),
+        where=st.sampled_from(["stream", "stream", "read", "delayed", "unknown"]),
         pick=st.integers(0, 50),
     )
     def cancel(self, qname: str, where: str, pick: int) -> None:
-        """``Queue.cancel`` of a stream entry (unread, pending or finished per group), a
-        delayed member (a delay or a retry) or an unknown id."""
+        """``Queue.cancel`` of a stream entry (unread, pending or finished per group; "read"
+        picks one every group it is for has read and none holds: finished), a delayed
+        member (a delay or a retry) or an unknown id."""
         qm = self.model.queues[qname]
-        if where == "delayed" and qm.delayed:
+        read = [
+            e
+            for e in qm.stream.values()
+            if all(e.seq <= qm.cursor[g] and e.seq not in qm.pending[g] for g in qm.aimed(e))
+        ]
+        if where == "read" and read:
+            e = read[pick % len(read)]
+            mid, expected = e.sid, self.model.cancel(qname, seq=e.seq)
+        elif where == "delayed" and qm.delayed:
             e = qm.delayed[pick % len(qm.delayed)]
             mid, expected = e.sid, self.model.cancel(qname, delayed=e)
         elif where == "stream" and qm.stream:
