@@ -32,17 +32,7 @@ if old == nil then
   redis.call('XACK', stream, group, id)
   return 0
 end
-local fields = {}
-for i = 1, #old, 2 do
-  if old[i] ~= 'g' and old[i] ~= 'rl' then
-    fields[#fields + 1] = old[i]
-    fields[#fields + 1] = old[i + 1]
-  end
-end
-fields[#fields + 1] = 'rl'
-fields[#fields + 1] = ARGV[4]
-fields[#fields + 1] = 'g'
-fields[#fields + 1] = group
+local fields = copy_without(old, {g = true, rl = true}, {'rl', ARGV[4], 'g', group})
 local member = group .. '|' .. id
 redis.call('ZADD', KEYS[2], tonumber(ARGV[4]), member)
 redis.call('HSET', KEYS[3], member, cmsgpack.pack(fields))

@@ -102,6 +102,20 @@ local function groups_of(stream)
   return out
 end
 
+-- A copy of a stream entry's field list without the fields named in ``drop`` (a set),
+-- then the name/value pairs of ``extra`` appended (retry.lua, defer.lua).
+local function copy_without(old, drop, extra)
+  local fields = {}
+  for i = 1, #old, 2 do
+    if not drop[old[i]] then
+      fields[#fields + 1] = old[i]
+      fields[#fields + 1] = old[i + 1]
+    end
+  end
+  for i = 1, #extra do fields[#fields + 1] = extra[i] end
+  return fields
+end
+
 -- The name of entry ``id`` of ``stream`` outside its stream: ``id``, or for a priority
 -- level's stream (its key ends in '}:p<level>', see leanmq_async/priority.py) ``id:p<level>``.
 local function entry_name(stream, id)

@@ -32,17 +32,7 @@ if old == nil then
   redis.call('XACK', stream, group, id)
   return 0
 end
-local fields = {}
-for i = 1, #old, 2 do
-  if old[i] ~= 'a' and old[i] ~= 'g' and old[i] ~= 'rl' then
-    fields[#fields + 1] = old[i]
-    fields[#fields + 1] = old[i + 1]
-  end
-end
-fields[#fields + 1] = 'a'
-fields[#fields + 1] = ARGV[5]
-fields[#fields + 1] = 'g'
-fields[#fields + 1] = group
+local fields = copy_without(old, {a = true, g = true, rl = true}, {'a', ARGV[5], 'g', group})
 local delay = tonumber(ARGV[4])
 if delay > 0 then
   local member = group .. '|' .. id
