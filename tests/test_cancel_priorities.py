@@ -19,6 +19,7 @@ from leanmq_async import CancelOutcome, LeanMQ, Message
 from leanmq_async.ops import admin_app
 from leanmq_async.priority import split_id
 from tests.cluster_fixtures import scmq, small_cluster
+from tests.test_cancel import Recorder
 from tests.worker_apps.common import wait_until
 
 __all__ = ["scmq", "small_cluster"]  # fixtures, imported for pytest
@@ -39,25 +40,6 @@ async def _dead(mq: LeanMQ, name: str) -> list[tuple[Any, str, str, str]]:
         ),
         key=str,
     )
-
-
-class Recorder:
-    """A handler recording its starts, ends and cancellations; runs ``seconds`` long."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.started: list[Any] = []
-        self.finished: list[Any] = []
-        self.cancelled: list[tuple[Any, float]] = []
-
-    async def handle(self, message: Message[Any]) -> None:
-        self.started.append(message.data)
-        try:
-            await anyio.sleep(self.seconds)
-        except BaseException:
-            self.cancelled.append((message.data, anyio.current_time()))
-            raise
-        self.finished.append(message.data)
 
 
 async def _read(raw: aioredis.Redis, stream: str, group: str, consumer: str) -> list[bytes]:
