@@ -34,6 +34,7 @@ __all__ = [
     "parse_expire_read",
     "parse_extend_leases",
     "parse_migrate_step",
+    "parse_due_scan",
     "parse_move_due",
     "parse_reclaim",
     "parse_retry",
@@ -266,6 +267,12 @@ def parse_move_due(reply: Any) -> MoveDueResult:
     """move_due.lua: ``{moved, wait}``."""
     moved, wait = _array("move_due", reply, "{moved, wait}", 2)
     return MoveDueResult(_int("move_due", moved), _int("move_due", wait))
+
+
+def parse_due_scan(reply: Any, keys: int) -> list[int]:
+    """due_scan.lua: one integer per key (ms until due, -1: empty)."""
+    values = _array("due_scan", reply, "one integer per key", keys)
+    return [_int("due_scan", v) for v in values]
 
 
 @dataclass(frozen=True, slots=True)

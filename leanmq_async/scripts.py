@@ -54,6 +54,7 @@ class Scripts:
     migrate_step: AsyncScript
     store_result: AsyncScript
     store_failure: AsyncScript
+    due_scan: AsyncScript
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

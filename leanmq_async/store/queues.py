@@ -13,9 +13,16 @@ import redis.exceptions as redis_errors
 
 from leanmq_async.cluster import queue_slot
 from leanmq_async.connection import translate_errors
-from leanmq_async.exceptions import ConfigurationError
+from leanmq_async.exceptions import ConfigurationError, LeanMQError
 from leanmq_async.keys import QueueKeys, legacy_registry_key, registry_key, validate_queue_name
-from leanmq_async.replies import ExpireResult, parse_count, parse_expire, parse_move_due, text
+from leanmq_async.replies import (
+    ExpireResult,
+    parse_count,
+    parse_due_scan,
+    parse_expire,
+    parse_move_due,
+    text,
+)
 from leanmq_async.store.base import StoreBase, chunked
 
 __all__ = ["QueueAdmin"]
@@ -60,6 +67,35 @@ class QueueAdmin(StoreBase):
                 pipe.hsetnx(keys.meta, "dlq_group", dlq_group)
                 pipe.sadd(registry_key(prefix), keys.base)
                 await pipe.execute()
+
+    async def create_queues(
+        self, prefix: str, items: Sequence[tuple[QueueKeys, str, str]]
+    ) -> None:
+        """:meth:`create_queue` (``create_group=False``) for many ``(keys, group, dlq_group)``.
+
+        Flat in their number: the DLQ groups in one script call (one per hash slot on a
+        cluster), then the metadata and registry entries in one pipeline.
+        """
+        if not items:
+            return
+        await self.ensure_groups([k.dlq for k, _, _ in items], [d for _, _, d in items])
+        with translate_errors("create queue"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for keys, group, dlq_group in items:
+                    pipe.hsetnx(keys.meta, "created_at", repr(time.time()))
+                    pipe.hsetnx(keys.meta, "consumer_group", group)
+                    pipe.hsetnx(keys.meta, "dlq_group", dlq_group)
+                    pipe.sadd(registry_key(prefix), keys.base)
+                await pipe.execute()
+
+    async def queues_exist(self, items: Sequence[tuple[QueueKeys, str]]) -> list[bool]:
+        """:meth:`queue_exists` for many ``(keys, stream)`` pairs in one pipeline."""
+        with translate_errors("EXISTS"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for keys, stream in items:
+                    pipe.exists(keys.meta, stream)
+                replies = await pipe.execute()
+        return [int(r) == 2 for r in replies]
 
     async def ensure_groups(self, streams: Sequence[str], groups: Sequence[str]) -> int:
         """Create missing consumer groups (reading from the start); return how many.
@@ -208,6 +244,50 @@ class QueueAdmin(StoreBase):
                 args=[limit, self.clock_shift_ms],
             )
         return parse_move_due(reply)
+
+    async def move_due_many(
+        self, items: Sequence[QueueKeys], limit: int = 500
+    ) -> list[tuple[int, int] | LeanMQError]:
+        """:meth:`move_due` for many queues in one pipeline; a failed one gives its error."""
+        script = self.scripts.move_due
+        with translate_errors("move due"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for keys in items:
+                    await script(
+                        keys=[keys.stream, keys.delayed, keys.delayed_data, keys.expiry],
+                        args=[limit, self.clock_shift_ms],
+                        client=pipe,
+                    )
+                replies = await pipe.execute(raise_on_error=False)
+        out: list[tuple[int, int] | LeanMQError] = []
+        for reply in replies:
+            try:
+                with translate_errors("move due"):
+                    if isinstance(reply, Exception):
+                        raise reply
+                out.append(parse_move_due(reply))
+            except LeanMQError as exc:
+                out.append(exc)
+        return out
+
+    async def due_scan(self, zsets: Sequence[str]) -> list[int]:
+        """Per time-scored zset (delayed set, expiry index): ms until its first member is
+        due, 0 when due, -1 when empty (``lua/due_scan.lua``). One call per 1,000 keys
+        (and per hash slot on a cluster), however many queues."""
+        batches: dict[int, list[int]] = {}
+        for i, key in enumerate(zsets):
+            batches.setdefault(queue_slot(key) if self.cluster else 0, []).append(i)
+        out = [-1] * len(zsets)
+        with translate_errors("due scan"):
+            for positions in batches.values():
+                for at in range(0, len(positions), 1000):
+                    part = positions[at : at + 1000]
+                    reply = await self.scripts.due_scan(
+                        keys=[zsets[i] for i in part], args=[self.clock_shift_ms]
+                    )
+                    for i, wait in zip(part, parse_due_scan(reply, len(part)), strict=True):
+                        out[i] = wait
+        return out
 
     async def expire(
         self,

@@ -13,6 +13,11 @@ holds more messages than it can run:
 
 A failed read goes to :class:`~leanmq_async.worker.recovery.Recovery`, which repairs or
 pauses. :meth:`Fetcher.stop` abandons a blocking read under way.
+
+In a worker with many handlers (``hub`` given), the runners share reads instead of
+blocking a connection each (:mod:`leanmq_async.worker.read_hub`): the fetch loop waits
+for news from the hub's waker, then claims through the hub's rounds; reclaim scans go
+in those rounds too.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from leanmq_async.exceptions import LeanMQError
 
 if TYPE_CHECKING:
     from leanmq_async.queue import Queue
+    from leanmq_async.worker.read_hub import ReadHub
     from leanmq_async.store import RawEntry
     from leanmq_async.worker.observer import Notifier
     from leanmq_async.worker.recovery import Recovery
@@ -52,6 +58,7 @@ class Fetcher:
         settler: Settler,
         recovery: Recovery,
         notifier: Notifier,
+        hub: ReadHub | None = None,
     ) -> None:
         self.queue = queue
         self.store = queue.mq.store
@@ -72,14 +79,22 @@ class Fetcher:
         self._read_scope: anyio.CancelScope | None = None
         self.reclaim_scans = 0  # reclaim intervals begun (tests count them)
         self.burst_done = anyio.Event()
+        self.hub = hub
+        self.member = hub.join(self.stream, group, consumer) if hub is not None else None
 
     def stop(self) -> None:
         """Abandon a blocking read under way (its connection is closed)."""
         if self._read_scope is not None:
             self._read_scope.cancel()
+        if self.hub is not None and self.member is not None:
+            self.member.stop()
+            self.hub.withdraw(self.member)
 
     async def fetch_loop(self) -> None:
         """Read new messages into free slots until shutdown (or a burst's drain)."""
+        if self.hub is not None:
+            await self.shared_fetch_loop()
+            return
         state, slots, settler, recovery = self.state, self.state.slots, self.settler, self.recovery
         failures = 0
         while True:
@@ -122,6 +137,58 @@ class Fetcher:
                 self.burst_done.set()
                 return
 
+    async def shared_fetch_loop(self) -> None:
+        """The fetch loop of a runner sharing reads: wait for news, claim through the hub.
+
+        A claim that fills every slot reserved means a backlog: the next one goes as soon
+        as slots are free, without waiting for news.
+        """
+        hub, member = self.hub, self.member
+        assert hub is not None and member is not None
+        state, slots, settler, recovery = self.state, self.state.slots, self.settler, self.recovery
+        wait = self.block_ms / 1000 if self.burst else None
+        failures = 0
+        while True:
+            if not member.dirty:
+                await member.wait(wait)
+                if state.stopping.is_set():
+                    return
+                if not member.dirty:  # burst mode: nothing came within the short block
+                    if await self.nothing_left():
+                        self.burst_done.set()
+                        return
+                    continue
+            n = await slots.reserve(batch=self.read_batch)
+            if n == 0:
+                return
+            member.dirty = False
+            acks = settler.take_acks()
+            entries: list[RawEntry] | None = None
+            try:
+                entries = await hub.claim_new(member, n, acks)
+            except LeanMQError as exc:
+                slots.release(n)
+                failures += 1
+                member.dirty = True
+                await recovery.on_redis_error(exc, failures)
+                continue
+            finally:
+                settler.return_acks(acks, sent=entries is not None)
+            if entries is None:  # stopped before the round took the claim
+                slots.release(n)
+                return
+            if failures or recovery.redis_down:
+                failures = 0
+                recovery.on_redis_back()
+            slots.release(n - len(entries))
+            state.stats.received += len(entries)
+            if entries:
+                state.dispatch(entries, 1)
+                await anyio.lowlevel.checkpoint()
+            elif self.burst and await self.nothing_left():
+                self.burst_done.set()
+                return
+
     async def nothing_left(self) -> bool:
         """In burst mode: is there nothing left in flight, pending, scheduled or unread?
 
@@ -157,9 +224,8 @@ class Fetcher:
             if n == 0:
                 return
             try:
-                found = await self.store.reclaim(
-                    self.stream, self.group, self.consumer, self.lease_ms, n, start
-                )
+                reclaim = self.store.reclaim if self.hub is None else self.hub.reclaim
+                found = await reclaim(self.stream, self.group, self.consumer, self.lease_ms, n, start)
             except LeanMQError as exc:
                 slots.release(n)
                 self.log.warning("reclaim_failed", error=str(exc))

@@ -35,6 +35,8 @@ class Recovery:
         self.state = state
         self.log = state.log
         self.redis_down = False
+        # How a reclaim step is sent (a worker sharing reads sends it in a hub round).
+        self.reclaim = self.store.reclaim
 
     async def recover_own_pending(self) -> None:
         """At start, handle what this consumer name still holds from a previous run."""
@@ -45,7 +47,7 @@ class Recovery:
             if n == 0:
                 return
             try:
-                found = await self.store.reclaim(
+                found = await self.reclaim(
                     self.stream, self.group, self.consumer, 0, n, start, owner=self.consumer
                 )
             except LeanMQError as exc:

@@ -62,6 +62,8 @@ class Settler:
         self._acks: list[bytes] = []
         self._acking: set[bytes] = set()  # acks a read or an XACK under way carries
         self._wakeup = anyio.Event()
+        # How an XACK of its own is sent (a worker sharing reads sends it in a hub round).
+        self.send_acks: Callable[[str, str, list[bytes]], Awaitable[int]] = self.store.ack
         # Called after a retry is scheduled (the worker wakes its delayed-message mover).
         self.on_scheduled: Callable[[str], None] = lambda stream: None
 
@@ -120,7 +122,7 @@ class Settler:
                 batch, self._acks = self._acks, []
                 self._acking.update(batch)
                 try:
-                    await self.store.ack(self.stream, self.group, batch)
+                    await self.send_acks(self.stream, self.group, batch)
                 except LeanMQConnectionError:
                     self._acks = batch + self._acks
                     await anyio.sleep(pause)

@@ -1,0 +1,422 @@
+"""Shared reads for a worker with many handlers: one wake-up read, one claim pipeline.
+
+A worker with a few handlers gives each its own blocking XREADGROUP (the fast path of
+:mod:`leanmq_async.worker.fetcher`). With many (hundreds of queues, or a queue of many
+partitions), that would hold one connection per idle handler. Instead the runners of
+such a worker share a :class:`ReadHub`, whose cost does not grow with idle queues:
+
+* **the waker**: one non-consuming ``XREAD BLOCK COUNT 1`` on a connection of its own
+  over the streams of the runners that wait for news (they have free slots and their last
+  claim came back short). Each runner watches from an explicit id (never ``$``, which
+  misses entries added between two reads): the newest entry it knows all earlier
+  entries of were delivered to its group. A reply wakes the runners whose streams have
+  newer entries; nothing is consumed, so cancelling it loses nothing;
+* **the claimer**: the woken runners, and runners with a backlog, each ask
+  :meth:`ReadHub.claim_new` for up to ``n`` (their free slots) new entries. Every request
+  waiting when a round starts goes in ONE pipeline: per runner its buffered XACK, an
+  ``XREVRANGE + - COUNT 1`` (the newest id before the claim) and a non-blocking
+  XREADGROUP in its own group. A claim that came back short puts its runner back on the
+  watch list from that id; a full one keeps the runner claiming without waiting, so a
+  backlog on one queue does not starve the others (each round serves every runner
+  asking). Acks without a read and reclaim scans ride in the same rounds.
+
+Connections: the waker's, and one for the claim round in flight. When a runner starts
+watching while the waker is blocked, the round ends with ``CLIENT UNBLOCK`` of the waker
+(it then reads again with the longer list). On Redis Cluster a multi-key read must stay
+in one slot: a worker there keeps the per-runner loops (see ``WorkerSettings.shared_reads``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import redis.exceptions as redis_errors
+
+from leanmq_async._log import get_logger
+from leanmq_async.connection import translate_errors
+from leanmq_async.exceptions import LeanMQConnectionError, LeanMQError
+from leanmq_async.replies import ReclaimResult, parse_reclaim
+from leanmq_async.store.reading import _read_entries
+
+if TYPE_CHECKING:
+    from leanmq_async.store import RawEntry, Store
+
+__all__ = ["HubMember", "ReadHub"]
+
+# Requests per pipeline: a round with every runner of a large worker stays bounded.
+_ROUND_MAX = 1000
+StreamId = tuple[int, int]
+
+
+def _parse_id(sid: bytes | str) -> StreamId:
+    text = sid.decode() if isinstance(sid, bytes) else sid
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _error(exc: BaseException, what: str) -> LeanMQError:
+    """``exc`` as the library's exception (a redis-py one translated)."""
+    if isinstance(exc, LeanMQError):
+        return exc
+    try:
+        with translate_errors(what):
+            raise exc
+    except LeanMQError as translated:
+        return translated
+    except BaseException:  # not a Redis error: report it as one anyway
+        return LeanMQError(f"{what} failed: {exc}")
+
+
+class HubMember:
+    """One runner's place in the hub: its stream, group and what it knows was delivered."""
+
+    __slots__ = ("consumer", "dirty", "group", "last", "news", "stopped", "stream", "watching")
+
+    def __init__(self, stream: str, group: str, consumer: str) -> None:
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        # dirty: new entries may be waiting (claim before waiting); watching: on the
+        # waker's list; last: every entry up to it was delivered to the group.
+        self.dirty = True
+        self.watching = False
+        self.stopped = False
+        self.last: StreamId = (0, 0)
+        self.news = anyio.Event()
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Wait until new entries may be waiting (or stop, or ``timeout``)."""
+        if self.dirty or self.stopped:
+            return
+        if self.news.is_set():
+            self.news = anyio.Event()
+        with anyio.move_on_after(timeout):
+            await self.news.wait()
+
+    def stop(self) -> None:
+        """Leave the watch list for good and wake a waiting fetch loop."""
+        self.stopped = True
+        self.watching = False
+        self.news.set()
+
+
+class _Request:
+    __slots__ = ("acks", "args", "done", "error", "kind", "member", "n", "reply", "taken")
+
+    def __init__(
+        self, kind: str, member: HubMember, n: int = 0, acks: Sequence[bytes] = ()
+    ) -> None:
+        self.kind = kind  # "claim", "ack" or "reclaim"
+        self.member = member
+        self.n = n
+        self.acks = acks
+        self.args: list[Any] = []
+        self.done = anyio.Event()
+        self.taken = False
+        self.reply: Any = None
+        self.error: LeanMQError | None = None
+
+
+class ReadHub:
+    """The shared waker and claimer of one worker's runners; see the module docstring."""
+
+    def __init__(self, store: Store, block_ms: int) -> None:
+        self.store = store
+        self.client = store.client
+        self.block_ms = max(1, min(block_ms, 1000))
+        self.members: list[HubMember] = []
+        self.log = get_logger("leanmq_async.worker")
+        self._requests: list[_Request] = []
+        self._requested = anyio.Event()
+        self._joined = anyio.Event()  # a member started watching while the waker idled
+        self._round: anyio.Event | None = None  # a claim round in flight
+        self._waker_id: int | None = None
+        self._blocked_gen = 0  # generation of the waker's read in flight (0: none)
+        self._gen = 0
+        self.rounds = 0  # claim rounds sent (tests and benchmarks count them)
+        self.wakeups = 0  # waker reads that came back with news
+
+    def join(self, stream: str, group: str, consumer: str) -> HubMember:
+        """A runner's member; it claims once at start (``dirty``), then watches."""
+        member = HubMember(stream, group, consumer)
+        self.members.append(member)
+        return member
+
+    async def run(self) -> None:
+        """Run the waker and the claimer until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._claimer)
+            tg.start_soon(self._waker)
+
+    # -- requests of the runners ---------------------------------------------------------
+
+    async def claim_new(
+        self, member: HubMember, n: int, acks: Sequence[bytes] = ()
+    ) -> list[RawEntry] | None:
+        """Claim up to ``n`` new entries for ``member``'s runner (XREADGROUP ``>``).
+
+        ``acks`` are XACKed first in the same round. None when the runner stopped before
+        the round took the request (nothing was read). The one step of reading new
+        entries for a runner: a claim of another shape plugs in here.
+        """
+        request = _Request("claim", member, n, acks)
+        reply = await self._submit(request)
+        if reply is None:
+            return None
+        entries: list[RawEntry] = reply
+        return entries
+
+    async def ack(self, stream: str, group: str, ids: Sequence[bytes | str]) -> int:
+        """XACK ``ids`` in the next round (the settler's acks when no claim carries them)."""
+        member = HubMember(stream, group, "")
+        request = _Request("ack", member, acks=[i if isinstance(i, bytes) else i.encode() for i in ids])
+        await self._submit(request, withdrawable=False)
+        return int(request.reply or 0)
+
+    async def reclaim(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        min_idle_ms: int,
+        count: int,
+        start: str = "-",
+        owner: str = "",
+    ) -> ReclaimResult:
+        """A reclaim step (``lua/reclaim.lua``) in the next round; as ``Store.reclaim``."""
+        request = _Request("reclaim", HubMember(stream, group, consumer))
+        request.args = [group, consumer, min_idle_ms, count, start, owner]
+        reply = await self._submit(request, withdrawable=False)
+        if isinstance(reply, redis_errors.NoScriptError):
+            # Redis lost its scripts (restarted): the direct call loads it.
+            return await self.store.reclaim(
+                stream, group, consumer, min_idle_ms, count, start, owner
+            )
+        return parse_reclaim(reply)
+
+    def withdraw(self, member: HubMember) -> None:
+        """Drop ``member``'s claim requests no round took yet (its runner stops)."""
+        for request in [r for r in self._requests if r.member is member and r.kind == "claim"]:
+            self._requests.remove(request)
+            request.done.set()
+
+    async def _submit(self, request: _Request, *, withdrawable: bool = True) -> Any:
+        self._requests.append(request)
+        self._requested.set()
+        if withdrawable:
+            await request.done.wait()
+        else:
+            # Shielded: an ack or a reclaim sent must have its reply read.
+            with anyio.CancelScope(shield=True):
+                await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.reply
+
+    # -- the claimer ---------------------------------------------------------------------
+
+    async def _claimer(self) -> None:
+        while True:
+            await self._requested.wait()
+            self._requested = anyio.Event()
+            while self._requests:
+                batch, self._requests = self._requests[:_ROUND_MAX], self._requests[_ROUND_MAX:]
+                with anyio.CancelScope(shield=True):
+                    await self._round_trip(batch)
+
+    async def _round_trip(self, batch: list[_Request]) -> None:
+        self._round = round_done = anyio.Event()
+        unblock = self._blocked_gen if any(r.kind == "claim" for r in batch) else 0
+        try:
+            for request in batch:
+                request.taken = True
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for request in batch:
+                        self._queue(pipe, request)
+                    if unblock:
+                        pipe.execute_command("CLIENT", "UNBLOCK", self._waker_id)
+                    replies = await pipe.execute(raise_on_error=False)
+            except Exception as exc:  # the whole round failed (Redis away)
+                error = _error(exc, "XREADGROUP")
+                for request in batch:
+                    request.error = error
+                return
+            self.rounds += 1
+            joined = self._deliver(batch, replies)
+        finally:
+            self._round = None
+            round_done.set()
+            for request in batch:
+                request.done.set()
+        if joined:
+            await self._unblock_waker(unblock, int(replies[-1]) if unblock else 0)
+
+    def _queue(self, pipe: Any, request: _Request) -> None:
+        member = request.member
+        if request.kind == "reclaim":
+            pipe.evalsha(self.store.scripts.reclaim.sha, 1, member.stream, *request.args)
+            return
+        if request.acks:
+            pipe.xack(member.stream, member.group, *request.acks)
+        if request.kind == "claim":
+            pipe.xrevrange(member.stream, "+", "-", count=1)
+            pipe.xreadgroup(member.group, member.consumer, {member.stream: ">"}, count=request.n)
+
+    def _deliver(self, batch: list[_Request], replies: list[Any]) -> bool:
+        """Hand each request its replies; True if a runner started watching."""
+        at, joined = 0, False
+        for request in batch:
+            member = request.member
+            if request.kind == "reclaim":
+                reply = replies[at]
+                at += 1
+                if isinstance(reply, Exception) and not isinstance(
+                    reply, redis_errors.NoScriptError
+                ):
+                    request.error = _error(reply, "reclaim")
+                request.reply = reply
+                continue
+            acked: Any = 0
+            if request.acks:
+                acked = replies[at]
+                at += 1
+                if isinstance(acked, Exception):
+                    request.error = _error(acked, "XACK")
+            request.reply = acked
+            if request.kind != "claim":
+                continue
+            top, read = replies[at], replies[at + 1]
+            at += 2
+            for reply in (top, read):
+                if isinstance(reply, Exception) and request.error is None:
+                    request.error = _error(reply, "XREADGROUP")
+            if request.error is not None:
+                member.dirty = True
+                continue
+            entries = _read_entries(read)
+            request.reply = entries
+            newest = max(
+                member.last,
+                _parse_id(top[0][0]) if top else (0, 0),
+                _parse_id(entries[-1][0]) if entries else (0, 0),
+            )
+            member.last = newest
+            if len(entries) >= request.n:
+                member.dirty = True  # a backlog: claim again once slots are free
+            elif not member.dirty and not member.stopped:
+                member.watching = joined = True
+        if joined:
+            self._joined.set()
+        return joined
+
+    async def _unblock_waker(self, sent_gen: int, sent_reply: int) -> None:
+        """Make the waker read again with the runners that just started watching.
+
+        The round's own CLIENT UNBLOCK did it if it reached the read in flight; else
+        (the read was not blocked yet, or a newer one started) send one more, a few times.
+        """
+        for _ in range(5):
+            gen = self._blocked_gen
+            if not gen or (gen == sent_gen and sent_reply):
+                return
+            try:
+                with translate_errors("CLIENT UNBLOCK"):
+                    sent_reply = int(await self.client.client_unblock(self._waker_id or 0))
+            except LeanMQError as exc:
+                self.log.warning("shared_read_unblock_failed", error=str(exc))
+                return
+            sent_gen = gen
+            if sent_reply:
+                return
+            await anyio.sleep(0.001)
+
+    # -- the waker -----------------------------------------------------------------------
+
+    async def _waker(self) -> None:
+        conn: Any = None
+        failures = 0
+        try:
+            while True:
+                watch = [m for m in self.members if m.watching]
+                if not watch:
+                    self._joined = anyio.Event()
+                    await self._joined.wait()
+                    continue
+                since: dict[str, StreamId] = {}
+                for m in watch:
+                    last = since.get(m.stream)
+                    since[m.stream] = m.last if last is None else min(last, m.last)
+                try:
+                    if conn is None:
+                        conn = self.client.client()
+                        self._waker_id = int(await conn.client_id())
+                    self._gen += 1
+                    self._blocked_gen = self._gen
+                    try:
+                        reply = await conn.xread(
+                            {s: f"{ms}-{seq}" for s, (ms, seq) in since.items()},
+                            count=1,
+                            block=self.block_ms,
+                        )
+                    finally:
+                        self._blocked_gen = 0
+                except (redis_errors.RedisError, OSError) as exc:
+                    failures += 1
+                    self.log.warning("shared_read_failed", error=str(exc))
+                    if conn is not None:
+                        await self._close(conn)
+                        conn = None
+                    # The runners claim now: their own errors go through their Recovery.
+                    self._wake(watch, None)
+                    await anyio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
+                    continue
+                failures = 0
+                if self._round is not None:
+                    # Runners that start watching in that round join the next read.
+                    await self._round.wait()
+                if reply:
+                    self.wakeups += 1
+                    self._wake(watch, _newest(reply))
+        finally:
+            if conn is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._close(conn)
+
+    @staticmethod
+    def _wake(watch: list[HubMember], news: dict[str, StreamId] | None) -> None:
+        for m in watch:
+            if not m.watching:
+                continue
+            top = None if news is None else news.get(m.stream)
+            if news is None or (top is not None and top > m.last):
+                if top is not None:
+                    m.last = top
+                m.watching = False
+                m.dirty = True
+                m.news.set()
+
+    @staticmethod
+    async def _close(conn: Any) -> None:
+        # A read abandoned mid-way leaves the connection unusable: drop it.
+        try:
+            if conn.connection is not None:
+                await conn.connection.disconnect()
+            await conn.aclose()
+        except (redis_errors.RedisError, OSError):
+            pass
+
+
+def _newest(reply: Any) -> dict[str, StreamId]:
+    """Per stream, the id of the entry an XREAD reply carries."""
+    pairs = reply.items() if isinstance(reply, dict) else reply
+    news: dict[str, StreamId] = {}
+    for stream, entries in pairs:
+        if isinstance(entries, list) and entries and isinstance(entries[0], list):
+            entries = entries[0]  # RESP3 shape
+        if entries:
+            name = stream.decode() if isinstance(stream, bytes) else str(stream)
+            news[name] = _parse_id(entries[-1][0])
+    return news
