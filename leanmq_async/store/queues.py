@@ -68,9 +68,7 @@ class QueueAdmin(StoreBase):
                 pipe.sadd(registry_key(prefix), keys.base)
                 await pipe.execute()
 
-    async def create_queues(
-        self, prefix: str, items: Sequence[tuple[QueueKeys, str, str]]
-    ) -> None:
+    async def create_queues(self, prefix: str, items: Sequence[tuple[QueueKeys, str, str]]) -> None:
         """:meth:`create_queue` (``create_group=False``) for many ``(keys, group, dlq_group)``.
 
         Flat in their number: the DLQ groups in one script call (one per hash slot on a

@@ -225,7 +225,9 @@ class Fetcher:
                 return
             try:
                 reclaim = self.store.reclaim if self.hub is None else self.hub.reclaim
-                found = await reclaim(self.stream, self.group, self.consumer, self.lease_ms, n, start)
+                found = await reclaim(
+                    self.stream, self.group, self.consumer, self.lease_ms, n, start
+                )
             except LeanMQError as exc:
                 slots.release(n)
                 self.log.warning("reclaim_failed", error=str(exc))

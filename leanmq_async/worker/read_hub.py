@@ -47,6 +47,12 @@ __all__ = ["HubMember", "ReadHub"]
 
 # Requests per pipeline: a round with every runner of a large worker stays bounded.
 _ROUND_MAX = 1000
+# Reclaim scans per round at most (the rest go in the next rounds).
+_SCANS_PER_ROUND = 50
+# Streams per waker, and wakers at most: news on one stream makes its waker read again,
+# at a cost (Redis's and ours) that grows with the streams of that read.
+_SHARD_SIZE = 250
+_MAX_SHARDS = 4
 StreamId = tuple[int, int]
 
 
@@ -72,19 +78,31 @@ def _error(exc: BaseException, what: str) -> LeanMQError:
 class HubMember:
     """One runner's place in the hub: its stream, group and what it knows was delivered."""
 
-    __slots__ = ("consumer", "dirty", "group", "last", "news", "stopped", "stream", "watching")
+    __slots__ = (
+        "consumer",
+        "dirty",
+        "group",
+        "last",
+        "news",
+        "shard",
+        "stopped",
+        "stream",
+        "watching",
+    )
 
     def __init__(self, stream: str, group: str, consumer: str) -> None:
         self.stream = stream
         self.group = group
         self.consumer = consumer
         # dirty: new entries may be waiting (claim before waiting); watching: on the
-        # waker's list; last: every entry up to it was delivered to the group.
+        # waker's list (from its first claim on, unless it has a backlog); last: every
+        # entry up to it was delivered to the group.
         self.dirty = True
         self.watching = False
         self.stopped = False
         self.last: StreamId = (0, 0)
         self.news = anyio.Event()
+        self.shard = 0  # which of the hub's wakers watches it
 
     async def wait(self, timeout: float | None = None) -> None:
         """Wait until new entries may be waiting (or stop, or ``timeout``)."""
@@ -100,6 +118,18 @@ class HubMember:
         self.stopped = True
         self.watching = False
         self.news.set()
+
+
+class _Shard:
+    """One waker: its members, its connection's client id, whether its read blocks."""
+
+    __slots__ = ("blocked", "joined", "members", "waker_id")
+
+    def __init__(self) -> None:
+        self.members: list[HubMember] = []
+        self.joined = anyio.Event()  # a member started watching while the waker idled
+        self.waker_id = 0
+        self.blocked = False  # a read is in flight
 
 
 class _Request:
@@ -130,11 +160,10 @@ class ReadHub:
         self.log = get_logger("leanmq_async.worker")
         self._requests: list[_Request] = []
         self._requested = anyio.Event()
-        self._joined = anyio.Event()  # a member started watching while the waker idled
+        self._shards: list[_Shard] = []
         self._round: anyio.Event | None = None  # a claim round in flight
-        self._waker_id: int | None = None
-        self._blocked_gen = 0  # generation of the waker's read in flight (0: none)
-        self._gen = 0
+        self._packed_keys: dict[str, bytes] = {}
+        self._packed_ids: dict[str, tuple[StreamId, bytes]] = {}
         self.rounds = 0  # claim rounds sent (tests and benchmarks count them)
         self.wakeups = 0  # waker reads that came back with news
 
@@ -145,10 +174,16 @@ class ReadHub:
         return member
 
     async def run(self) -> None:
-        """Run the waker and the claimer until cancelled."""
+        """Run the wakers and the claimer until cancelled."""
+        count = min(_MAX_SHARDS, -(-len(self.members) // _SHARD_SIZE)) or 1
+        self._shards = [_Shard() for _ in range(count)]
+        for i, member in enumerate(self.members):
+            member.shard = i % count
+            self._shards[member.shard].members.append(member)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._claimer)
-            tg.start_soon(self._waker)
+            for shard in self._shards:
+                tg.start_soon(self._waker, shard)
 
     # -- requests of the runners ---------------------------------------------------------
 
@@ -171,7 +206,9 @@ class ReadHub:
     async def ack(self, stream: str, group: str, ids: Sequence[bytes | str]) -> int:
         """XACK ``ids`` in the next round (the settler's acks when no claim carries them)."""
         member = HubMember(stream, group, "")
-        request = _Request("ack", member, acks=[i if isinstance(i, bytes) else i.encode() for i in ids])
+        request = _Request(
+            "ack", member, acks=[i if isinstance(i, bytes) else i.encode() for i in ids]
+        )
         await self._submit(request, withdrawable=False)
         return int(request.reply or 0)
 
@@ -222,13 +259,25 @@ class ReadHub:
             await self._requested.wait()
             self._requested = anyio.Event()
             while self._requests:
-                batch, self._requests = self._requests[:_ROUND_MAX], self._requests[_ROUND_MAX:]
+                # Claims and acks first; reclaim scans (every runner's, every interval)
+                # a bounded number per round, so a claim never waits behind all of them.
+                batch: list[_Request] = []
+                later: list[_Request] = []
+                scans = 0
+                for request in self._requests:
+                    if len(batch) >= _ROUND_MAX or (
+                        request.kind == "reclaim" and scans >= _SCANS_PER_ROUND
+                    ):
+                        later.append(request)
+                        continue
+                    scans += request.kind == "reclaim"
+                    batch.append(request)
+                self._requests = later
                 with anyio.CancelScope(shield=True):
                     await self._round_trip(batch)
 
     async def _round_trip(self, batch: list[_Request]) -> None:
         self._round = round_done = anyio.Event()
-        unblock = self._blocked_gen if any(r.kind == "claim" for r in batch) else 0
         try:
             for request in batch:
                 request.taken = True
@@ -236,8 +285,6 @@ class ReadHub:
                 async with self.client.pipeline(transaction=False) as pipe:
                     for request in batch:
                         self._queue(pipe, request)
-                    if unblock:
-                        pipe.execute_command("CLIENT", "UNBLOCK", self._waker_id)
                     replies = await pipe.execute(raise_on_error=False)
             except Exception as exc:  # the whole round failed (Redis away)
                 error = _error(exc, "XREADGROUP")
@@ -251,8 +298,8 @@ class ReadHub:
             round_done.set()
             for request in batch:
                 request.done.set()
-        if joined:
-            await self._unblock_waker(unblock, int(replies[-1]) if unblock else 0)
+        for i in joined:
+            await self._unblock_waker(self._shards[i])
 
     def _queue(self, pipe: Any, request: _Request) -> None:
         member = request.member
@@ -265,9 +312,9 @@ class ReadHub:
             pipe.xrevrange(member.stream, "+", "-", count=1)
             pipe.xreadgroup(member.group, member.consumer, {member.stream: ">"}, count=request.n)
 
-    def _deliver(self, batch: list[_Request], replies: list[Any]) -> bool:
-        """Hand each request its replies; True if a runner started watching."""
-        at, joined = 0, False
+    def _deliver(self, batch: list[_Request], replies: list[Any]) -> set[int]:
+        """Hand each request its replies; the shards where a runner started watching."""
+        at, joined = 0, set()
         for request in batch:
             member = request.member
             if request.kind == "reclaim":
@@ -305,45 +352,47 @@ class ReadHub:
             )
             member.last = newest
             if len(entries) >= request.n:
-                member.dirty = True  # a backlog: claim again once slots are free
-            elif not member.dirty and not member.stopped:
-                member.watching = joined = True
-        if joined:
-            self._joined.set()
+                # A backlog: claim again once slots are free, off the watch list (news
+                # of every entry added meanwhile would only wake the waker for nothing).
+                member.dirty = True
+                member.watching = False
+            elif not member.watching and not member.stopped:
+                member.watching = True
+                joined.add(member.shard)
+        for i in joined:
+            self._shards[i].joined.set()
         return joined
 
-    async def _unblock_waker(self, sent_gen: int, sent_reply: int) -> None:
+    async def _unblock_waker(self, shard: _Shard) -> None:
         """Make the waker read again with the runners that just started watching.
 
-        The round's own CLIENT UNBLOCK did it if it reached the read in flight; else
-        (the read was not blocked yet, or a newer one started) send one more, a few times.
+        Rare: at start, and when a backlog is cleared. A read sent but not blocked yet
+        when the UNBLOCK arrives is unblocked by one more, a moment later.
         """
         for _ in range(5):
-            gen = self._blocked_gen
-            if not gen or (gen == sent_gen and sent_reply):
-                return
+            if not shard.blocked:
+                return  # between reads: the next one has them
             try:
                 with translate_errors("CLIENT UNBLOCK"):
-                    sent_reply = int(await self.client.client_unblock(self._waker_id or 0))
+                    done = int(await self.client.client_unblock(shard.waker_id))
             except LeanMQError as exc:
                 self.log.warning("shared_read_unblock_failed", error=str(exc))
                 return
-            sent_gen = gen
-            if sent_reply:
+            if done:
                 return
             await anyio.sleep(0.001)
 
     # -- the waker -----------------------------------------------------------------------
 
-    async def _waker(self) -> None:
+    async def _waker(self, shard: _Shard) -> None:
         conn: Any = None
         failures = 0
         try:
             while True:
-                watch = [m for m in self.members if m.watching]
+                watch = [m for m in shard.members if m.watching]
                 if not watch:
-                    self._joined = anyio.Event()
-                    await self._joined.wait()
+                    shard.joined = anyio.Event()
+                    await shard.joined.wait()
                     continue
                 since: dict[str, StreamId] = {}
                 for m in watch:
@@ -351,18 +400,13 @@ class ReadHub:
                     since[m.stream] = m.last if last is None else min(last, m.last)
                 try:
                     if conn is None:
-                        conn = self.client.client()
-                        self._waker_id = int(await conn.client_id())
-                    self._gen += 1
-                    self._blocked_gen = self._gen
+                        conn = await self._connect(shard)
+                    shard.blocked = True
                     try:
-                        reply = await conn.xread(
-                            {s: f"{ms}-{seq}" for s, (ms, seq) in since.items()},
-                            count=1,
-                            block=self.block_ms,
-                        )
+                        await conn.send_packed_command(self._pack_read(since), check_health=False)
+                        reply = await conn.read_response()
                     finally:
-                        self._blocked_gen = 0
+                        shard.blocked = False
                 except (redis_errors.RedisError, OSError) as exc:
                     failures += 1
                     self.log.warning("shared_read_failed", error=str(exc))
@@ -385,6 +429,42 @@ class ReadHub:
                 with anyio.CancelScope(shield=True):
                     await self._close(conn)
 
+    async def _connect(self, shard: _Shard) -> Any:
+        """A connection of the waker's own, out of the pool (it blocks in reads)."""
+        conn = await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_command("CLIENT", "ID")
+            shard.waker_id = int(await conn.read_response())
+        except BaseException:
+            await self._close(conn)
+            raise
+        return conn
+
+    def _pack_read(self, since: dict[str, StreamId]) -> bytes:
+        """``XREAD COUNT 1 BLOCK ms STREAMS ...``, packed here: redis-py's packing of a
+        command of thousands of arguments costs milliseconds; this costs microseconds."""
+        keys_cache, ids_cache = self._packed_keys, self._packed_ids
+        keys: list[bytes] = []
+        ids: list[bytes] = []
+        for stream, last in since.items():
+            key = keys_cache.get(stream)
+            if key is None:
+                raw = stream.encode()
+                key = keys_cache[stream] = b"$%d\r\n%s\r\n" % (len(raw), raw)
+            keys.append(key)
+            cached = ids_cache.get(stream)
+            if cached is None or cached[0] != last:
+                sid = b"%d-%d" % last
+                cached = ids_cache[stream] = (last, b"$%d\r\n%s\r\n" % (len(sid), sid))
+            ids.append(cached[1])
+        block = b"%d" % self.block_ms
+        head = b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n$1\r\n1\r\n$5\r\nBLOCK\r\n" % (
+            2 * len(keys) + 6
+        )
+        return b"".join(
+            [head, b"$%d\r\n%s\r\n$7\r\nSTREAMS\r\n" % (len(block), block), *keys, *ids]
+        )
+
     @staticmethod
     def _wake(watch: list[HubMember], news: dict[str, StreamId] | None) -> None:
         for m in watch:
@@ -392,30 +472,27 @@ class ReadHub:
                 continue
             top = None if news is None else news.get(m.stream)
             if news is None or (top is not None and top > m.last):
+                # It stays on the list, watching from the newest id seen: its claim
+                # needs no new read of the waker, and a later entry wakes it again.
                 if top is not None:
                     m.last = top
-                m.watching = False
                 m.dirty = True
                 m.news.set()
 
-    @staticmethod
-    async def _close(conn: Any) -> None:
+    async def _close(self, conn: Any) -> None:
         # A read abandoned mid-way leaves the connection unusable: drop it.
         try:
-            if conn.connection is not None:
-                await conn.connection.disconnect()
-            await conn.aclose()
+            await conn.disconnect()
         except (redis_errors.RedisError, OSError):
             pass
+        await self.client.connection_pool.release(conn)
 
 
 def _newest(reply: Any) -> dict[str, StreamId]:
-    """Per stream, the id of the entry an XREAD reply carries."""
+    """Per stream, the id of the entry a raw XREAD reply carries (RESP2 or RESP3)."""
     pairs = reply.items() if isinstance(reply, dict) else reply
     news: dict[str, StreamId] = {}
     for stream, entries in pairs:
-        if isinstance(entries, list) and entries and isinstance(entries[0], list):
-            entries = entries[0]  # RESP3 shape
         if entries:
             name = stream.decode() if isinstance(stream, bytes) else str(stream)
             news[name] = _parse_id(entries[-1][0])

@@ -167,9 +167,7 @@ class Worker:
                 "stay in one hash slot): leave shared_reads unset there"
             )
         self.hub = ReadHub(mq.store, self.settings.block_ms) if shared else None
-        self.runners = [
-            HandlerRunner(h, self.settings, consumer, self.hub) for h in self.handlers
-        ]
+        self.runners = [HandlerRunner(h, self.settings, consumer, self.hub) for h in self.handlers]
         self.maintenance = Maintenance(
             mq.store, self.handlers, self.settings, shared=self.hub is not None
         )
