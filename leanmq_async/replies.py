@@ -36,6 +36,7 @@ __all__ = [
     "parse_migrate_step",
     "parse_due_scan",
     "parse_move_due",
+    "parse_pending_scan",
     "parse_reclaim",
     "parse_retry",
     "parse_send",
@@ -273,6 +274,12 @@ def parse_due_scan(reply: Any, keys: int) -> list[int]:
     """due_scan.lua: one integer per key (ms until due, -1: empty)."""
     values = _array("due_scan", reply, "one integer per key", keys)
     return [_int("due_scan", v) for v in values]
+
+
+def parse_pending_scan(reply: Any, keys: int) -> list[bool]:
+    """pending_scan.lua: one 0/1 per key (1: an entry idle past the lease)."""
+    values = _array("pending_scan", reply, "one 0/1 per key", keys)
+    return [_int("pending_scan", v) == 1 for v in values]
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ class Scripts:
     store_result: AsyncScript
     store_failure: AsyncScript
     due_scan: AsyncScript
+    pending_scan: AsyncScript
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -280,12 +280,50 @@ class QueueAdmin(StoreBase):
             for positions in batches.values():
                 for at in range(0, len(positions), 1000):
                     part = positions[at : at + 1000]
-                    reply = await self.scripts.due_scan(
-                        keys=[zsets[i] for i in part], args=[self.clock_shift_ms]
-                    )
+                    keys = [zsets[i] for i in part]
+                    if self.cluster:
+                        reply = await self.scripts.due_scan(keys=keys, args=[self.clock_shift_ms])
+                    else:
+                        reply = await self._due_scan_packed(keys)
                     for i, wait in zip(part, parse_due_scan(reply, len(part)), strict=True):
                         out[i] = wait
         return out
+
+    async def _due_scan_packed(self, keys: list[str]) -> Any:
+        """One due_scan call whose command bytes are packed once per key list: a worker
+        asks every ``maintenance_interval`` about the same thousand keys, and packing
+        them anew costs more than the call."""
+        script, shift = self.scripts.due_scan, self.clock_shift_ms
+        cache: dict[tuple[str, ...], bytes] = self.__dict__.setdefault("_due_scan_cache", {})
+        ident = tuple(keys)
+        packed = cache.get(ident)
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            if packed is None:
+                packed = b"".join(conn.pack_command("EVALSHA", script.sha, len(keys), *keys))
+                cache.clear()
+                cache[ident] = packed
+            # The clock shift (0 in production) is the last argument, packed per call.
+            arg = str(shift).encode()
+            await conn.send_packed_command(
+                _with_argc(packed, len(keys) + 4) + b"$%d\r\n%s\r\n" % (len(arg), arg)
+            )
+            try:
+                return await conn.read_response()
+            except redis_errors.NoScriptError:
+                await conn.send_command("SCRIPT", "LOAD", script.script)
+                await conn.read_response()
+                return await self._due_scan_retry(conn, packed, len(keys), arg)
+        finally:
+            await pool.release(conn)
+
+    @staticmethod
+    async def _due_scan_retry(conn: Any, packed: bytes, keys: int, arg: bytes) -> Any:
+        await conn.send_packed_command(
+            _with_argc(packed, keys + 4) + b"$%d\r\n%s\r\n" % (len(arg), arg)
+        )
+        return await conn.read_response()
 
     async def expire(
         self,
@@ -310,3 +348,8 @@ class QueueAdmin(StoreBase):
         with translate_errors("trim"):
             reply = await self.scripts.trim(keys=[stream], args=[max_age_ms, self.clock_shift_ms])
         return parse_count("trim", reply)
+
+
+def _with_argc(packed: bytes, argc: int) -> bytes:
+    """A packed command with its argument count replaced (an argument is appended)."""
+    return b"*%d%s" % (argc, packed[packed.index(b"\r\n") :])

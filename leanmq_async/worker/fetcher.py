@@ -80,7 +80,9 @@ class Fetcher:
         self.reclaim_scans = 0  # reclaim intervals begun (tests count them)
         self.burst_done = anyio.Event()
         self.hub = hub
-        self.member = hub.join(self.stream, group, consumer) if hub is not None else None
+        self.member = None
+        if hub is not None:
+            self.member = hub.join(self.stream, group, consumer, lease_ms, self.reclaim_interval)
 
     def stop(self) -> None:
         """Abandon a blocking read under way (its connection is closed)."""
@@ -216,7 +218,10 @@ class Fetcher:
         start = "-"
         while True:
             if start == "-":
-                await state.pause(self.reclaim_interval)
+                if self.member is not None:
+                    await self.member.wait_reclaim()  # the hub's scan found idle entries
+                else:
+                    await state.pause(self.reclaim_interval)
                 self.reclaim_scans += 1
             if state.stopping.is_set():
                 return

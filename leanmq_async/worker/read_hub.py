@@ -18,9 +18,13 @@ such a worker share a :class:`ReadHub`, whose cost does not grow with idle queue
   XREADGROUP in its own group. A claim that came back short puts its runner back on the
   watch list from that id; a full one keeps the runner claiming without waiting, so a
   backlog on one queue does not starve the others (each round serves every runner
-  asking). Acks without a read and reclaim scans ride in the same rounds.
+  asking). Acks without a read and reclaim steps ride in the same rounds;
+* **the reclaim scanner**: every reclaim interval one ``lua/pending_scan.lua`` call (per
+  500 runners) asks which groups hold entries idle past their lease; only those runners
+  run a reclaim step.
 
-Connections: the waker's, and one for the claim round in flight. When a runner starts
+Connections: one per waker (a waker per ``_SHARD_SIZE`` streams, at most ``_MAX_SHARDS``),
+and one for the claim round in flight. When a runner starts
 watching while the waker is blocked, the round ends with ``CLIENT UNBLOCK`` of the waker
 (it then reads again with the longer list). On Redis Cluster a multi-key read must stay
 in one slot: a worker there keeps the per-runner loops (see ``WorkerSettings.shared_reads``).
@@ -83,14 +87,24 @@ class HubMember:
         "dirty",
         "group",
         "last",
+        "lease_ms",
         "news",
+        "reclaim_due",
+        "reclaim_interval",
         "shard",
         "stopped",
         "stream",
         "watching",
     )
 
-    def __init__(self, stream: str, group: str, consumer: str) -> None:
+    def __init__(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        lease_ms: int = 0,
+        reclaim_interval: float = 5.0,
+    ) -> None:
         self.stream = stream
         self.group = group
         self.consumer = consumer
@@ -103,6 +117,9 @@ class HubMember:
         self.last: StreamId = (0, 0)
         self.news = anyio.Event()
         self.shard = 0  # which of the hub's wakers watches it
+        self.lease_ms = lease_ms
+        self.reclaim_interval = reclaim_interval
+        self.reclaim_due = anyio.Event()  # the hub's scan found entries idle past the lease
 
     async def wait(self, timeout: float | None = None) -> None:
         """Wait until new entries may be waiting (or stop, or ``timeout``)."""
@@ -113,11 +130,18 @@ class HubMember:
         with anyio.move_on_after(timeout):
             await self.news.wait()
 
+    async def wait_reclaim(self) -> None:
+        """Wait until the hub's scan finds entries to reclaim (or stop)."""
+        if not self.stopped:
+            await self.reclaim_due.wait()
+        self.reclaim_due = anyio.Event()
+
     def stop(self) -> None:
-        """Leave the watch list for good and wake a waiting fetch loop."""
+        """Leave the watch list for good and wake a waiting fetch or reclaim loop."""
         self.stopped = True
         self.watching = False
         self.news.set()
+        self.reclaim_due.set()
 
 
 class _Shard:
@@ -167,9 +191,11 @@ class ReadHub:
         self.rounds = 0  # claim rounds sent (tests and benchmarks count them)
         self.wakeups = 0  # waker reads that came back with news
 
-    def join(self, stream: str, group: str, consumer: str) -> HubMember:
+    def join(
+        self, stream: str, group: str, consumer: str, lease_ms: int, reclaim_interval: float
+    ) -> HubMember:
         """A runner's member; it claims once at start (``dirty``), then watches."""
-        member = HubMember(stream, group, consumer)
+        member = HubMember(stream, group, consumer, lease_ms, reclaim_interval)
         self.members.append(member)
         return member
 
@@ -182,6 +208,7 @@ class ReadHub:
             self._shards[member.shard].members.append(member)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._claimer)
+            tg.start_soon(self._reclaim_scanner)
             for shard in self._shards:
                 tg.start_soon(self._waker, shard)
 
@@ -251,6 +278,26 @@ class ReadHub:
         if request.error is not None:
             raise request.error
         return request.reply
+
+    async def _reclaim_scanner(self) -> None:
+        """Every reclaim interval, one scan of every runner's pending list (one script
+        call per 500): only the runners whose group holds entries idle past their lease
+        run a reclaim scan. An idle worker thus costs one call per interval, not one per
+        queue."""
+        interval = min((m.reclaim_interval for m in self.members), default=5.0)
+        while True:
+            await anyio.sleep(interval)
+            members = [m for m in self.members if not m.stopped]
+            try:
+                found = await self.store.pending_scan(
+                    [(m.stream, m.group, m.lease_ms) for m in members]
+                )
+            except LeanMQError as exc:
+                self.log.warning("reclaim_scan_failed", error=str(exc))
+                continue
+            for member, idle in zip(members, found, strict=True):
+                if idle:
+                    member.reclaim_due.set()
 
     # -- the claimer ---------------------------------------------------------------------
 
