@@ -113,7 +113,7 @@ async def measure(
                 if k % 100 == 0:
                     peak = max(peak, await _clients(admin) - own - base)
             deadline = time.perf_counter() + CATCH_UP_S
-            while len(lat) < total and time.perf_counter() < deadline:
+            while len(lat) < total and time.perf_counter() < deadline:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
             out["connections_peak"] = peak
             out["handled"], out["sent"] = len(lat), total

@@ -31,9 +31,9 @@ from leanmq_async.exceptions import LeanMQError
 
 if TYPE_CHECKING:
     from leanmq_async.queue import Queue
-    from leanmq_async.worker.read_hub import ReadHub
     from leanmq_async.store import RawEntry
     from leanmq_async.worker.observer import Notifier
+    from leanmq_async.worker.read_hub import ReadHub
     from leanmq_async.worker.recovery import Recovery
     from leanmq_async.worker.settler import Settler
     from leanmq_async.worker.state import RunnerState

@@ -5,29 +5,31 @@ A worker with a few handlers gives each its own blocking XREADGROUP (the fast pa
 partitions), that would hold one connection per idle handler. Instead the runners of
 such a worker share a :class:`ReadHub`, whose cost does not grow with idle queues:
 
-* **the waker**: one non-consuming ``XREAD BLOCK COUNT 1`` on a connection of its own
-  over the streams of the runners that wait for news (they have free slots and their last
-  claim came back short). Each runner watches from an explicit id (never ``$``, which
-  misses entries added between two reads): the newest entry it knows all earlier
-  entries of were delivered to its group. A reply wakes the runners whose streams have
-  newer entries; nothing is consumed, so cancelling it loses nothing;
+* **the wakers** (:mod:`leanmq_async.worker.read_waker`): one non-consuming
+  ``XREAD BLOCK COUNT 1`` each, on a connection of its own, over the streams of up to
+  ``_SHARD_SIZE`` runners (at most ``_MAX_SHARDS`` wakers), each stream from an explicit
+  id (never ``$``, which misses entries added between two reads): the newest entry its
+  runner knows everything up to was delivered to its group. A reply wakes the runners
+  whose streams have newer entries; nothing is consumed, so cancelling it loses nothing;
 * **the claimer**: the woken runners, and runners with a backlog, each ask
-  :meth:`ReadHub.claim_new` for up to ``n`` (their free slots) new entries. Every request
-  waiting when a round starts goes in ONE pipeline: per runner its buffered XACK, an
-  ``XREVRANGE + - COUNT 1`` (the newest id before the claim) and a non-blocking
-  XREADGROUP in its own group. A claim that came back short puts its runner back on the
-  watch list from that id; a full one keeps the runner claiming without waiting, so a
-  backlog on one queue does not starve the others (each round serves every runner
-  asking). Acks without a read and reclaim steps ride in the same rounds;
+  :meth:`ReadHub.claim_new` for up to ``n`` (their free slots) new entries; a runner
+  with no free slot asks for nothing. Every request waiting when a round starts goes in
+  ONE pipeline: per runner its buffered XACK (acks ride with the read), an ``XREVRANGE
+  + - COUNT 1`` (the newest id before the claim) and a non-blocking XREADGROUP in its
+  own group (groups may differ per stream). A claim that came back short leaves its
+  runner watching from that id; a full one takes it off the watch list and keeps it
+  claiming as slots free up, without waiting, so a backlog on one queue does not starve
+  the others (each round serves every runner asking). Acks without a read and reclaim
+  steps ride in the same rounds (a bounded number of reclaim steps per round);
 * **the reclaim scanner**: every reclaim interval one ``lua/pending_scan.lua`` call (per
   500 runners) asks which groups hold entries idle past their lease; only those runners
   run a reclaim step.
 
-Connections: one per waker (a waker per ``_SHARD_SIZE`` streams, at most ``_MAX_SHARDS``),
-and one for the claim round in flight. When a runner starts
-watching while the waker is blocked, the round ends with ``CLIENT UNBLOCK`` of the waker
-(it then reads again with the longer list). On Redis Cluster a multi-key read must stay
-in one slot: a worker there keeps the per-runner loops (see ``WorkerSettings.shared_reads``).
+Connections: one per waker and one for the claim round in flight, however many queues.
+A runner that starts watching (at start, or at the end of a backlog) while its waker is
+blocked makes the claimer send ``CLIENT UNBLOCK`` to that waker, which reads again with
+the longer list. On Redis Cluster a multi-key read must stay in one slot: a worker there
+keeps the per-runner loops (see ``WorkerSettings.shared_reads``).
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ import redis.exceptions as redis_errors
 
 from leanmq_async._log import get_logger
 from leanmq_async.connection import translate_errors
-from leanmq_async.exceptions import LeanMQConnectionError, LeanMQError
+from leanmq_async.exceptions import LeanMQError
 from leanmq_async.replies import ReclaimResult, parse_reclaim
 from leanmq_async.store.reading import _read_entries
+from leanmq_async.worker.read_waker import HubMember, Waker, parse_id
 
 if TYPE_CHECKING:
     from leanmq_async.store import RawEntry, Store
@@ -57,13 +60,6 @@ _SCANS_PER_ROUND = 50
 # at a cost (Redis's and ours) that grows with the streams of that read.
 _SHARD_SIZE = 250
 _MAX_SHARDS = 4
-StreamId = tuple[int, int]
-
-
-def _parse_id(sid: bytes | str) -> StreamId:
-    text = sid.decode() if isinstance(sid, bytes) else sid
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _error(exc: BaseException, what: str) -> LeanMQError:
@@ -75,85 +71,8 @@ def _error(exc: BaseException, what: str) -> LeanMQError:
             raise exc
     except LeanMQError as translated:
         return translated
-    except BaseException:  # not a Redis error: report it as one anyway
-        return LeanMQError(f"{what} failed: {exc}")
-
-
-class HubMember:
-    """One runner's place in the hub: its stream, group and what it knows was delivered."""
-
-    __slots__ = (
-        "consumer",
-        "dirty",
-        "group",
-        "last",
-        "lease_ms",
-        "news",
-        "reclaim_due",
-        "reclaim_interval",
-        "shard",
-        "stopped",
-        "stream",
-        "watching",
-    )
-
-    def __init__(
-        self,
-        stream: str,
-        group: str,
-        consumer: str,
-        lease_ms: int = 0,
-        reclaim_interval: float = 5.0,
-    ) -> None:
-        self.stream = stream
-        self.group = group
-        self.consumer = consumer
-        # dirty: new entries may be waiting (claim before waiting); watching: on the
-        # waker's list (from its first claim on, unless it has a backlog); last: every
-        # entry up to it was delivered to the group.
-        self.dirty = True
-        self.watching = False
-        self.stopped = False
-        self.last: StreamId = (0, 0)
-        self.news = anyio.Event()
-        self.shard = 0  # which of the hub's wakers watches it
-        self.lease_ms = lease_ms
-        self.reclaim_interval = reclaim_interval
-        self.reclaim_due = anyio.Event()  # the hub's scan found entries idle past the lease
-
-    async def wait(self, timeout: float | None = None) -> None:
-        """Wait until new entries may be waiting (or stop, or ``timeout``)."""
-        if self.dirty or self.stopped:
-            return
-        if self.news.is_set():
-            self.news = anyio.Event()
-        with anyio.move_on_after(timeout):
-            await self.news.wait()
-
-    async def wait_reclaim(self) -> None:
-        """Wait until the hub's scan finds entries to reclaim (or stop)."""
-        if not self.stopped:
-            await self.reclaim_due.wait()
-        self.reclaim_due = anyio.Event()
-
-    def stop(self) -> None:
-        """Leave the watch list for good and wake a waiting fetch or reclaim loop."""
-        self.stopped = True
-        self.watching = False
-        self.news.set()
-        self.reclaim_due.set()
-
-
-class _Shard:
-    """One waker: its members, its connection's client id, whether its read blocks."""
-
-    __slots__ = ("blocked", "joined", "members", "waker_id")
-
-    def __init__(self) -> None:
-        self.members: list[HubMember] = []
-        self.joined = anyio.Event()  # a member started watching while the waker idled
-        self.waker_id = 0
-        self.blocked = False  # a read is in flight
+    except Exception as other:  # noqa: BLE001 - not a Redis error: reported as one anyway
+        return LeanMQError(f"{what} failed: {other}")
 
 
 class _Request:
@@ -184,12 +103,14 @@ class ReadHub:
         self.log = get_logger("leanmq_async.worker")
         self._requests: list[_Request] = []
         self._requested = anyio.Event()
-        self._shards: list[_Shard] = []
+        self._wakers: list[Waker] = []
         self._round: anyio.Event | None = None  # a claim round in flight
-        self._packed_keys: dict[str, bytes] = {}
-        self._packed_ids: dict[str, tuple[StreamId, bytes]] = {}
         self.rounds = 0  # claim rounds sent (tests and benchmarks count them)
-        self.wakeups = 0  # waker reads that came back with news
+
+    @property
+    def wakeups(self) -> int:
+        """Wake-up reads that came back with news (tests and benchmarks count them)."""
+        return sum(w.wakeups for w in self._wakers)
 
     def join(
         self, stream: str, group: str, consumer: str, lease_ms: int, reclaim_interval: float
@@ -202,15 +123,17 @@ class ReadHub:
     async def run(self) -> None:
         """Run the wakers and the claimer until cancelled."""
         count = min(_MAX_SHARDS, -(-len(self.members) // _SHARD_SIZE)) or 1
-        self._shards = [_Shard() for _ in range(count)]
+        self._wakers = [
+            Waker(self.client, self.block_ms, self.log, lambda: self._round) for _ in range(count)
+        ]
         for i, member in enumerate(self.members):
             member.shard = i % count
-            self._shards[member.shard].members.append(member)
+            self._wakers[member.shard].members.append(member)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._claimer)
             tg.start_soon(self._reclaim_scanner)
-            for shard in self._shards:
-                tg.start_soon(self._waker, shard)
+            for waker in self._wakers:
+                tg.start_soon(waker.run)
 
     # -- requests of the runners ---------------------------------------------------------
 
@@ -333,7 +256,7 @@ class ReadHub:
                     for request in batch:
                         self._queue(pipe, request)
                     replies = await pipe.execute(raise_on_error=False)
-            except Exception as exc:  # the whole round failed (Redis away)
+            except Exception as exc:  # noqa: BLE001 - the whole round failed (Redis away)
                 error = _error(exc, "XREADGROUP")
                 for request in batch:
                     request.error = error
@@ -346,7 +269,7 @@ class ReadHub:
             for request in batch:
                 request.done.set()
         for i in joined:
-            await self._unblock_waker(self._shards[i])
+            await self._wakers[i].unblock()
 
     def _queue(self, pipe: Any, request: _Request) -> None:
         member = request.member
@@ -394,8 +317,8 @@ class ReadHub:
             request.reply = entries
             newest = max(
                 member.last,
-                _parse_id(top[0][0]) if top else (0, 0),
-                _parse_id(entries[-1][0]) if entries else (0, 0),
+                parse_id(top[0][0]) if top else (0, 0),
+                parse_id(entries[-1][0]) if entries else (0, 0),
             )
             member.last = newest
             if len(entries) >= request.n:
@@ -407,140 +330,5 @@ class ReadHub:
                 member.watching = True
                 joined.add(member.shard)
         for i in joined:
-            self._shards[i].joined.set()
+            self._wakers[i].joined.set()
         return joined
-
-    async def _unblock_waker(self, shard: _Shard) -> None:
-        """Make the waker read again with the runners that just started watching.
-
-        Rare: at start, and when a backlog is cleared. A read sent but not blocked yet
-        when the UNBLOCK arrives is unblocked by one more, a moment later.
-        """
-        for _ in range(5):
-            if not shard.blocked:
-                return  # between reads: the next one has them
-            try:
-                with translate_errors("CLIENT UNBLOCK"):
-                    done = int(await self.client.client_unblock(shard.waker_id))
-            except LeanMQError as exc:
-                self.log.warning("shared_read_unblock_failed", error=str(exc))
-                return
-            if done:
-                return
-            await anyio.sleep(0.001)
-
-    # -- the waker -----------------------------------------------------------------------
-
-    async def _waker(self, shard: _Shard) -> None:
-        conn: Any = None
-        failures = 0
-        try:
-            while True:
-                watch = [m for m in shard.members if m.watching]
-                if not watch:
-                    shard.joined = anyio.Event()
-                    await shard.joined.wait()
-                    continue
-                since: dict[str, StreamId] = {}
-                for m in watch:
-                    last = since.get(m.stream)
-                    since[m.stream] = m.last if last is None else min(last, m.last)
-                try:
-                    if conn is None:
-                        conn = await self._connect(shard)
-                    shard.blocked = True
-                    try:
-                        await conn.send_packed_command(self._pack_read(since), check_health=False)
-                        reply = await conn.read_response()
-                    finally:
-                        shard.blocked = False
-                except (redis_errors.RedisError, OSError) as exc:
-                    failures += 1
-                    self.log.warning("shared_read_failed", error=str(exc))
-                    if conn is not None:
-                        await self._close(conn)
-                        conn = None
-                    # The runners claim now: their own errors go through their Recovery.
-                    self._wake(watch, None)
-                    await anyio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
-                    continue
-                failures = 0
-                if self._round is not None:
-                    # Runners that start watching in that round join the next read.
-                    await self._round.wait()
-                if reply:
-                    self.wakeups += 1
-                    self._wake(watch, _newest(reply))
-        finally:
-            if conn is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._close(conn)
-
-    async def _connect(self, shard: _Shard) -> Any:
-        """A connection of the waker's own, out of the pool (it blocks in reads)."""
-        conn = await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_command("CLIENT", "ID")
-            shard.waker_id = int(await conn.read_response())
-        except BaseException:
-            await self._close(conn)
-            raise
-        return conn
-
-    def _pack_read(self, since: dict[str, StreamId]) -> bytes:
-        """``XREAD COUNT 1 BLOCK ms STREAMS ...``, packed here: redis-py's packing of a
-        command of thousands of arguments costs milliseconds; this costs microseconds."""
-        keys_cache, ids_cache = self._packed_keys, self._packed_ids
-        keys: list[bytes] = []
-        ids: list[bytes] = []
-        for stream, last in since.items():
-            key = keys_cache.get(stream)
-            if key is None:
-                raw = stream.encode()
-                key = keys_cache[stream] = b"$%d\r\n%s\r\n" % (len(raw), raw)
-            keys.append(key)
-            cached = ids_cache.get(stream)
-            if cached is None or cached[0] != last:
-                sid = b"%d-%d" % last
-                cached = ids_cache[stream] = (last, b"$%d\r\n%s\r\n" % (len(sid), sid))
-            ids.append(cached[1])
-        block = b"%d" % self.block_ms
-        head = b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n$1\r\n1\r\n$5\r\nBLOCK\r\n" % (
-            2 * len(keys) + 6
-        )
-        return b"".join(
-            [head, b"$%d\r\n%s\r\n$7\r\nSTREAMS\r\n" % (len(block), block), *keys, *ids]
-        )
-
-    @staticmethod
-    def _wake(watch: list[HubMember], news: dict[str, StreamId] | None) -> None:
-        for m in watch:
-            if not m.watching:
-                continue
-            top = None if news is None else news.get(m.stream)
-            if news is None or (top is not None and top > m.last):
-                # It stays on the list, watching from the newest id seen: its claim
-                # needs no new read of the waker, and a later entry wakes it again.
-                if top is not None:
-                    m.last = top
-                m.dirty = True
-                m.news.set()
-
-    async def _close(self, conn: Any) -> None:
-        # A read abandoned mid-way leaves the connection unusable: drop it.
-        try:
-            await conn.disconnect()
-        except (redis_errors.RedisError, OSError):
-            pass
-        await self.client.connection_pool.release(conn)
-
-
-def _newest(reply: Any) -> dict[str, StreamId]:
-    """Per stream, the id of the entry a raw XREAD reply carries (RESP2 or RESP3)."""
-    pairs = reply.items() if isinstance(reply, dict) else reply
-    news: dict[str, StreamId] = {}
-    for stream, entries in pairs:
-        if entries:
-            name = stream.decode() if isinstance(stream, bytes) else str(stream)
-            news[name] = _parse_id(entries[-1][0])
-    return news

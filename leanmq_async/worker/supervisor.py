@@ -248,7 +248,9 @@ class Worker:
         # Flat in the number of queues: one pipeline asks which exist, one batch creates.
         queues = [mq.queue(base) for base in sorted({h.queue.base_name for h in self.handlers})]
         dlqs = [q.dead_letter_queue() for q in queues]
-        exist = await mq.store.queues_exist([(q.keys, d.stream) for q, d in zip(queues, dlqs)])
+        exist = await mq.store.queues_exist(
+            [(q.keys, d.stream) for q, d in zip(queues, dlqs, strict=True)]
+        )
         # Only when missing: a Redis at maxmemory (noeviction) refuses even writes that
         # change nothing, and a worker must be able to start there to drain it.
         await mq.store.create_queues(

@@ -1,0 +1,202 @@
+"""A worker serving many queues (issue 14): shared reads, bounded connections, fairness,
+no loss at shutdown, and a start-up flat in the number of queues."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
+
+from leanmq_async import LeanMQ
+from leanmq_async.testing import RedisServer
+from tests.worker_apps.common import wait_until
+
+pytestmark = pytest.mark.anyio
+
+MANY = 1000
+FAST = {"block_ms": 200, "maintenance_interval": 0.05, "grace_period": 2.0}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    """A server of this module's own: CLIENT LIST counts only these tests' clients."""
+    with RedisServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+async def admin(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(server.url)
+    yield client
+    await client.aclose()
+
+
+async def connections(admin: aioredis.Redis) -> int:
+    return len(await admin.client_list())
+
+
+def register(mq: LeanMQ, names: list[str], seen: Counter[Any], **options: Any) -> None:
+    for name in names:
+
+        @mq.queue(name).handler(concurrency=2, **options)
+        async def handle(data: dict[str, Any]) -> None:
+            seen[data["k"]] += 1
+
+
+async def test_a_thousand_queues_share_reads_on_few_connections(
+    server: RedisServer, admin: aioredis.Redis, prefix: str
+) -> None:
+    seen: Counter[Any] = Counter()
+    names = [f"q{i}" for i in range(MANY)]
+    async with LeanMQ(server.url, prefix=prefix) as mq, LeanMQ(server.url, prefix=prefix) as sender:
+        register(mq, names, seen)
+        await sender.queue("warm").send_message({"k": -1})  # the sender's connection
+        before = await connections(admin)
+        peak = 0
+        async with mq.worker(**FAST) as worker:
+            assert worker.hub is not None
+            sent = []
+            for k in range(300):
+                name = random.choice(names)
+                await sender.queue(name).send_message({"k": k})
+                sent.append(k)
+                if k % 20 == 0:
+                    peak = max(peak, await connections(admin) - before)
+                    await anyio.sleep(0.005)
+            await wait_until(lambda: len(seen) >= len(sent), within=30, what="all handled")
+            peak = max(peak, await connections(admin) - before)
+        assert sorted(seen) == sent
+        assert set(seen.values()) == {1}, "each message handled exactly once"
+        # The client's connections (the worker's and what it had before) stay few.
+        assert peak <= 8, f"the worker held {peak} connections"
+
+
+async def test_a_backlog_on_one_queue_does_not_starve_the_others(
+    server: RedisServer, prefix: str
+) -> None:
+    order: list[str] = []
+    names = [f"q{i}" for i in range(MANY)]
+    async with LeanMQ(server.url, prefix=prefix) as mq:
+        busy = mq.queue("busy")
+
+        @busy.handler(concurrency=2)
+        async def slow(data: dict[str, Any]) -> None:
+            await anyio.sleep(0.002)
+            order.append("busy")
+
+        for name in names[1:]:
+
+            @mq.queue(name).handler(concurrency=2)
+            async def handle(data: dict[str, Any]) -> None:
+                order.append("other")
+
+        await busy.send_messages([{"k": i} for i in range(2000)])
+        async with mq.worker(**FAST):
+            await wait_until(lambda: order.count("busy") >= 10, what="the backlog started")
+            for name in names[1:]:
+                await mq.queue(name).send_message({"k": name})
+            await wait_until(lambda: order.count("other") >= MANY - 1, within=60, what="others")
+            # Every other queue was served while the backlog was still being drained.
+            assert order.count("busy") < 2000
+
+
+async def test_a_64_partition_queue_holds_few_connections(
+    server: RedisServer, admin: aioredis.Redis, prefix: str
+) -> None:
+    seen: Counter[Any] = Counter()
+    async with LeanMQ(server.url, prefix=prefix) as sender:
+        # A partitioned send opens a connection per partition of the sending client:
+        # another client than the worker's, whose connections are counted.
+        await sender.queue("parts", partitions=64).send_messages([{"k": i} for i in range(500)])
+    async with LeanMQ(server.url, prefix=prefix) as mq:
+        queue = mq.queue("parts", partitions=64)
+
+        @queue.handler(concurrency=2)
+        async def handle(data: dict[str, Any]) -> None:
+            seen[data["k"]] += 1
+
+        before = await connections(admin)
+        peak = 0
+        async with mq.worker(**FAST) as worker:
+            assert worker.hub is not None
+            with anyio.fail_after(30):
+                while len(seen) < 500:
+                    peak = max(peak, await connections(admin) - before)
+                    await anyio.sleep(0.01)
+            peak = max(peak, await connections(admin) - before)
+        assert sorted(seen) == list(range(500))
+        assert peak <= 8, f"{peak} connections"
+
+
+async def test_shutdown_mid_read_loses_nothing(server: RedisServer, prefix: str) -> None:
+    """Stopped (force) at random points while claims and handlers are under way: what
+    the first worker claimed and did not finish stays pending, and the next one (same
+    consumer name) handles it."""
+    seen: Counter[Any] = Counter()
+    names = [f"q{i}" for i in range(200)]
+    total = 0
+    for _ in range(3):
+        async with LeanMQ(server.url, prefix=prefix, consumer_name="c1") as mq:
+            for name in names:
+
+                @mq.queue(name).handler(concurrency=2)
+                async def handle(data: dict[str, Any]) -> None:
+                    await anyio.sleep(random.random() * 0.02)
+                    seen[data["k"]] += 1
+
+            async with mq.worker(**FAST) as worker:
+                for k in range(total, total + 200):
+                    await mq.queue(random.choice(names)).send_message({"k": k})
+                total += 200
+                await anyio.sleep(random.random() * 0.05)
+                worker.stop(force=True)
+    async with LeanMQ(server.url, prefix=prefix, consumer_name="c1") as mq:
+        register(mq, names, seen)
+        async with mq.worker(**FAST):
+            await wait_until(lambda: len(seen) >= total, within=30, what="all handled")
+    assert sorted(seen) == list(range(total))
+
+
+class _RoundTrips:
+    """Counts what redis-py sends (one packed send is one round trip)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._original = Connection.send_packed_command
+
+    def __enter__(self) -> _RoundTrips:
+        original = self._original
+        counter = self
+
+        async def counting(conn: Any, command: Any, check_health: bool = True) -> None:
+            counter.count += 1
+            await original(conn, command, check_health)
+
+        Connection.send_packed_command = counting  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        Connection.send_packed_command = self._original  # type: ignore[method-assign]
+
+
+async def startup_round_trips(server: RedisServer, queues: int) -> int:
+    prefix = f"start{queues}:"
+    async with LeanMQ(server.url, prefix=prefix) as mq:
+        register(mq, [f"q{i}" for i in range(queues)], Counter())
+        worker = mq.worker(**FAST)
+        with _RoundTrips() as trips:
+            await worker._startup()
+        return trips.count
+
+
+async def test_startup_round_trips_are_flat_in_the_queue_count(server: RedisServer) -> None:
+    ten = await startup_round_trips(server, 10)
+    thousand = await startup_round_trips(server, MANY)
+    # Groups, metadata, registry, clock, scripts: the same few round trips, pipelined.
+    assert thousand <= ten + 5, (ten, thousand)
