@@ -10,6 +10,7 @@ leanmq_async with a plain-Redis ceiling and with sync LeanMQ 0.2 measured in the
 6.   drain with 1 % failing messages         (``benchmarks/failures.py``)
 7.   Redis commands and CPU per message      (``benchmarks/cost.py``)
 8.   consumer RSS over a long drain          (``benchmarks/memory.py``)
+10.  one worker over 1, 100, 1,000 queues    (``benchmarks/many_queues.py``)
 
 Results go to ``benchmarks/results/latest.json`` (and ``latest.png`` when matplotlib is
 installed). The default run takes about 5 minutes on 2 cores; ``--quick`` about 1.
@@ -21,7 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks import cost, drain, enqueue, failures, latency, memory, processes
+from benchmarks import cost, drain, enqueue, failures, latency, many_queues, memory, processes
 from benchmarks._common import (
     environment,
     parse_args,
@@ -39,6 +40,7 @@ SECTIONS = {
     "failures": failures,
     "cost": cost,
     "memory": memory,
+    "many_queues": many_queues,
 }
 
 

@@ -84,7 +84,10 @@ def parse_args(
         p.add_argument(
             "--only",
             default="",
-            help="comma-separated sections: enqueue,drain,processes,latency,failures,cost,memory",
+            help=(
+                "comma-separated sections: enqueue,drain,processes,latency,failures,cost,"
+                "memory,many_queues"
+            ),
         )
     a = p.parse_args(argv)
     cfg = Config()
