@@ -200,3 +200,36 @@ async def test_startup_round_trips_are_flat_in_the_queue_count(server: RedisServ
     thousand = await startup_round_trips(server, MANY)
     # Groups, metadata, registry, clock, scripts: the same few round trips, pipelined.
     assert thousand <= ten + 5, (ten, thousand)
+
+
+async def test_a_burst_worker_sharing_reads_drains_and_stops(
+    server: RedisServer, prefix: str
+) -> None:
+    seen: Counter[Any] = Counter()
+    names = [f"q{i}" for i in range(20)]
+    async with LeanMQ(server.url, prefix=prefix) as mq:
+        register(mq, names, seen)
+        for i, name in enumerate(names):
+            await mq.queue(name).send_messages([{"k": f"{i}-{j}"} for j in range(10)])
+        with anyio.fail_after(30):
+            await mq.run_worker(burst=True, shared_reads=True, **FAST)
+    assert len(seen) == 200
+    assert set(seen.values()) == {1}
+
+
+async def test_shared_reads_survive_a_deleted_stream(
+    server: RedisServer, admin: aioredis.Redis, prefix: str
+) -> None:
+    """A queue whose stream is deleted under the worker is created again (Recovery) and
+    its later messages are handled."""
+    seen: Counter[Any] = Counter()
+    names = [f"q{i}" for i in range(10)]
+    async with LeanMQ(server.url, prefix=prefix) as mq:
+        register(mq, names, seen)
+        async with mq.worker(shared_reads=True, **FAST):
+            await mq.queue("q0").send_message({"k": "before"})
+            await wait_until(lambda: "before" in seen, what="first handled")
+            await admin.delete(mq.queue("q0").stream)
+            await anyio.sleep(0.3)
+            await mq.queue("q0").send_message({"k": "after"})
+            await wait_until(lambda: "after" in seen, within=20, what="handled after delete")

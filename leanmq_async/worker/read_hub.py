@@ -193,7 +193,14 @@ class ReadHub:
         self._requests.append(request)
         self._requested.set()
         if withdrawable:
-            await request.done.wait()
+            try:
+                await request.done.wait()
+            except BaseException:
+                # Cancelled: a claim no round took yet is not sent (one already sent
+                # leaves its entries pending, for reclaim).
+                if not request.taken and request in self._requests:
+                    self._requests.remove(request)
+                raise
         else:
             # Shielded: an ack or a reclaim sent must have its reply read.
             with anyio.CancelScope(shield=True):
