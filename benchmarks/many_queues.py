@@ -118,8 +118,8 @@ async def measure(
             out["connections_peak"] = peak
             out["handled"], out["sent"] = len(lat), total
             lat.sort()
-            out["p50_ms"] = percentile(lat, 0.50) if lat else float("nan")
-            out["p99_ms"] = percentile(lat, 0.99) if lat else float("nan")
+            out["p50_ms"] = percentile(lat, 50) if lat else float("nan")
+            out["p99_ms"] = percentile(lat, 99) if lat else float("nan")
     await admin.aclose()
     await producer.aclose()
     return out

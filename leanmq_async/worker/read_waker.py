@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
@@ -183,6 +184,10 @@ class Waker:
                 if reply:
                     self.wakeups += 1
                     self._wake(watch, _newest(reply))
+                    # The runners woken and the claimer go first: their claim starts
+                    # handlers, this waker's next read (packing its streams) can wait.
+                    for _ in range(3):
+                        await anyio.lowlevel.checkpoint()
         finally:
             if conn is not None:
                 with anyio.CancelScope(shield=True):

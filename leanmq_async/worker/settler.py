@@ -64,6 +64,7 @@ class Settler:
         self._wakeup = anyio.Event()
         # How an XACK of its own is sent (a worker sharing reads sends it in a hub round).
         self.send_acks: Callable[[str, str, list[bytes]], Awaitable[int]] = self.store.ack
+        self.ack_linger = LINGER  # longer when shared: acks of many runners share a round
         # Called after a retry is scheduled (the worker wakes its delayed-message mover).
         self.on_scheduled: Callable[[str], None] = lambda stream: None
 
@@ -106,7 +107,7 @@ class Settler:
         while True:
             await self._wakeup.wait()
             # Let acks of messages finishing right now join this XACK.
-            await anyio.sleep(LINGER)
+            await anyio.sleep(self.ack_linger)
             self._wakeup = anyio.Event()
             await self.flush_acks(drain=False)
 
