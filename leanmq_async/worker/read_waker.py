@@ -160,6 +160,7 @@ class Waker:
                 try:
                     if conn is None:
                         conn = await self._connect()
+                        continue  # runners may have started watching meanwhile
                     self.blocked = True
                     try:
                         await conn.send_packed_command(self._pack_read(since), check_health=False)
