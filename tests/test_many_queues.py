@@ -233,3 +233,36 @@ async def test_shared_reads_survive_a_deleted_stream(
             await anyio.sleep(0.3)
             await mq.queue("q0").send_message({"k": "after"})
             await wait_until(lambda: "after" in seen, within=20, what="handled after delete")
+
+
+async def test_retries_delays_and_reclaims_with_shared_reads(
+    server: RedisServer, admin: aioredis.Redis, prefix: str
+) -> None:
+    """The shared upkeep: a failed message is retried after its backoff (the shared mover
+    and its due scan), a delayed send arrives, and a message a dead consumer held is
+    reclaimed after the lease (the reclaim scanner)."""
+    attempts: Counter[Any] = Counter()
+    done: set[Any] = set()
+    names = [f"q{i}" for i in range(10)]
+    async with LeanMQ(server.url, prefix=prefix) as mq:
+        for name in names:
+
+            @mq.queue(name).handler(concurrency=2, visibility_timeout=0.5, backoff=lambda _n: 0.05)
+            async def handle(data: dict[str, Any]) -> None:
+                attempts[data["k"]] += 1
+                if data["k"] == "flaky" and attempts["flaky"] < 2:
+                    raise RuntimeError("first attempt fails")
+                done.add(data["k"])
+
+        # A dead consumer's message: read (pending) by "ghost", never acked.
+        dead = mq.queue("q3")
+        await mq.store.ensure_groups([dead.stream], [dead.consumer_group])
+        await dead.send_message({"k": "orphan"})
+        await admin.xreadgroup(dead.consumer_group, "ghost", {dead.stream: ">"}, count=1)
+        async with mq.worker(shared_reads=True, reclaim_interval=0.2, **FAST) as worker:
+            await mq.queue("q1").send_message({"k": "flaky"})
+            await mq.queue("q2").send_message({"k": "later"}, delay=0.3)
+            await wait_until(lambda: done >= {"flaky", "later", "orphan"}, within=20, what="all")
+            assert worker.maintenance.moved >= 2  # the retry and the delayed send
+        assert attempts["flaky"] == 2
+        assert attempts["orphan"] == 1
