@@ -59,7 +59,7 @@ _SCANS_PER_ROUND = 50
 # Streams per waker, and wakers at most: news on one stream makes its waker read again,
 # at a cost (Redis's and ours) that grows with the streams of that read.
 _SHARD_SIZE = 250
-_MAX_SHARDS = 4
+_MAX_SHARDS = 3
 
 
 def _error(exc: BaseException, what: str) -> LeanMQError:
