@@ -266,3 +266,32 @@ async def test_retries_delays_and_reclaims_with_shared_reads(
             assert worker.maintenance.moved >= 2  # the retry and the delayed send
         assert attempts["flaky"] == 2
         assert attempts["orphan"] == 1
+
+
+async def test_a_runner_without_free_slots_is_not_read_for(
+    server: RedisServer, admin: aioredis.Redis, prefix: str
+) -> None:
+    """Back-pressure stays with shared reads: a busy queue's messages wait in the stream
+    (not pending for this worker) until a slot is free."""
+    release = anyio.Event()
+    seen: Counter[Any] = Counter()
+    names = [f"q{i}" for i in range(1, 10)]
+    async with LeanMQ(server.url, prefix=prefix) as mq:
+        register(mq, names, seen)
+        busy = mq.queue("q0")
+
+        @busy.handler(concurrency=1)
+        async def blocked(data: dict[str, Any]) -> None:
+            await release.wait()
+            seen[data["k"]] += 1
+
+        async with mq.worker(shared_reads=True, **FAST):
+            await busy.send_messages([{"k": i} for i in range(5)])
+            await mq.queue("q1").send_message({"k": "other"})
+            await wait_until(lambda: "other" in seen, what="another queue served")
+            await anyio.sleep(0.3)
+            pending = await admin.xpending(busy.stream, busy.consumer_group)
+            assert pending["pending"] == 1, pending  # the one running, no more
+            release.set()
+            await wait_until(lambda: len(seen) >= 6, what="the rest handled")
+        assert all(seen[i] == 1 for i in range(5))
