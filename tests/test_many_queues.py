@@ -295,3 +295,20 @@ async def test_a_runner_without_free_slots_is_not_read_for(
             release.set()
             await wait_until(lambda: len(seen) >= 6, what="the rest handled")
         assert all(seen[i] == 1 for i in range(5))
+
+
+async def test_shared_reads_on_sentinel(prefix: str) -> None:
+    """Through Sentinel too: the wakers' own connections come from its pool (the primary)."""
+    from leanmq_async.testing_sentinel import RedisSentinelSet
+
+    seen: Counter[Any] = Counter()
+    names = [f"q{i}" for i in range(50)]
+    with RedisSentinelSet() as servers:
+        async with LeanMQ(servers.url, prefix=prefix) as mq:
+            register(mq, names, seen)
+            async with mq.worker(**FAST) as worker:
+                assert worker.hub is not None
+                for k in range(100):
+                    await mq.queue(random.choice(names)).send_message({"k": k})
+                await wait_until(lambda: len(seen) >= 100, within=30, what="all handled")
+    assert sorted(seen) == list(range(100))
