@@ -10,6 +10,8 @@ clients on the same private server. Measured per N:
   benchmark's own clients, idle and at most during the load below;
 * idle CPU: ``time.process_time()`` of the process over ``IDLE_S`` seconds with nothing
   to do, in % of one core (the producer is not running then);
+* the worker runs as under ``leanmq-worker``, which freezes the collector (``gc.freeze``)
+  once its worker runs (with 1,000 queues, full collections otherwise pause the loop);
 * send -> handler start at 500 msg/s spread at random over the N queues for
   ``--latency-seconds`` (each payload carries ``time.perf_counter_ns()`` taken just before
   its XADD, as in the latency benchmark): p50 and p99 in ms.
@@ -23,6 +25,7 @@ Run alone: ``python -m benchmarks.many_queues [--quick] [--latency-seconds S]``.
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 from collections.abc import Sequence
@@ -71,6 +74,7 @@ async def measure(
     lat: list[float] = []
     first = anyio.Event()
     out: dict[str, Any] = {}
+    gc.unfreeze()
     async with LeanMQ(url, prefix=prefix) as mq:
         qs = [mq.queue(f"q{i}") for i in range(queues)]
         for q in qs:
@@ -84,6 +88,9 @@ async def measure(
         t0 = time.perf_counter()
         async with mq.worker(shared_reads=shared):
             out["startup_ms"] = (time.perf_counter() - t0) * 1000
+            # As leanmq-worker does once its worker runs: the runners of many queues are
+            # many long-lived objects that every full collection would otherwise walk.
+            gc.freeze()
             t1 = time.perf_counter()
             stream = qs[random.randrange(queues)].stream
             await producer.xadd(

@@ -55,7 +55,7 @@ __all__ = ["HubMember", "ReadHub"]
 # Requests per pipeline: a round with every runner of a large worker stays bounded.
 _ROUND_MAX = 1000
 # Reclaim scans per round at most (the rest go in the next rounds).
-_SCANS_PER_ROUND = 50
+_SCANS_PER_ROUND = 500
 # Streams per waker, and wakers at most: news on one stream makes its waker read again,
 # at a cost (Redis's and ours) that grows with the streams of that read.
 _SHARD_SIZE = 250

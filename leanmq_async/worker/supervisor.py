@@ -177,6 +177,8 @@ class Worker:
         self._stop = anyio.Event()
         self._started = False
         self._finished = anyio.Event()
+        self.ready = anyio.Event()
+        """Set once start-up is done and every handler runs."""
         self._tg: TaskGroup | None = None
 
     def __repr__(self) -> str:
@@ -353,6 +355,7 @@ class Worker:
                     shared_reads=self.hub is not None,
                 )
                 task_status.started(self)
+                self.ready.set()
                 # LeanMQ 0.2 (issue 15): say once at start if its queues wait under the prefix.
                 from leanmq_async.legacy import log_legacy_queues
 
