@@ -312,3 +312,40 @@ async def test_shared_reads_on_sentinel(prefix: str) -> None:
                     await mq.queue(random.choice(names)).send_message({"k": k})
                 await wait_until(lambda: len(seen) >= 100, within=30, what="all handled")
     assert sorted(seen) == list(range(100))
+
+
+async def test_leases_and_failures_of_many_queues_share_connections_too(
+    server: RedisServer, admin: aioredis.Redis, prefix: str
+) -> None:
+    """300 slow handlers at once (their leases extended meanwhile), half failing once
+    (a retry each): the extensions and the retries ride the hub, few connections."""
+    attempts: Counter[Any] = Counter()
+    done: set[Any] = set()
+    names = [f"q{i}" for i in range(300)]
+    async with LeanMQ(server.url, prefix=prefix) as sender:
+        for i, name in enumerate(names):
+            await sender.queue(name).send_message({"k": i})
+    async with LeanMQ(server.url, prefix=prefix) as mq:
+        for name in names:
+
+            @mq.queue(name).handler(concurrency=2, visibility_timeout=0.3, backoff=lambda _: 0.05)
+            async def handle(data: dict[str, Any]) -> None:
+                attempts[data["k"]] += 1
+                await anyio.sleep(0.25)  # past a third of the lease: extended meanwhile
+                if data["k"] % 2 and attempts[data["k"]] == 1:
+                    raise RuntimeError("fails once")
+                done.add(data["k"])
+
+        before = await connections(admin)
+        peak = 0
+        async with mq.worker(**FAST) as worker:
+            assert worker.hub is not None
+            with anyio.fail_after(60):
+                while len(done) < len(names):
+                    peak = max(peak, await connections(admin) - before)
+                    await anyio.sleep(0.01)
+        assert peak <= 8, f"{peak} connections"
+        assert worker.stats.retried == len(names) // 2
+        # Extended in time: nothing was reclaimed from this (live) worker, none ran twice
+        # but the failed ones.
+        assert sum(attempts.values()) == len(names) + len(names) // 2

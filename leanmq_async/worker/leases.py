@@ -49,6 +49,8 @@ class LeaseKeeper:
         self.in_flight = state.in_flight
         self.log = state.log
         self.debug = state.debug
+        # How extensions are sent (a worker sharing reads sends them in a hub round).
+        self.extend = store.extend_leases
 
     async def run(self) -> None:
         """Every third of the lease, extend the lease of every message in flight."""
@@ -61,7 +63,7 @@ class LeaseKeeper:
             try:
                 lost: list[bytes] = []
                 for i in range(0, len(held), _EXTEND_BATCH):
-                    lost += await self.store.extend_leases(
+                    lost += await self.extend(
                         self.stream, self.group, self.consumer, held[i : i + _EXTEND_BATCH]
                     )
             except LeanMQError as exc:
@@ -79,9 +81,7 @@ class LeaseKeeper:
         reclaimed it meanwhile, running it here too would run it twice, so it is skipped.
         """
         try:
-            lost = await self.store.extend_leases(
-                self.stream, self.group, self.consumer, [work.sid]
-            )
+            lost = await self.extend(self.stream, self.group, self.consumer, [work.sid])
         except LeanMQError as exc:
             self.log.warning("lease_extend_failed", error=str(exc))
             return True  # unknown: run it, as without this check

@@ -43,9 +43,11 @@ import redis.exceptions as redis_errors
 from leanmq_async._log import get_logger
 from leanmq_async.connection import translate_errors
 from leanmq_async.exceptions import LeanMQError
-from leanmq_async.replies import ReclaimResult, parse_reclaim
+from leanmq_async.replies import ReclaimResult, parse_extend_leases, parse_reclaim
+from leanmq_async.store.base import ID_BATCH
 from leanmq_async.store.reading import _read_entries
 from leanmq_async.worker.read_waker import HubMember, Waker, parse_id
+from leanmq_async.worker.settle_batch import SettleBatcher
 
 if TYPE_CHECKING:
     from leanmq_async.store import RawEntry, Store
@@ -54,7 +56,8 @@ __all__ = ["HubMember", "ReadHub"]
 
 # Requests per pipeline: a round with every runner of a large worker stays bounded.
 _ROUND_MAX = 1000
-# Reclaim scans per round at most (the rest go in the next rounds).
+# Script calls (reclaim steps, lease extensions) per round at most (the rest go in the
+# next rounds), so a claim never waits behind all of them.
 _SCANS_PER_ROUND = 500
 # Streams per waker, and wakers at most: news on one stream makes its waker read again,
 # at a cost (Redis's and ours) that grows with the streams of that read.
@@ -81,7 +84,7 @@ class _Request:
     def __init__(
         self, kind: str, member: HubMember, n: int = 0, acks: Sequence[bytes] = ()
     ) -> None:
-        self.kind = kind  # "claim", "ack" or "reclaim"
+        self.kind = kind  # "claim", "ack" or "script"
         self.member = member
         self.n = n
         self.acks = acks
@@ -106,6 +109,9 @@ class ReadHub:
         self._wakers: list[Waker] = []
         self._round: anyio.Event | None = None  # a claim round in flight
         self.rounds = 0  # claim rounds sent (tests and benchmarks count them)
+        # One settle batcher for every runner: retries and dead-letter moves of many
+        # queues failing together share its pipelines (and its one connection).
+        self.settle_batcher = SettleBatcher(store)
 
     @property
     def wakeups(self) -> int:
@@ -173,15 +179,37 @@ class ReadHub:
         owner: str = "",
     ) -> ReclaimResult:
         """A reclaim step (``lua/reclaim.lua``) in the next round; as ``Store.reclaim``."""
-        request = _Request("reclaim", HubMember(stream, group, consumer))
-        request.args = [group, consumer, min_idle_ms, count, start, owner]
-        reply = await self._submit(request, withdrawable=False)
+        args = [group, consumer, min_idle_ms, count, start, owner]
+        reply = await self._script(self.store.scripts.reclaim.sha, stream, args)
         if isinstance(reply, redis_errors.NoScriptError):
             # Redis lost its scripts (restarted): the direct call loads it.
             return await self.store.reclaim(
                 stream, group, consumer, min_idle_ms, count, start, owner
             )
         return parse_reclaim(reply)
+
+    async def extend_leases(
+        self, stream: str, group: str, consumer: str, ids: Sequence[bytes | str]
+    ) -> list[bytes]:
+        """Lease extensions (``lua/extend_leases.lua``) in the next round; as
+        ``Store.extend_leases``: the ids whose lease was lost."""
+        lost: list[bytes] = []
+        sha = self.store.scripts.extend_leases.sha
+        for i in range(0, len(ids), ID_BATCH):
+            batch = list(ids[i : i + ID_BATCH])
+            reply = await self._script(sha, stream, [group, consumer, *batch])
+            if isinstance(reply, redis_errors.NoScriptError):
+                lost += await self.store.extend_leases(stream, group, consumer, batch)
+            else:
+                lost += parse_extend_leases(reply)
+        return lost
+
+    async def _script(self, sha: str, stream: str, args: list[Any]) -> Any:
+        """EVALSHA of a one-key script in the next round: its reply (NoScriptError given
+        back, for the caller's direct call to load the script)."""
+        request = _Request("script", HubMember(stream, "", ""))
+        request.args = [sha, 1, stream, *args]
+        return await self._submit(request, withdrawable=False)
 
     def withdraw(self, member: HubMember) -> None:
         """Drop ``member``'s claim requests no round took yet (its runner stops)."""
@@ -243,11 +271,11 @@ class ReadHub:
                 scans = 0
                 for request in self._requests:
                     if len(batch) >= _ROUND_MAX or (
-                        request.kind == "reclaim" and scans >= _SCANS_PER_ROUND
+                        request.kind == "script" and scans >= _SCANS_PER_ROUND
                     ):
                         later.append(request)
                         continue
-                    scans += request.kind == "reclaim"
+                    scans += request.kind == "script"
                     batch.append(request)
                 self._requests = later
                 with anyio.CancelScope(shield=True):
@@ -280,8 +308,8 @@ class ReadHub:
 
     def _queue(self, pipe: Any, request: _Request) -> None:
         member = request.member
-        if request.kind == "reclaim":
-            pipe.evalsha(self.store.scripts.reclaim.sha, 1, member.stream, *request.args)
+        if request.kind == "script":
+            pipe.evalsha(*request.args)
             return
         if request.acks:
             pipe.xack(member.stream, member.group, *request.acks)
@@ -294,13 +322,13 @@ class ReadHub:
         at, joined = 0, set()
         for request in batch:
             member = request.member
-            if request.kind == "reclaim":
+            if request.kind == "script":
                 reply = replies[at]
                 at += 1
                 if isinstance(reply, Exception) and not isinstance(
                     reply, redis_errors.NoScriptError
                 ):
-                    request.error = _error(reply, "reclaim")
+                    request.error = _error(reply, "script")
                 request.reply = reply
                 continue
             acked: Any = 0

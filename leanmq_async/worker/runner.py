@@ -43,10 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["HandlerRunner", "RunnerStats"]
 
-# A runner sharing reads acks in the hub's rounds: waiting a little longer lets the acks
-# of many runners share one round, leaving the rounds to the claims that start handlers.
-ACK_LINGER_SHARED = 0.02
-
 
 class HandlerRunner:
     """Runs one handler of one worker process."""
@@ -95,9 +91,9 @@ class HandlerRunner:
             hub=hub,
         )
         if hub is not None:
-            self.settler.send_acks = hub.ack
-            self.settler.ack_linger = ACK_LINGER_SHARED
+            self.settler.share(hub)
             self.recovery.reclaim = hub.reclaim
+            self.leases.extend = hub.extend_leases
         self._processors: anyio.CancelScope | None = None
         self.drained = anyio.Event()
 

@@ -29,11 +29,16 @@ if TYPE_CHECKING:
     from leanmq_async.store_types import SettleCall
     from leanmq_async.worker.handler import Handler
     from leanmq_async.worker.observer import Notifier
+    from leanmq_async.worker.read_hub import ReadHub
     from leanmq_async.worker.state import RunnerState
 
 __all__ = ["Settler"]
 
 T = TypeVar("T")
+
+# A runner sharing reads acks in the hub's rounds: waiting a little longer lets the acks
+# of many runners share one round, leaving the rounds to the claims that start handlers.
+ACK_LINGER_SHARED = 0.02
 
 
 class Settler:
@@ -67,6 +72,13 @@ class Settler:
         self.ack_linger = LINGER  # longer when shared: acks of many runners share a round
         # Called after a retry is scheduled (the worker wakes its delayed-message mover).
         self.on_scheduled: Callable[[str], None] = lambda stream: None
+
+    def share(self, hub: ReadHub) -> None:
+        """Settle through a worker's shared reads: acks in its rounds, scripts in its one
+        settle batcher (a worker with many queues then holds few connections)."""
+        self.send_acks = hub.ack
+        self.ack_linger = ACK_LINGER_SHARED
+        self._batcher = hub.settle_batcher
 
     # -- acks ----------------------------------------------------------------------------
 
