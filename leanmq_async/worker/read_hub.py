@@ -19,8 +19,9 @@ such a worker share a :class:`ReadHub`, whose cost does not grow with idle queue
   own group (groups may differ per stream). A claim that came back short leaves its
   runner watching from that id; a full one takes it off the watch list and keeps it
   claiming as slots free up, without waiting, so a backlog on one queue does not starve
-  the others (each round serves every runner asking). Acks without a read and reclaim
-  steps ride in the same rounds (a bounded number of reclaim steps per round);
+  the others (each round serves every runner asking). Acks without a read, reclaim
+  steps and lease extensions ride in the same rounds (a bounded number of script calls
+  per round); retries and dead-letter moves of every runner share one settle batcher;
 * **the reclaim scanner**: every reclaim interval one ``lua/pending_scan.lua`` call (per
   500 runners) asks which groups hold entries idle past their lease; only those runners
   run a reclaim step.
