@@ -349,3 +349,51 @@ async def test_leases_and_failures_of_many_queues_share_connections_too(
         # Extended in time: nothing was reclaimed from this (live) worker, none ran twice
         # but the failed ones.
         assert sum(attempts.values()) == len(names) + len(names) // 2
+
+
+async def blocked_in_reads(admin: aioredis.Redis) -> int:
+    clients = await admin.client_list()
+    return sum(
+        1 for c in clients if c.get("cmd") in ("xread", "xreadgroup") and "b" in c.get("flags", "")
+    )
+
+
+async def test_stop_abandons_the_wake_up_reads_and_reads_nothing_more(
+    server: RedisServer, admin: aioredis.Redis, prefix: str
+) -> None:
+    release = anyio.Event()
+    started: list[int] = []
+    names = [f"q{i}" for i in range(10)]
+    async with LeanMQ(server.url, prefix=prefix) as mq:
+        for name in names:
+
+            @mq.queue(name).handler(concurrency=4)
+            async def handle(data: int) -> None:
+                started.append(data)
+                await release.wait()
+
+        worker = mq.worker(block_ms=20_000, grace_period=30)
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                await tg.start(worker.serve)
+                assert worker.hub is not None
+                await mq.queue("q0").send_messages(list(range(3)))
+                await wait_until(lambda: len(started) == 3, what="3 handlers in flight")
+                await wait_until(lambda: blocked_in_reads(admin), what="a wake-up read")
+                worker.stop()
+                # At once, not when the read times out (up to a second).
+                await wait_until(
+                    lambda: _none(blocked_in_reads(admin)), within=0.5, what="reads abandoned"
+                )
+                late = await mq.queue("q1").send_messages([7, 8])
+                await anyio.sleep(0.3)
+                assert len(started) == 3
+                release.set()
+        assert worker.stats.handled == 3
+        (group,) = await admin.xinfo_groups(mq.queue("q1").stream)
+        assert group["pending"] == 0
+        assert group["lag"] == len(late)  # the two sent after stop() were never read
+
+
+async def _none(count: Any) -> bool:
+    return await count == 0

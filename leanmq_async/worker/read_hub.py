@@ -109,6 +109,7 @@ class ReadHub:
         self._requested = anyio.Event()
         self._wakers: list[Waker] = []
         self._round: anyio.Event | None = None  # a claim round in flight
+        self._reading = anyio.CancelScope()
         self.rounds = 0  # claim rounds sent (tests and benchmarks count them)
         # One settle batcher for every runner: retries and dead-letter moves of many
         # queues failing together share its pipelines (and its one connection).
@@ -139,8 +140,18 @@ class ReadHub:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._claimer)
             tg.start_soon(self._reclaim_scanner)
-            for waker in self._wakers:
-                tg.start_soon(waker.run)
+            tg.start_soon(self._read)
+
+    async def _read(self) -> None:
+        with self._reading:
+            async with anyio.create_task_group() as tg:
+                for waker in self._wakers:
+                    tg.start_soon(waker.run)
+
+    def stop_reading(self) -> None:
+        """Shutdown began: abandon the wake-up reads (their connections are closed); the
+        claimer stays for the last acks and settling steps."""
+        self._reading.cancel()
 
     # -- requests of the runners ---------------------------------------------------------
 

@@ -382,6 +382,8 @@ class Worker:
         self.log.info("shutdown", phase="stop_fetching", in_flight=in_flight)
         for runner in self.runners:
             runner.stop_fetching()
+        if self.hub is not None:
+            self.hub.stop_reading()
         with anyio.move_on_after(self.settings.grace_period):
             for runner in self.runners:
                 await runner.drained.wait()
