@@ -49,7 +49,7 @@ from leanmq_async import LeanMQ
 from leanmq_async.envelope import get_codec
 
 NAME = "many_queues"
-TITLE = "10. One worker, many queues"
+TITLE = "15. One worker, many queues"
 RATE = 500
 IDLE_S = 10.0
 COUNTS = (1, 100, 1000)
@@ -148,7 +148,7 @@ def run(cfg: Config, srv: Server) -> dict[str, Any]:
         "to_first_handler_ms": ("start-up to first handler", "ms", False, "{:,.1f}"),
     }
     tables = {
-        m: Table(f"10. many queues: {title}", unit, higher_is_better=hib, fmt=fmt)
+        m: Table(f"15. many queues: {title}", unit, higher_is_better=hib, fmt=fmt)
         for m, (title, unit, hib, fmt) in metrics.items()
     }
     cases: list[tuple[str, int, bool | None]] = [
