@@ -15,6 +15,7 @@ leanmq_async with a plain-Redis ceiling and with sync LeanMQ 0.2 measured in the
 12.  drain with 3 priority levels vs plain   (``benchmarks/priorities.py``)
 13.  rate-limiter overhead per message       (``benchmarks/rate_limit.py``)
 14.  concurrent producers (1-200 tasks)      (``benchmarks/producers.py``)
+15.  one worker over 1, 100, 1,000 queues    (``benchmarks/many_queues.py``)
 
 Results go to ``benchmarks/results/latest.json`` (and ``latest.png`` when matplotlib is
 installed). The default run takes about 5 minutes on 2 cores; ``--quick`` about 1.
@@ -34,6 +35,7 @@ from benchmarks import (
     enqueue,
     failures,
     latency,
+    many_queues,
     memory,
     priorities,
     processes,
@@ -62,6 +64,7 @@ SECTIONS = {
     "priorities": priorities,
     "rate_limit": rate_limit,
     "producers": producers,
+    "many_queues": many_queues,
 }
 
 

@@ -85,7 +85,7 @@ def parse_args(
             "--only",
             default="",
             help="comma-separated sections: enqueue,drain,processes,latency,failures,cost,memory,"
-            "cron,cancel,priorities,rate_limit,producers",
+            "cron,cancel,priorities,rate_limit,producers,many_queues",
         )
     a = p.parse_args(argv)
     cfg = Config()

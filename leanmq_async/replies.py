@@ -37,11 +37,13 @@ __all__ = [
     "parse_dead_letter_one",
     "parse_defer",
     "parse_delete_idle_consumer",
+    "parse_due_scan",
     "parse_expire",
     "parse_expire_read",
     "parse_extend_leases",
     "parse_migrate_step",
     "parse_move_due",
+    "parse_pending_scan",
     "parse_rate_limit",
     "parse_reclaim",
     "parse_retry",
@@ -330,6 +332,18 @@ def parse_move_due(reply: Any) -> MoveDueResult:
     """move_due.lua: ``{moved, wait}``."""
     moved, wait = _array("move_due", reply, "{moved, wait}", 2)
     return MoveDueResult(_int("move_due", moved), _int("move_due", wait))
+
+
+def parse_due_scan(reply: Any, keys: int) -> list[int]:
+    """due_scan.lua: one integer per key (ms until due, -1: empty)."""
+    values = _array("due_scan", reply, "one integer per key", keys)
+    return [_int("due_scan", v) for v in values]
+
+
+def parse_pending_scan(reply: Any, keys: int) -> list[bool]:
+    """pending_scan.lua: one 0/1 per key (1: an entry idle past the lease)."""
+    values = _array("pending_scan", reply, "one 0/1 per key", keys)
+    return [_int("pending_scan", v) == 1 for v in values]
 
 
 @dataclass(frozen=True, slots=True)

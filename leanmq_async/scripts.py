@@ -59,6 +59,8 @@ class Scripts:
     claim: AsyncScript
     rate_limit: AsyncScript  # rate limits (issue 16)
     defer: AsyncScript  # rate limits (issue 16)
+    due_scan: AsyncScript
+    pending_scan: AsyncScript
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

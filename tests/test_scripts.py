@@ -49,7 +49,7 @@ def prelude_functions() -> list[str]:
 def test_one_file_per_script_and_one_script_per_file() -> None:
     files = {p.stem for p in LUA.glob("*.lua")}
     assert files == {*NAMES, PRELUDE}
-    assert len(NAMES) == 22
+    assert len(NAMES) == 24
 
 
 @pytest.mark.parametrize("name", NAMES)

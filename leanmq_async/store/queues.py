@@ -13,7 +13,7 @@ import redis.exceptions as redis_errors
 
 from leanmq_async.cluster import queue_slot
 from leanmq_async.connection import translate_errors
-from leanmq_async.exceptions import ConfigurationError
+from leanmq_async.exceptions import ConfigurationError, LeanMQError
 from leanmq_async.keys import (
     DEFAULT_LEVEL,
     QueueKeys,
@@ -21,7 +21,14 @@ from leanmq_async.keys import (
     registry_key,
     validate_queue_name,
 )
-from leanmq_async.replies import ExpireResult, parse_count, parse_expire, parse_move_due, text
+from leanmq_async.replies import (
+    ExpireResult,
+    parse_count,
+    parse_due_scan,
+    parse_expire,
+    parse_move_due,
+    text,
+)
 from leanmq_async.store.base import StoreBase
 
 __all__ = ["QueueAdmin"]
@@ -66,6 +73,33 @@ class QueueAdmin(StoreBase):
                 pipe.hsetnx(keys.meta, "dlq_group", dlq_group)
                 pipe.sadd(registry_key(prefix), keys.base)
                 await pipe.execute()
+
+    async def create_queues(self, prefix: str, items: Sequence[tuple[QueueKeys, str, str]]) -> None:
+        """:meth:`create_queue` (``create_group=False``) for many ``(keys, group, dlq_group)``.
+
+        Flat in their number: the DLQ groups in one script call (one per hash slot on a
+        cluster), then the metadata and registry entries in one pipeline.
+        """
+        if not items:
+            return
+        await self.ensure_groups([k.dlq for k, _, _ in items], [d for _, _, d in items])
+        with translate_errors("create queue"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for keys, group, dlq_group in items:
+                    pipe.hsetnx(keys.meta, "created_at", repr(time.time()))
+                    pipe.hsetnx(keys.meta, "consumer_group", group)
+                    pipe.hsetnx(keys.meta, "dlq_group", dlq_group)
+                    pipe.sadd(registry_key(prefix), keys.base)
+                await pipe.execute()
+
+    async def queues_exist(self, items: Sequence[tuple[QueueKeys, str]]) -> list[bool]:
+        """:meth:`queue_exists` for many ``(keys, stream)`` pairs in one pipeline."""
+        with translate_errors("EXISTS"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for keys, stream in items:
+                    pipe.exists(keys.meta, stream)
+                replies = await pipe.execute()
+        return [int(r) == 2 for r in replies]
 
     async def ensure_groups(self, streams: Sequence[str], groups: Sequence[str]) -> int:
         """Create missing consumer groups (reading from the start); return how many.
@@ -241,6 +275,87 @@ class QueueAdmin(StoreBase):
             reply = await self.scripts.move_due(keys=move_keys, args=[limit, self.clock_shift_ms])
         return parse_move_due(reply)
 
+    async def move_due_many(
+        self, items: Sequence[QueueKeys], limit: int = 500
+    ) -> list[tuple[int, int] | LeanMQError]:
+        """:meth:`move_due` for many queues in one pipeline; a failed one gives its error."""
+        script = self.scripts.move_due
+        with translate_errors("move due"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for keys in items:
+                    move_keys = [keys.stream, keys.delayed, keys.delayed_data, keys.expiry]
+                    if keys.level != DEFAULT_LEVEL:  # as in move_due
+                        move_keys.append(keys.at(DEFAULT_LEVEL).stream)
+                    await script(keys=move_keys, args=[limit, self.clock_shift_ms], client=pipe)
+                replies = await pipe.execute(raise_on_error=False)
+        out: list[tuple[int, int] | LeanMQError] = []
+        for reply in replies:
+            try:
+                with translate_errors("move due"):
+                    if isinstance(reply, Exception):
+                        raise reply
+                out.append(parse_move_due(reply))
+            except LeanMQError as exc:
+                out.append(exc)
+        return out
+
+    async def due_scan(self, zsets: Sequence[str]) -> list[int]:
+        """Per time-scored zset (delayed set, expiry index): ms until its first member is
+        due, 0 when due, -1 when empty (``lua/due_scan.lua``). One call per 1,000 keys
+        (and per hash slot on a cluster), however many queues."""
+        batches: dict[int, list[int]] = {}
+        for i, key in enumerate(zsets):
+            batches.setdefault(queue_slot(key) if self.cluster else 0, []).append(i)
+        out = [-1] * len(zsets)
+        with translate_errors("due scan"):
+            for positions in batches.values():
+                for at in range(0, len(positions), 1000):
+                    part = positions[at : at + 1000]
+                    keys = [zsets[i] for i in part]
+                    if self.cluster:
+                        reply = await self.scripts.due_scan(keys=keys, args=[self.clock_shift_ms])
+                    else:
+                        reply = await self._due_scan_packed(keys)
+                    for i, wait in zip(part, parse_due_scan(reply, len(part)), strict=True):
+                        out[i] = wait
+        return out
+
+    async def _due_scan_packed(self, keys: list[str]) -> Any:
+        """One due_scan call whose command bytes are packed once per key list: a worker
+        asks every ``maintenance_interval`` about the same thousand keys, and packing
+        them anew costs more than the call."""
+        script, shift = self.scripts.due_scan, self.clock_shift_ms
+        cache: dict[tuple[str, ...], bytes] = self.__dict__.setdefault("_due_scan_cache", {})
+        ident = tuple(keys)
+        packed = cache.get(ident)
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            if packed is None:
+                packed = b"".join(conn.pack_command("EVALSHA", script.sha, len(keys), *keys))
+                cache.clear()
+                cache[ident] = packed
+            # The clock shift (0 in production) is the last argument, packed per call.
+            arg = str(shift).encode()
+            await conn.send_packed_command(
+                _with_argc(packed, len(keys) + 4) + b"$%d\r\n%s\r\n" % (len(arg), arg)
+            )
+            try:
+                return await conn.read_response()
+            except redis_errors.NoScriptError:
+                await conn.send_command("SCRIPT", "LOAD", script.script)
+                await conn.read_response()
+                return await self._due_scan_retry(conn, packed, len(keys), arg)
+        finally:
+            await pool.release(conn)
+
+    @staticmethod
+    async def _due_scan_retry(conn: Any, packed: bytes, keys: int, arg: bytes) -> Any:
+        await conn.send_packed_command(
+            _with_argc(packed, keys + 4) + b"$%d\r\n%s\r\n" % (len(arg), arg)
+        )
+        return await conn.read_response()
+
     async def expire(
         self,
         keys: QueueKeys,
@@ -264,3 +379,8 @@ class QueueAdmin(StoreBase):
         with translate_errors("trim"):
             reply = await self.scripts.trim(keys=[stream], args=[max_age_ms, self.clock_shift_ms])
         return parse_count("trim", reply)
+
+
+def _with_argc(packed: bytes, argc: int) -> bytes:
+    """A packed command with its argument count replaced (an argument is appended)."""
+    return b"*%d%s" % (argc, packed[packed.index(b"\r\n") :])

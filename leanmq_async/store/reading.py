@@ -7,6 +7,7 @@ from typing import Any
 
 import redis.exceptions as redis_errors
 
+from leanmq_async.cluster import queue_slot
 from leanmq_async.connection import translate_errors
 from leanmq_async.keys import DEFAULT_LEVEL, QueueKeys
 from leanmq_async.replies import (
@@ -15,6 +16,7 @@ from leanmq_async.replies import (
     parse_delete_idle_consumer,
     parse_extend_leases,
     parse_move_due,
+    parse_pending_scan,
     parse_reclaim,
     text,
 )
@@ -230,6 +232,28 @@ class Reading(StoreBase):
                 keys=[stream], args=[group, consumer, min_idle_ms, count, start, owner]
             )
         return parse_reclaim(reply)
+
+    async def pending_scan(self, items: Sequence[tuple[str, str, int]]) -> list[bool]:
+        """Per ``(stream, group, lease_ms)``: does the group hold an entry idle past the
+        lease (``lua/pending_scan.lua``)? One call per 500 pairs (and per hash slot on a
+        cluster), however many queues: a worker reclaims only where this says so."""
+        batches: dict[int, list[int]] = {}
+        for i, (stream, _, _) in enumerate(items):
+            batches.setdefault(queue_slot(stream) if self.cluster else 0, []).append(i)
+        out = [False] * len(items)
+        with translate_errors("pending scan"):
+            for positions in batches.values():
+                for at in range(0, len(positions), 500):
+                    part = positions[at : at + 500]
+                    args: list[Any] = []
+                    for i in part:
+                        args += [items[i][1], items[i][2]]
+                    reply = await self.scripts.pending_scan(
+                        keys=[items[i][0] for i in part], args=args
+                    )
+                    for i, idle in zip(part, parse_pending_scan(reply, len(part)), strict=True):
+                        out[i] = idle
+        return out
 
     async def extend_leases(
         self, stream: str, group: str, consumer: str, ids: Sequence[bytes | str]

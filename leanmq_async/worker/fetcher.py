@@ -13,6 +13,11 @@ holds more messages than it can run:
 
 A failed read goes to :class:`~leanmq_async.worker.recovery.Recovery`, which repairs or
 pauses. :meth:`Fetcher.stop` abandons a blocking read under way.
+
+In a worker with many handlers (``hub`` given), the runners share reads instead of
+blocking a connection each (:mod:`leanmq_async.worker.read_hub`): the fetch loop waits
+for news from the hub's waker, then claims through the hub's rounds; reclaim scans go
+in those rounds too.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
     from leanmq_async.queue import Queue
     from leanmq_async.store import RawEntry
     from leanmq_async.worker.observer import Notifier
+    from leanmq_async.worker.read_hub import ReadHub
     from leanmq_async.worker.recovery import Recovery
     from leanmq_async.worker.settler import Settler
     from leanmq_async.worker.state import RunnerState
@@ -55,6 +61,7 @@ class Fetcher:
         settler: Settler,
         recovery: Recovery,
         notifier: Notifier,
+        hub: ReadHub | None = None,
     ) -> None:
         self.queue = queue
         self.store = queue.mq.store
@@ -81,14 +88,30 @@ class Fetcher:
         self._levels_checked = -LEVEL_CHECK
         self.claims = 0
         self._last: tuple[list[str], list[str]] = ([], [])
+        self.hub = hub
+        self.member = None
+        if hub is not None:
+            self.member = hub.join(
+                self.stream, group, consumer, lease_ms, self.reclaim_interval, queue.keys
+            )
 
     def stop(self) -> None:
         """Abandon a blocking read under way (its connection is closed)."""
         if self._read_scope is not None:
             self._read_scope.cancel()
+        if self.hub is not None and self.member is not None:
+            self.member.stop()
+            self.hub.withdraw(self.member)
 
     async def fetch_loop(self) -> None:
         """Read new messages into free slots until shutdown (or a burst's drain)."""
+        if self.hub is not None:
+            await self.shared_fetch_loop()
+            if not self.hub_levels() or self.state.stopping.is_set():
+                return
+            # Its queue uses priority levels: read them here (claim.lua), off the hub.
+            self.levels = True
+            self.log.info("priorities_in_use", queue=self.queue.name, shared_reads=False)
         state, slots, settler, recovery = self.state, self.state.slots, self.settler, self.recovery
         failures = 0
         while True:
@@ -165,12 +188,85 @@ class Fetcher:
     def level_streams(self) -> list[tuple[int, str]]:
         """``(level, stream)`` of each level this runner reads (the default only, until
         priorities are in use)."""
-        if not self.levels:
+        if not self.levels and not self.hub_levels():
             return [(DEFAULT_LEVEL, self.stream)]
         keys = self.queue.keys
         return [
             (k.level, self.stream if k.level == DEFAULT_LEVEL else k.stream) for k in keys.levels()
         ]
+
+    async def shared_fetch_loop(self) -> None:
+        """The fetch loop of a runner sharing reads: wait for news, claim through the hub.
+
+        A claim that fills every slot reserved means a backlog: the next one goes as soon
+        as slots are free, without waiting for news.
+        """
+        hub, member = self.hub, self.member
+        assert hub is not None and member is not None
+        state, slots, settler, recovery = self.state, self.state.slots, self.settler, self.recovery
+        wait = self.block_ms / 1000 if self.burst else None
+        failures = 0
+        await hub.levels_scanned.wait()
+        while True:
+            if member.levels:
+                return  # the caller reads the levels itself
+            if not member.dirty:
+                await member.wait(wait)
+                if state.stopping.is_set() or member.levels:
+                    return
+                if not member.dirty:  # burst mode: nothing came within the short block
+                    if await self.nothing_left():
+                        self.burst_done.set()
+                        return
+                    continue
+            n = await slots.reserve(batch=self.read_batch)
+            if n == 0:
+                return
+            member.dirty = False
+            acks = settler.take_acks()
+            entries: list[RawEntry] | None = None
+            try:
+                plain = acks
+                if any(a.endswith((b":p0", b":p2")) for a in acks):
+                    # Acks of level entries (recovered at start): XACKs of their own.
+                    levels = by_level(self.queue.keys, self.stream, acks)
+                    plain = levels.pop(self.stream, [])
+                    for stream, ids in levels.items():
+                        await hub.ack(stream, self.group, ids)
+                entries = await hub.claim_new(member, n, plain)
+            except LeanMQError as exc:
+                slots.release(n)
+                failures += 1
+                member.dirty = True
+                await recovery.on_redis_error(exc, failures)
+                continue
+            finally:
+                settler.return_acks(acks, sent=entries is not None)
+            if entries is None:  # stopped before the round took the claim
+                slots.release(n)
+                return
+            if failures or recovery.redis_down:
+                failures = 0
+                recovery.on_redis_back()
+            slots.release(n - len(entries))
+            state.stats.received += len(entries)
+            if entries:
+                state.dispatch(entries, 1)
+                await anyio.lowlevel.checkpoint()
+            elif self.burst and await self.nothing_left():
+                self.burst_done.set()
+                return
+
+    def hub_levels(self) -> bool:
+        """Sharing reads, has the hub found this runner's queue using priority levels?"""
+        return self.member is not None and self.member.levels
+
+    async def levels_known(self) -> bool:
+        """Does the queue use priority levels (sharing reads: as the hub's scan found)?"""
+        if self.hub is None:
+            return await self.store.levels_in_use(self.queue.keys)
+        await self.hub.levels_scanned.wait()
+        return self.hub_levels()
 
     async def nothing_left(self) -> bool:
         """In burst mode: is there nothing left in flight, pending, scheduled or unread?
@@ -211,7 +307,10 @@ class Fetcher:
         start, level_i = "-", 0
         while True:
             if start == "-" and level_i == 0:
-                await state.pause(self.reclaim_interval)
+                if self.member is not None and not self.member.levels:
+                    await self.member.wait_reclaim()  # the hub's scan found idle entries
+                else:
+                    await state.pause(self.reclaim_interval)
                 self.reclaim_scans += 1
             if state.stopping.is_set():
                 return
@@ -222,9 +321,8 @@ class Fetcher:
             levels = self.level_streams()
             level, stream = levels[min(level_i, len(levels) - 1)]
             try:
-                found = await self.store.reclaim(
-                    stream, self.group, self.consumer, self.lease_ms, n, start
-                )
+                reclaim = self.store.reclaim if self.hub is None else self.hub.reclaim
+                found = await reclaim(stream, self.group, self.consumer, self.lease_ms, n, start)
             except LeanMQError as exc:
                 slots.release(n)
                 if level != DEFAULT_LEVEL and "NOGROUP" in str(exc):

@@ -53,6 +53,8 @@ class LeaseKeeper:
         self.in_flight = state.in_flight
         self.log = state.log
         self.debug = state.debug
+        # How extensions are sent (a worker sharing reads sends them in a hub round).
+        self.extend = store.extend_leases
 
     async def run(self) -> None:
         """Every third of the lease, extend the lease of every message in flight."""
@@ -67,9 +69,7 @@ class LeaseKeeper:
                 for stream, ids in by_level(self.keys, self.stream, held).items():
                     for i in range(0, len(ids), _EXTEND_BATCH):
                         batch = ids[i : i + _EXTEND_BATCH]
-                        lost += await self.store.extend_leases(
-                            stream, self.group, self.consumer, batch
-                        )
+                        lost += await self.extend(stream, self.group, self.consumer, batch)
             except LeanMQError as exc:
                 self.log.warning("lease_extend_failed", error=str(exc))
                 continue
@@ -86,7 +86,7 @@ class LeaseKeeper:
         """
         try:
             ((stream, ids),) = by_level(self.keys, self.stream, [work.sid]).items()
-            lost = await self.store.extend_leases(stream, self.group, self.consumer, ids)
+            lost = await self.extend(stream, self.group, self.consumer, ids)
         except LeanMQError as exc:
             self.log.warning("lease_extend_failed", error=str(exc))
             return True  # unknown: run it, as without this check

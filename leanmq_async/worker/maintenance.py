@@ -8,7 +8,11 @@
 * the offset to the Redis clock is re-measured;
 * periodic jobs' runs are enqueued (:mod:`leanmq_async.worker.cron_scheduler`).
 
-Every step is one script per queue and tolerates Redis being away for a while.
+Every step is one script per queue and tolerates Redis being away for a while. A worker
+serving many queues (``shared``) keeps that flat in their number: one mover for all of
+them asks which delayed sets have something due (``lua/due_scan.lua``, one call for all)
+and moves only those (one pipeline); the expiry pass asks the same of the expiry indexes
+and runs its script only where something expired.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import anyio
 
 from leanmq_async._log import get_logger
 from leanmq_async.exceptions import LeanMQError, RedisOperationError
+from leanmq_async.keys import LEVELS
 from leanmq_async.priority import LEVEL_CHECK
 
 if TYPE_CHECKING:
@@ -43,8 +48,16 @@ _EXPIRE_BATCHES = 50
 class Maintenance:
     """The upkeep tasks for the queues of a set of handlers."""
 
-    def __init__(self, store: Store, handlers: list[Handler], settings: WorkerSettings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        handlers: list[Handler],
+        settings: WorkerSettings,
+        *,
+        shared: bool = False,
+    ) -> None:
         self.store = store
+        self.shared = shared
         self.settings = settings
         self.queues: dict[str, Queue] = {}
         self.expired_policy: dict[str, str] = {}
@@ -75,8 +88,11 @@ class Maintenance:
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
-            for queue in self.queues.values():
-                tg.start_soon(self._mover, queue)
+            if self.shared:
+                tg.start_soon(self._shared_mover)
+            else:
+                for queue in self.queues.values():
+                    tg.start_soon(self._mover, queue)
             tg.start_soon(self._every, self.settings.expire_interval, self.expire_once)
             if self.settings.retention is not None:
                 tg.start_soon(self._every, self.settings.trim_interval, self.trim_once)
@@ -121,10 +137,39 @@ class Maintenance:
             with anyio.move_on_after(sleep_ms / 1000):
                 await wake.wait()
 
+    async def _shared_mover(self) -> None:
+        """The mover of every queue: one scan says which are due, one pipeline moves."""
+        cap_ms = self.settings.maintenance_interval * 1000
+        queues = list(self.queues.values())
+        # Every priority level's delayed set (a missing one costs the scan next to nothing).
+        levels = [(q, k) for q in queues for k in q.keys.levels()]
+        delayed = [k.delayed for _, k in levels]
+        while True:
+            wake = self._wake[""] = anyio.Event()
+            try:
+                waits = await self.store.due_scan(delayed)
+                due = [qk for qk, wait in zip(levels, waits, strict=True) if wait == 0]
+                results = await self.store.move_due_many([k for _, k in due], _MOVE_BATCH)
+            except LeanMQError as exc:
+                self.log.warning("move_due_failed", queues=len(queues), error=str(exc))
+                waits, due, results = [], [], []
+            again = False
+            for (queue, _), result in zip(due, results, strict=True):
+                if isinstance(result, LeanMQError):
+                    self.log.warning("move_due_failed", queue=queue.name, error=str(result))
+                    continue
+                self.moved += result[0]
+                again = again or result[0] >= _MOVE_BATCH or result[1] == 0
+            if again:
+                continue
+            sleep_ms = min([w for w in waits if w > 0] + [cap_ms])
+            with anyio.move_on_after(max(sleep_ms, 1) / 1000):
+                await wake.wait()
+
     def nudge(self, stream: str) -> None:
         """A retry or delay was just scheduled on ``stream``: re-plan the mover's sleep now,
         so a short backoff is not stretched to ``maintenance_interval``."""
-        wake = self._wake.get(stream)
+        wake = self._wake.get("" if self.shared else stream)
         if wake is not None:
             wake.set()
 
@@ -149,7 +194,15 @@ class Maintenance:
         """
         total = 0
         recheck_ms = max(1, int(self.settings.expire_interval * 1000))
-        for stream, queue in self.queues.items():
+        todo = list(self.queues.items())
+        if self.shared:  # only the queues whose expiry index (of any level) has one due
+            n_levels = len(LEVELS)
+            expiry = [k.expiry for _, q in todo for k in q.keys.levels()]
+            waits = await self.store.due_scan(expiry)
+            todo = [
+                item for i, item in enumerate(todo) if 0 in waits[i * n_levels : (i + 1) * n_levels]
+            ]
+        for stream, queue in todo:
             policy = self.expired_policy[stream]
             n = 0
             for keys in await self.levels(queue):

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from leanmq_async.exceptions import LeanMQConnectionError, LeanMQError, RedisOperationError
@@ -36,6 +37,12 @@ class Recovery:
         self.state = state
         self.log = state.log
         self.redis_down = False
+        # How a reclaim step is sent (a worker sharing reads sends it in a hub round).
+        self.reclaim = self.store.reclaim
+        # Whether the queue uses priority levels (a worker sharing reads asks its hub).
+        self.levels_in_use: Callable[[], Awaitable[bool]] = lambda: self.store.levels_in_use(
+            queue.keys
+        )
 
     async def recover_own_pending(self) -> None:
         """At start, handle what this consumer name still holds from a previous run."""
@@ -48,7 +55,7 @@ class Recovery:
 
     async def _levels_in_use(self) -> bool:
         try:
-            return await self.store.levels_in_use(self.queue.keys)
+            return await self.levels_in_use()
         except LeanMQError:
             return False
 
@@ -60,7 +67,7 @@ class Recovery:
             if n == 0:
                 return
             try:
-                found = await self.store.reclaim(
+                found = await self.reclaim(
                     stream, self.group, self.consumer, 0, n, start, owner=self.consumer
                 )
             except LeanMQError as exc:

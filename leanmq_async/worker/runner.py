@@ -38,6 +38,7 @@ from leanmq_async.worker.state import RunnerState, RunnerStats
 
 if TYPE_CHECKING:
     from leanmq_async.worker.handler import Handler
+    from leanmq_async.worker.read_hub import ReadHub
     from leanmq_async.worker.supervisor import WorkerSettings
 
 __all__ = ["HandlerRunner", "RunnerStats"]
@@ -46,7 +47,13 @@ __all__ = ["HandlerRunner", "RunnerStats"]
 class HandlerRunner:
     """Runs one handler of one worker process."""
 
-    def __init__(self, handler: Handler, settings: WorkerSettings, consumer: str) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        settings: WorkerSettings,
+        consumer: str,
+        hub: ReadHub | None = None,
+    ) -> None:
         self.handler = handler
         self.settings = settings
         self.consumer = consumer
@@ -81,7 +88,13 @@ class HandlerRunner:
             settler=self.settler,
             recovery=self.recovery,
             notifier=notifier,
+            hub=hub,
         )
+        if hub is not None:
+            self.settler.share(hub)
+            self.recovery.reclaim = hub.reclaim
+            self.recovery.levels_in_use = self.fetcher.levels_known
+            self.leases.extend = hub.extend_leases
         self._processors: anyio.CancelScope | None = None
         self.drained = anyio.Event()
 

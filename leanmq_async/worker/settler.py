@@ -30,11 +30,16 @@ if TYPE_CHECKING:
     from leanmq_async.store_types import SettleCall
     from leanmq_async.worker.handler import Handler
     from leanmq_async.worker.observer import Notifier
+    from leanmq_async.worker.read_hub import ReadHub
     from leanmq_async.worker.state import RunnerState
 
 __all__ = ["Settler"]
 
 T = TypeVar("T")
+
+# A runner sharing reads acks in the hub's rounds: waiting a little longer lets the acks
+# of many runners share one round, leaving the rounds to the claims that start handlers.
+ACK_LINGER_SHARED = 0.02
 
 
 class Settler:
@@ -63,8 +68,18 @@ class Settler:
         self._acks: list[bytes] = []
         self._acking: set[bytes] = set()  # acks a read or an XACK under way carries
         self._wakeup = anyio.Event()
+        # How an XACK of its own is sent (a worker sharing reads sends it in a hub round).
+        self.send_acks: Callable[[str, str, list[bytes]], Awaitable[int]] = self.store.ack
+        self.ack_linger = LINGER  # longer when shared: acks of many runners share a round
         # Called after a retry is scheduled (the worker wakes its delayed-message mover).
         self.on_scheduled: Callable[[str], None] = lambda stream: None
+
+    def share(self, hub: ReadHub) -> None:
+        """Settle through a worker's shared reads: acks in its rounds, scripts in its one
+        settle batcher (a worker with many queues then holds few connections)."""
+        self.send_acks = hub.ack
+        self.ack_linger = ACK_LINGER_SHARED
+        self._batcher = hub.settle_batcher
 
     # -- acks ----------------------------------------------------------------------------
 
@@ -105,7 +120,7 @@ class Settler:
         while True:
             await self._wakeup.wait()
             # Let acks of messages finishing right now join this XACK.
-            await anyio.sleep(LINGER)
+            await anyio.sleep(self.ack_linger)
             self._wakeup = anyio.Event()
             await self.flush_acks(drain=False)
 
@@ -122,7 +137,7 @@ class Settler:
                 self._acking.update(batch)
                 try:
                     for stream, ids in by_level(self.queue.keys, self.stream, batch).items():
-                        await self.store.ack(stream, self.group, ids)
+                        await self.send_acks(stream, self.group, ids)
                 except LeanMQConnectionError:
                     self._acks = batch + self._acks
                     await anyio.sleep(pause)

@@ -35,6 +35,7 @@ from leanmq_async.exceptions import ConfigurationError, LeanMQConnectionError, L
 from leanmq_async.replies import text
 from leanmq_async.worker.cancels import CancelListener
 from leanmq_async.worker.maintenance import Maintenance
+from leanmq_async.worker.read_hub import ReadHub
 from leanmq_async.worker.runner import HandlerRunner, RunnerStats
 from leanmq_async.worker.watchdog import LoopWatchdog
 
@@ -42,7 +43,11 @@ if TYPE_CHECKING:
     from leanmq_async.client import LeanMQ
     from leanmq_async.queue import Queue
 
-__all__ = ["Worker", "WorkerSettings"]
+__all__ = ["SHARED_READS_ABOVE", "Worker", "WorkerSettings"]
+
+SHARED_READS_ABOVE = 4
+"""Handlers above which a worker shares reads by default (at most this many blocking
+reads, each on a connection of its own, is the cheapest for few queues)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,11 @@ class WorkerSettings:
     loop_block_threshold: seconds the event loop may go without running before the
         ``loop_blocked`` warning names the handler blocking it (None: no watchdog); see
         :mod:`leanmq_async.worker.watchdog`.
+    shared_reads: the handlers share one wake-up read and one claim pipeline instead of a
+        blocking read each (:mod:`leanmq_async.worker.read_hub`): connections stay few
+        however many queues. None (default): shared when the worker runs more than
+        ``SHARED_READS_ABOVE`` handlers (partitions count one each), except on Redis
+        Cluster, where a multi-key read must stay in one slot (per-handler reads there).
     """
 
     block_ms: int = 2000
@@ -85,6 +95,7 @@ class WorkerSettings:
     observers: tuple[Any, ...] = ()
     loop_block_threshold: float | None = 1.0
     startup_timeout: float = 30.0
+    shared_reads: bool | None = None
 
     def __post_init__(self) -> None:
         observers: Any = self.observers  # a list is accepted too: stored as a tuple
@@ -148,8 +159,19 @@ class Worker:
                 "starting a worker" + (" (none on the queues given)" if wanted else "")
             )
         consumer = mq.consumer_name
-        self.runners = [HandlerRunner(h, self.settings, consumer) for h in self.handlers]
-        self.maintenance = Maintenance(mq.store, self.handlers, self.settings)
+        shared = self.settings.shared_reads
+        if shared is None:
+            shared = len(self.handlers) > SHARED_READS_ABOVE and not mq.store.cluster
+        if shared and mq.store.cluster:
+            raise ConfigurationError(
+                "shared_reads is not available on Redis Cluster (a read of many streams must "
+                "stay in one hash slot): leave shared_reads unset there"
+            )
+        self.hub = ReadHub(mq.store, self.settings.block_ms) if shared else None
+        self.runners = [HandlerRunner(h, self.settings, consumer, self.hub) for h in self.handlers]
+        self.maintenance = Maintenance(
+            mq.store, self.handlers, self.settings, shared=self.hub is not None
+        )
         self.cancel_listener = CancelListener(mq, self.runners)  # one subscription
         for runner in self.runners:
             runner.on_scheduled = self.maintenance.nudge
@@ -162,6 +184,8 @@ class Worker:
         self._stop = anyio.Event()
         self._started = False
         self._finished = anyio.Event()
+        self.ready = anyio.Event()
+        """Set once start-up is done and every handler runs."""
         self._tg: TaskGroup | None = None
 
     def __repr__(self) -> str:
@@ -230,20 +254,22 @@ class Worker:
         await mq.store.check_version()
         # Only the groups the handlers read (below): a default group nobody reads would
         # keep every entry from being trimmed and show as a growing backlog.
-        for base in sorted({h.queue.base_name for h in self.handlers}):
-            queue = mq.queue(base)
-            dlq = queue.dead_letter_queue()
-            # Only when missing: a Redis at maxmemory (noeviction) refuses even writes that
-            # change nothing, and a worker must be able to start there to drain it.
-            if await mq.store.queue_exists(queue.keys, dlq.stream):
-                continue
-            await mq.store.create_queue(
-                mq.prefix,
-                queue.keys,
-                queue.consumer_group,
-                dlq.consumer_group,
-                create_group=False,
-            )
+        # Flat in the number of queues: one pipeline asks which exist, one batch creates.
+        queues = [mq.queue(base) for base in sorted({h.queue.base_name for h in self.handlers})]
+        dlqs = [q.dead_letter_queue() for q in queues]
+        exist = await mq.store.queues_exist(
+            [(q.keys, d.stream) for q, d in zip(queues, dlqs, strict=True)]
+        )
+        # Only when missing: a Redis at maxmemory (noeviction) refuses even writes that
+        # change nothing, and a worker must be able to start there to drain it.
+        await mq.store.create_queues(
+            mq.prefix,
+            [
+                (q.keys, q.consumer_group, d.consumer_group)
+                for q, d, ok in zip(queues, dlqs, exist, strict=True)
+                if not ok
+            ],
+        )
         wanted = {(h.queue.stream, h.group): h.queue.keys for h in self.handlers}
         infos = await mq.store.stream_infos([(s, keys) for (s, _), keys in wanted.items()])
         missing = [
@@ -323,23 +349,36 @@ class Worker:
                         await dog.run(task_status=task_status)
 
                 await tg.start(run_watchdog)
-            for runner in self.runners:
-                await tg.start(runner.run)
-            self.log.info(
-                "worker_started",
-                queues=sorted({r.queue.name for r in self.runners}),
-                handlers=len(self.runners),
-            )
-            task_status.started(self)
-            # LeanMQ 0.2 (issue 15): say once at start if its queues wait under the prefix.
-            from leanmq_async.legacy import log_legacy_queues
+            hub = anyio.CancelScope()
+            if self.hub is not None:
 
-            await log_legacy_queues(self.mq, self.log)
+                async def run_hub(hub_reads: ReadHub) -> None:
+                    with hub:
+                        await hub_reads.run()
+
+                tg.start_soon(run_hub, self.hub)
             burst_watch = anyio.CancelScope()
-            if self.settings.burst:
-                tg.start_soon(self._stop_when_burst_done, burst_watch)
-            await self._stop.wait()
-            await self._shutdown()
+            # The runners in a group of their own: the hub serves their last acks.
+            async with anyio.create_task_group() as runners:
+                for runner in self.runners:
+                    await runners.start(runner.run)
+                self.log.info(
+                    "worker_started",
+                    queues=sorted({r.queue.name for r in self.runners}),
+                    handlers=len(self.runners),
+                    shared_reads=self.hub is not None,
+                )
+                task_status.started(self)
+                self.ready.set()
+                # LeanMQ 0.2 (issue 15): say once at start if its queues wait under the prefix.
+                from leanmq_async.legacy import log_legacy_queues
+
+                await log_legacy_queues(self.mq, self.log)
+                if self.settings.burst:
+                    tg.start_soon(self._stop_when_burst_done, burst_watch)
+                await self._stop.wait()
+                await self._shutdown()
+            hub.cancel()
             maintenance.cancel()
             listening.cancel()
             burst_watch.cancel()
@@ -358,6 +397,8 @@ class Worker:
         self.log.info("shutdown", phase="stop_fetching", in_flight=in_flight)
         for runner in self.runners:
             runner.stop_fetching()
+        if self.hub is not None:
+            self.hub.stop_reading()
         with anyio.move_on_after(self.settings.grace_period):
             for runner in self.runners:
                 await runner.drained.wait()
