@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import AbstractConnection
 
 from leanmq_async import LeanMQ
 from leanmq_async.testing import RedisServer
@@ -168,7 +168,9 @@ class _RoundTrips:
 
     def __init__(self) -> None:
         self.count = 0
-        self._original = Connection.send_packed_command
+        # Patched on the base class and put back there: setting it on ``Connection`` would
+        # leave a copy behind that hides every later patch of the base (other tests').
+        self._original = AbstractConnection.send_packed_command
 
     def __enter__(self) -> _RoundTrips:
         original = self._original
@@ -178,11 +180,11 @@ class _RoundTrips:
             counter.count += 1
             await original(conn, command, check_health)
 
-        Connection.send_packed_command = counting  # type: ignore[method-assign]
+        AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        Connection.send_packed_command = self._original  # type: ignore[method-assign]
+        AbstractConnection.send_packed_command = self._original  # type: ignore[method-assign]
 
 
 async def startup_round_trips(server: RedisServer, queues: int) -> int:
