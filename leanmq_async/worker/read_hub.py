@@ -73,6 +73,9 @@ _SCANS_PER_ROUND = 500
 _SHARD_SIZE = 250
 _MAX_SHARDS = 3
 
+# Keys per multi-key EXISTS of the level scanner (bounded commands).
+_EXISTS_CHUNK = 4096
+
 
 def _error(exc: BaseException, what: str) -> LeanMQError:
     """``exc`` as the library's exception (a redis-py one translated)."""
@@ -142,8 +145,10 @@ class ReadHub:
         ``keys``: its queue's, whose priority levels the level scanner looks for."""
         others: tuple[str, ...] = ()
         if keys is not None:
+            # A level is in use once its stream or delayed set exists (its delayed data
+            # and expiry index never exist without them).
             others = tuple(
-                x for k in keys.levels() if k.level != DEFAULT_LEVEL for x in k.level_keys()
+                x for k in keys.levels() if k.level != DEFAULT_LEVEL for x in (k.stream, k.delayed)
             )
         member = HubMember(stream, group, consumer, lease_ms, reclaim_interval, others)
         self.members.append(member)
@@ -299,11 +304,7 @@ class ReadHub:
                 self.levels_scanned.set()
                 return
             try:
-                with translate_errors("EXISTS"):
-                    async with self.client.pipeline(transaction=False) as pipe:
-                        for member in members:
-                            pipe.exists(*member.level_keys)
-                        found = await pipe.execute()
+                found = await self._levels_found(members)
             except LeanMQError as exc:
                 self.log.warning("level_scan_failed", error=str(exc))
                 found = [0] * len(members)
@@ -313,6 +314,23 @@ class ReadHub:
                     member.stop()  # off the watch lists; its loops notice ``levels``
             self.levels_scanned.set()
             await anyio.sleep(LEVEL_CHECK)
+
+    async def _levels_found(self, members: list[HubMember]) -> list[int]:
+        """Per member, how many of its level keys exist: one multi-key ``EXISTS`` over all
+        of them first (the usual answer, 0, costs one command whatever the queue count;
+        a pipeline of one ``EXISTS`` per member cost ~2 % of a core at 1,000 queues),
+        then, only if some exist, one ``EXISTS`` per member to tell which."""
+        with translate_errors("EXISTS"):
+            keys = [k for member in members for k in member.level_keys]
+            total = 0
+            for start in range(0, len(keys), _EXISTS_CHUNK):
+                total += await self.client.exists(*keys[start : start + _EXISTS_CHUNK])
+            if not total:
+                return [0] * len(members)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for member in members:
+                    pipe.exists(*member.level_keys)
+                return list(await pipe.execute())
 
     # -- the claimer ---------------------------------------------------------------------
 
