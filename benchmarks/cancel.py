@@ -45,7 +45,7 @@ from leanmq_async import CancelOutcome, LeanMQ
 from leanmq_async.worker.cancels import Cancels
 
 NAME = "cancel"
-TITLE = "10. Cancellation: cost per message, time to stop a handler"
+TITLE = "11. Cancellation: cost per message, time to stop a handler"
 CONCURRENCY = 500
 STOPS = 20
 DRAIN = "drain, worker burst c=500: CPU per message"
@@ -147,7 +147,7 @@ async def _calls(url: str, n: int) -> float:
 def run(cfg: Config, srv: Server) -> dict[str, Any]:
     items = payloads(cfg.messages)
     cost = Table(
-        f"10. {len(items):,} msgs never cancelled: CPU per message",
+        f"11. {len(items):,} msgs never cancelled: CPU per message",
         "µs CPU/msg",
         higher_is_better=False,
         fmt="{:,.2f}",
@@ -155,9 +155,9 @@ def run(cfg: Config, srv: Server) -> dict[str, Any]:
     )
     cost.row(DRAIN, LEANMQ_ASYNC)
     cost.row(SUPPORT, LEANMQ_ASYNC, base=DRAIN)
-    stop = Table(f"10. cancel: {STOPS} stops per run", "ms", higher_is_better=False, fmt="{:,.2f}")
+    stop = Table(f"11. cancel: {STOPS} stops per run", "ms", higher_is_better=False, fmt="{:,.2f}")
     stop.row(STOP, LEANMQ_ASYNC, note="median of the run's stops")
-    calls = Table("10. cancel calls", "µs/call", higher_is_better=False, fmt="{:,.0f}")
+    calls = Table("11. cancel calls", "µs/call", higher_is_better=False, fmt="{:,.0f}")
     calls.row(CALL, LEANMQ_ASYNC)
     n_calls = min(1000, max(100, len(items) // 20))
     worst = 0.0

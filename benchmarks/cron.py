@@ -114,11 +114,11 @@ def run(cfg: Config, srv: Server) -> dict[str, Any]:
     seconds = max(2.0, cfg.latency_seconds)
     calls = min(CALLS, cfg.messages)
     per_call = Table("10. cost per call", "us", higher_is_better=False, fmt="{:,.1f}")
-    per_call.base_label = "vs XADD"
+    per_call.base_label = "XADD"
     for name in (ENQUEUE, DONE, XADD):
         per_call.row(name, LEANMQ_ASYNC, base=None if name == XADD else XADD)
     idle = Table("10. worker CPU", "CPU ms/s", higher_is_better=False, fmt="{:,.2f}")
-    idle.base_label = "vs plain handlers"
+    idle.base_label = "plain handlers"
     idle.row(IDLE_NONE, LEANMQ_ASYNC)
     idle.row(IDLE_JOBS, LEANMQ_ASYNC, base=IDLE_NONE)
     per_run = Table("10. CPU per run", "CPU ms/run", higher_is_better=False, fmt="{:,.3f}")

@@ -36,7 +36,7 @@ from benchmarks._common import (
 from leanmq_async import LeanMQ
 
 NAME = "priorities"
-TITLE = "10. Drain with priorities vs plain"
+TITLE = "12. Drain with priorities vs plain"
 PREFIX = "benchp:"
 QUEUE = "prio"
 
@@ -79,7 +79,7 @@ def run(cfg: Config, srv: Server) -> dict[str, Any]:
     last_high: dict[int, list[int]] = {}
     for concurrency, batch in ((200, items), (1, small)):
         table = Table(
-            f"10. drain {len(batch):,} msgs, burst worker c={concurrency}",
+            f"12. drain {len(batch):,} msgs, burst worker c={concurrency}",
             "msg/s",
             base_label="plain drain",
         )

@@ -44,7 +44,7 @@ from benchmarks._common import (
 from leanmq_async import LeanMQ
 
 NAME = "producers"
-TITLE = "10. Concurrent producers"
+TITLE = "14. Concurrent producers"
 TASKS = (1, 10, 50, 200)
 CHUNK = 1000
 BULK = "Queue.send_messages, 1000 per call"
@@ -107,7 +107,7 @@ async def lmq_bulk(url: str, items: Sequence[Any]) -> float:
 def run(cfg: Config, srv: Server) -> dict[str, Any]:
     items = payloads(cfg.messages)
     count = len(items)
-    table = Table("10. concurrent producers (one message per call)", "msg/s", base_label="bulk")
+    table = Table("14. concurrent producers (one message per call)", "msg/s", base_label="bulk")
     for n in TASKS:
         table.row(plain_name(n), CEILING)
         table.row(lmq_name(n), LEANMQ_ASYNC, ceiling=plain_name(n), base=BULK)

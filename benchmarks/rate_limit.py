@@ -40,7 +40,7 @@ from benchmarks._consumers import PREFIX, QUEUE, lmq_names
 from leanmq_async import LeanMQ, RateLimit
 
 NAME = "rate_limit"
-TITLE = "10. Rate-limiter overhead per message"
+TITLE = "13. Rate-limiter overhead per message"
 CONCURRENCY = 500
 PLAIN = "worker burst c=500, no rate limit"
 GLOBAL = "same, RateLimit(100_000, per=1.0)"
@@ -97,7 +97,7 @@ def measure(cfg: Config, srv: Server, items: Sequence[Any], name: str) -> tuple[
 def run(cfg: Config, srv: Server) -> dict[str, Any]:
     items = payloads(cfg.messages)
     table = Table(
-        f"10. drain {len(items):,} msgs with a rate limit that never bites",
+        f"13. drain {len(items):,} msgs with a rate limit that never bites",
         "msg/s",
         base_label="no limit",
     )
