@@ -334,10 +334,17 @@ def parse_move_due(reply: Any) -> MoveDueResult:
     return MoveDueResult(_int("move_due", moved), _int("move_due", wait))
 
 
-def parse_due_scan(reply: Any, keys: int) -> list[int]:
-    """due_scan.lua: one integer per key (ms until due, -1: empty)."""
-    values = _array("due_scan", reply, "one integer per key", keys)
-    return [_int("due_scan", v) for v in values]
+def parse_due_scan(reply: Any, keys: int) -> tuple[int, list[int]]:
+    """due_scan.lua: ``{next, i1, ...}``: ms until the soonest key not yet due (-1: none),
+    and the 0-based positions of the keys due now (each in ``1..keys`` in the reply)."""
+    expected = f"[next ms, positions 1..{keys} of the keys due]"
+    if not isinstance(reply, list) or not reply:
+        raise _fail("due_scan", expected, reply)
+    values = [_int("due_scan", v, expected) for v in reply]
+    due = [v - 1 for v in values[1:]]
+    if values[0] < -1 or values[0] == 0 or any(not 0 <= i < keys for i in due):
+        raise _fail("due_scan", expected, reply)
+    return values[0], due
 
 
 def parse_pending_scan(reply: Any, keys: int) -> list[bool]:

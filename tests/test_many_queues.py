@@ -49,6 +49,25 @@ def register(mq: LeanMQ, names: list[str], seen: Counter[Any], **options: Any) -
             seen[data["k"]] += 1
 
 
+async def test_the_due_scan_answers_the_keys_due_and_the_soonest_wait(
+    server: RedisServer, admin: aioredis.Redis
+) -> None:
+    # lua/due_scan.lua over 2,500 keys (three calls of at most 1,000): the positions of
+    # the keys due now, and the ms until the soonest one not yet due; empty keys: neither.
+    now = int((await admin.time())[0]) * 1000
+    keys = [f"scan:{{q{i}}}:delayed" for i in range(2500)]
+    for i in (3, 999, 1000, 2499):
+        await admin.zadd(keys[i], {"m": now - 5})
+    await admin.zadd(keys[1500], {"m": now + 60_000})
+    await admin.zadd(keys[7], {"m": now + 120_000})
+    async with LeanMQ(server.url, prefix="scan:") as mq:
+        soonest, due = await mq.store.due_scan(keys)
+    assert due == [3, 999, 1000, 2499]
+    assert 55_000 < soonest <= 60_000
+    async with LeanMQ(server.url, prefix="scan:") as mq:
+        assert await mq.store.due_scan(keys[4:7]) == (-1, [])
+
+
 async def test_a_thousand_queues_share_reads_on_few_connections(
     server: RedisServer, admin: aioredis.Redis, prefix: str
 ) -> None:

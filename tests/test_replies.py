@@ -24,6 +24,7 @@ from leanmq_async.replies import (
     parse_dead_letter_one,
     parse_defer,
     parse_delete_idle_consumer,
+    parse_due_scan,
     parse_expire,
     parse_expire_read,
     parse_extend_leases,
@@ -82,6 +83,9 @@ def test_well_formed_replies_become_typed_values() -> None:
 
 
 MALFORMED: list[tuple[str, Callable[[Any], object], Any]] = [
+    ("due_scan", lambda r: parse_due_scan(r, 2), []),  # not even the soonest wait
+    ("due_scan", lambda r: parse_due_scan(r, 2), [-1, 3]),  # no third key
+    ("due_scan", lambda r: parse_due_scan(r, 2), [0, 1]),  # a wait of 0 is "due"
     ("send", lambda r: parse_send(r, 2), [b"1-0"]),  # one id for two messages
     ("send", lambda r: parse_send(r, 1), b"1-0"),  # not an array
     ("send", lambda r: parse_send(r, 1), [7]),  # not an id

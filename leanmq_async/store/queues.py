@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import anyio
 import redis.exceptions as redis_errors
 
 from leanmq_async.cluster import queue_slot
@@ -299,14 +300,15 @@ class QueueAdmin(StoreBase):
                 out.append(exc)
         return out
 
-    async def due_scan(self, zsets: Sequence[str]) -> list[int]:
-        """Per time-scored zset (delayed set, expiry index): ms until its first member is
-        due, 0 when due, -1 when empty (``lua/due_scan.lua``). One call per 1,000 keys
-        (and per hash slot on a cluster), however many queues."""
+    async def due_scan(self, zsets: Sequence[str]) -> tuple[int, list[int]]:
+        """Over time-scored zsets (delayed sets, expiry indexes): ms until the soonest one
+        not yet due is (-1: none), and the positions of those due now
+        (``lua/due_scan.lua``). One call per 1,000 keys (and per hash slot on a cluster),
+        however many queues; the reply is as long as the number due, not of keys."""
         batches: dict[int, list[int]] = {}
         for i, key in enumerate(zsets):
             batches.setdefault(queue_slot(key) if self.cluster else 0, []).append(i)
-        out = [-1] * len(zsets)
+        soonest, due = -1, []
         with translate_errors("due scan"):
             for positions in batches.values():
                 for at in range(0, len(positions), 1000):
@@ -316,9 +318,11 @@ class QueueAdmin(StoreBase):
                         reply = await self.scripts.due_scan(keys=keys, args=[self.clock_shift_ms])
                     else:
                         reply = await self._due_scan_packed(keys)
-                    for i, wait in zip(part, parse_due_scan(reply, len(part)), strict=True):
-                        out[i] = wait
-        return out
+                    wait, due_here = parse_due_scan(reply, len(part))
+                    if wait > 0 and (soonest < 0 or wait < soonest):
+                        soonest = wait
+                    due += [part[i] for i in due_here]
+        return soonest, sorted(due)
 
     async def _due_scan_packed(self, keys: list[str]) -> Any:
         """One due_scan call whose command bytes are packed once per key list: a worker
@@ -333,7 +337,10 @@ class QueueAdmin(StoreBase):
         try:
             if packed is None:
                 packed = b"".join(conn.pack_command("EVALSHA", script.sha, len(keys), *keys))
-                cache.clear()
+                # Several key lists take turns (a thousand keys per call, delayed sets and
+                # expiry indexes): keep a few, not just the last one.
+                if len(cache) >= _DUE_SCAN_CACHE:
+                    cache.clear()
                 cache[ident] = packed
             # The clock shift (0 in production) is the last argument, packed per call.
             arg = str(shift).encode()
@@ -346,6 +353,12 @@ class QueueAdmin(StoreBase):
                 await conn.send_command("SCRIPT", "LOAD", script.script)
                 await conn.read_response()
                 return await self._due_scan_retry(conn, packed, len(keys), arg)
+        except BaseException:
+            # Cancelled or failed between a send and its reply: a reply may still be on
+            # its way, so this connection must not serve anyone else.
+            with anyio.CancelScope(shield=True):
+                await conn.disconnect(nowait=True)
+            raise
         finally:
             await pool.release(conn)
 
@@ -379,6 +392,9 @@ class QueueAdmin(StoreBase):
         with translate_errors("trim"):
             reply = await self.scripts.trim(keys=[stream], args=[max_age_ms, self.clock_shift_ms])
         return parse_count("trim", reply)
+
+
+_DUE_SCAN_CACHE = 32  # packed due_scan commands kept (each names up to 1,000 keys)
 
 
 def _with_argc(packed: bytes, argc: int) -> bytes:

@@ -147,12 +147,12 @@ class Maintenance:
         while True:
             wake = self._wake[""] = anyio.Event()
             try:
-                waits = await self.store.due_scan(delayed)
-                due = [qk for qk, wait in zip(levels, waits, strict=True) if wait == 0]
+                soonest, positions = await self.store.due_scan(delayed)
+                due = [levels[i] for i in positions]
                 results = await self.store.move_due_many([k for _, k in due], _MOVE_BATCH)
             except LeanMQError as exc:
                 self.log.warning("move_due_failed", queues=len(queues), error=str(exc))
-                waits, due, results = [], [], []
+                soonest, due, results = -1, [], []
             again = False
             for (queue, _), result in zip(due, results, strict=True):
                 if isinstance(result, LeanMQError):
@@ -162,7 +162,7 @@ class Maintenance:
                 again = again or result[0] >= _MOVE_BATCH or result[1] == 0
             if again:
                 continue
-            sleep_ms = min([w for w in waits if w > 0] + [cap_ms])
+            sleep_ms = cap_ms if soonest < 0 else min(soonest, cap_ms)
             with anyio.move_on_after(max(sleep_ms, 1) / 1000):
                 await wake.wait()
 
@@ -198,10 +198,9 @@ class Maintenance:
         if self.shared:  # only the queues whose expiry index (of any level) has one due
             n_levels = len(LEVELS)
             expiry = [k.expiry for _, q in todo for k in q.keys.levels()]
-            waits = await self.store.due_scan(expiry)
-            todo = [
-                item for i, item in enumerate(todo) if 0 in waits[i * n_levels : (i + 1) * n_levels]
-            ]
+            _, positions = await self.store.due_scan(expiry)
+            due = {i // n_levels for i in positions}
+            todo = [item for i, item in enumerate(todo) if i in due]
         for stream, queue in todo:
             policy = self.expired_policy[stream]
             n = 0

@@ -55,6 +55,7 @@ from leanmq_async.priority import LEVEL_CHECK
 from leanmq_async.replies import ReclaimResult, parse_extend_leases, parse_reclaim
 from leanmq_async.store.base import ID_BATCH
 from leanmq_async.store.reading import _read_entries
+from leanmq_async.worker.level_scan import levels_found
 from leanmq_async.worker.read_waker import HubMember, Waker, parse_id
 from leanmq_async.worker.settle_batch import SettleBatcher
 
@@ -72,9 +73,6 @@ _SCANS_PER_ROUND = 500
 # at a cost (Redis's and ours) that grows with the streams of that read.
 _SHARD_SIZE = 250
 _MAX_SHARDS = 3
-
-# Keys per multi-key EXISTS of the level scanner (bounded commands).
-_EXISTS_CHUNK = 4096
 
 
 def _error(exc: BaseException, what: str) -> LeanMQError:
@@ -126,6 +124,7 @@ class ReadHub:
         # queues failing together share its pipelines (and its one connection).
         self.settle_batcher = SettleBatcher(store)
         self.levels_scanned = anyio.Event()  # the level scanner's first pass is done
+        self._exists_packed: dict[tuple[str, ...], bytes] = {}
 
     @property
     def wakeups(self) -> int:
@@ -304,7 +303,7 @@ class ReadHub:
                 self.levels_scanned.set()
                 return
             try:
-                found = await self._levels_found(members)
+                found = await levels_found(self.client, members, self._exists_packed)
             except LeanMQError as exc:
                 self.log.warning("level_scan_failed", error=str(exc))
                 found = [0] * len(members)
@@ -314,23 +313,6 @@ class ReadHub:
                     member.stop()  # off the watch lists; its loops notice ``levels``
             self.levels_scanned.set()
             await anyio.sleep(LEVEL_CHECK)
-
-    async def _levels_found(self, members: list[HubMember]) -> list[int]:
-        """Per member, how many of its level keys exist: one multi-key ``EXISTS`` over all
-        of them first (the usual answer, 0, costs one command whatever the queue count;
-        a pipeline of one ``EXISTS`` per member cost ~2 % of a core at 1,000 queues),
-        then, only if some exist, one ``EXISTS`` per member to tell which."""
-        with translate_errors("EXISTS"):
-            keys = [k for member in members for k in member.level_keys]
-            total = 0
-            for start in range(0, len(keys), _EXISTS_CHUNK):
-                total += await self.client.exists(*keys[start : start + _EXISTS_CHUNK])
-            if not total:
-                return [0] * len(members)
-            async with self.client.pipeline(transaction=False) as pipe:
-                for member in members:
-                    pipe.exists(*member.level_keys)
-                return list(await pipe.execute())
 
     # -- the claimer ---------------------------------------------------------------------
 
