@@ -112,7 +112,7 @@ class Fetcher:
             # Its queue uses priority levels: read them here (claim.lua), off the hub.
             self.levels = True
             self.log.info("priorities_in_use", queue=self.queue.name, shared_reads=False)
-        state, slots, settler, recovery = self.state, self.state.slots, self.settler, self.recovery
+        slots, settler, recovery = self.state.slots, self.settler, self.recovery
         failures = 0
         while True:
             n = await slots.reserve(batch=self.read_batch)
@@ -141,15 +141,7 @@ class Fetcher:
             if failures or recovery.redis_down:
                 failures = 0
                 recovery.on_redis_back()
-            slots.release(n - len(entries))
-            state.stats.received += len(entries)
-            if entries:
-                state.dispatch(entries, 1)
-                # Let the processors start on these before the next read is sent: it
-                # saves the handlers the time it takes to issue that read.
-                await anyio.lowlevel.checkpoint()
-            elif self.burst and await self.nothing_left():
-                self.burst_done.set()
+            if await self._take(entries, n):
                 return
 
     async def read(self, n: int, acks: list[bytes]) -> list[RawEntry]:
@@ -248,14 +240,24 @@ class Fetcher:
             if failures or recovery.redis_down:
                 failures = 0
                 recovery.on_redis_back()
-            slots.release(n - len(entries))
-            state.stats.received += len(entries)
-            if entries:
-                state.dispatch(entries, 1)
-                await anyio.lowlevel.checkpoint()
-            elif self.burst and await self.nothing_left():
-                self.burst_done.set()
+            if await self._take(entries, n):
                 return
+
+    async def _take(self, entries: list[RawEntry], reserved: int) -> bool:
+        """Dispatch what a read brought into the ``reserved`` slots (the rest are freed);
+        True when a burst's drain is over (nothing left anywhere)."""
+        state = self.state
+        state.slots.release(reserved - len(entries))
+        state.stats.received += len(entries)
+        if entries:
+            state.dispatch(entries, 1)
+            # Let the processors start on these before the next read is sent: it saves
+            # the handlers the time it takes to issue that read.
+            await anyio.lowlevel.checkpoint()
+        elif self.burst and await self.nothing_left():
+            self.burst_done.set()
+            return True
+        return False
 
     def hub_levels(self) -> bool:
         """Sharing reads, has the hub found this runner's queue using priority levels?"""
