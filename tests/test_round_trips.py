@@ -237,21 +237,27 @@ async def test_info_calls(meter: Meter, pmq: LeanMQ, queue: Queue) -> None:
     assert calls == {"smembers": 2, "xlen": 12, "xinfo|groups": 12, "hgetall": 6, "zcard": 12}
 
 
-async def test_a_worker_sends_its_acks_with_its_next_read(
-    pmq: LeanMQ, queue: Queue, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Messages arriving one at a time: each handled message's XACK goes out in the same
-    # write as the XREADGROUP that follows it, not in a round trip of its own.
+def record_writes(monkeypatch: pytest.MonkeyPatch, names: tuple[bytes, ...]) -> list[list[bytes]]:
+    """From now on, record for every packed write which of ``names`` it sends as command
+    names (not inside a script's text); one list per write, in order."""
     writes: list[list[bytes]] = []
     original = AbstractConnection.send_packed_command
 
     async def recording(conn: AbstractConnection, command: Any, *args: Any, **kw: Any) -> None:
         chunks = [command] if isinstance(command, bytes | str) else list(command)
         data = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
-        names = (b"XACK", b"XREADGROUP")  # as command names, not inside a script's text
         writes.append([n for n in names if b"$%d\r\n%s\r\n" % (len(n), n) in data])
         await original(conn, command, *args, **kw)
 
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", recording)
+    return writes
+
+
+async def test_a_worker_sends_its_acks_with_its_next_read(
+    pmq: LeanMQ, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Messages arriving one at a time: each handled message's XACK goes out in the same
+    # write as the XREADGROUP that follows it, not in a round trip of its own.
     handled: list[int] = []
     handled_one = anyio.Event()
 
@@ -260,7 +266,7 @@ async def test_a_worker_sends_its_acks_with_its_next_read(
         handled.append(n)
         handled_one.set()
 
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", recording)
+    writes = record_writes(monkeypatch, (b"XACK", b"XREADGROUP"))
     with anyio.fail_after(20):
         async with pmq.worker(block_ms=1000):
             for n in range(10):
@@ -279,16 +285,6 @@ async def test_a_queue_never_using_priorities_is_read_as_before(
 ) -> None:
     # Priorities (priority.py): a worker on a plain queue reads with XREADGROUP alone, as
     # before; what it adds is one EXISTS per queue per LEVEL_CHECK (fetcher, upkeep).
-    sent: list[bytes] = []
-    original = AbstractConnection.send_packed_command
-
-    async def recording(conn: AbstractConnection, command: Any, *args: Any, **kw: Any) -> None:
-        chunks = [command] if isinstance(command, bytes | str) else list(command)
-        data = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
-        names = (b"XREADGROUP", b"XREAD", b"EXISTS", b"EVALSHA", b"XACK")
-        sent.extend(n for n in names if b"$%d\r\n%s\r\n" % (len(n), n) in data)
-        await original(conn, command, *args, **kw)
-
     handled: list[int] = []
 
     @queue.handler(concurrency=1)
@@ -296,13 +292,15 @@ async def test_a_queue_never_using_priorities_is_read_as_before(
         handled.append(n)
 
     await queue.send_messages(range(200))
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", recording)
+    names = (b"XREADGROUP", b"XREAD", b"EXISTS", b"EVALSHA", b"XACK")
+    recorded = record_writes(monkeypatch, names)
     started = time.monotonic()
     with anyio.fail_after(20):
         async with pmq.worker(block_ms=1000, burst=True):
             pass
     seconds = time.monotonic() - started
     assert sorted(handled) == list(range(200))
+    sent = [n for write in recorded for n in write]
     assert sent.count(b"XREAD") == 0
     assert sent.count(b"XREADGROUP") >= 200
     # One at start from the fetcher, the recovery and the upkeep each; then one per
@@ -318,16 +316,6 @@ async def test_a_worker_reading_priority_levels_sends_acks_with_its_claim(
 ) -> None:
     # With priorities in use a read is one EVALSHA of claim.lua: the acks of handled
     # messages ride with it (one write), and no SCRIPT EXISTS precedes it.
-    writes: list[list[bytes]] = []
-    original = AbstractConnection.send_packed_command
-
-    async def recording(conn: AbstractConnection, command: Any, *args: Any, **kw: Any) -> None:
-        chunks = [command] if isinstance(command, bytes | str) else list(command)
-        data = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
-        names = (b"XACK", b"EVALSHA", b"SCRIPT", b"EXISTS", b"XREADGROUP")
-        writes.append([n for n in names if b"$%d\r\n%s\r\n" % (len(n), n) in data])
-        await original(conn, command, *args, **kw)
-
     handled: list[int] = []
     handled_one = anyio.Event()
 
@@ -337,7 +325,7 @@ async def test_a_worker_reading_priority_levels_sends_acks_with_its_claim(
         handled_one.set()
 
     await queue.send_message(-1, priority="high")  # priorities in use from the start
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", recording)
+    writes = record_writes(monkeypatch, (b"XACK", b"EVALSHA", b"SCRIPT", b"EXISTS", b"XREADGROUP"))
     with anyio.fail_after(20):
         async with pmq.worker(block_ms=1000):
             for n in range(10):

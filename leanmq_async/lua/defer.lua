@@ -25,8 +25,7 @@ local stream, group, consumer, id = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local bad = check_types(KEYS, {'stream', 'zset', 'hash', 'zset'})
 if bad then return redis.error_reply(bad) end
 if pending_owner(stream, group, id) ~= consumer then return -1 end
-local marker = redis.call('ZSCORE', KEYS[4], entry_name(stream, id))
-if marker and tonumber(marker) > now_ms(ARGV[5]) then return 2 end
+if cancel_marked(KEYS[4], stream, id, ARGV[5]) then return 2 end
 local old = entry_fields(stream, id)
 if old == nil then
   redis.call('XACK', stream, group, id)

@@ -124,6 +124,13 @@ local function entry_name(stream, id)
   return id
 end
 
+-- Does ``cancelled`` (a queue's cancel markers, see cancel.lua) hold a live marker for
+-- entry ``id`` of ``stream``? (retry.lua and defer.lua refuse such an entry.)
+local function cancel_marked(cancelled, stream, id, shift)
+  local marker = redis.call('ZSCORE', cancelled, entry_name(stream, id))
+  return marker ~= false and marker ~= nil and tonumber(marker) > now_ms(shift)
+end
+
 -- XADDs a dead letter to ``dlq``: a copy of ``fields`` (the entry's flat field list; nil
 -- when the entry is gone from its stream: a tombstone, dlq.missing = 1, so the loss is
 -- recorded, never hidden) followed by the failure metadata, in this order:
