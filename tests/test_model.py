@@ -419,14 +419,16 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(
         qname=st.sampled_from(["q", "q", "r"]),
-        where=st.sampled_from(["stream", "stream", "read", "delayed", "unknown"]),
+        where=st.sampled_from(["stream", "stream", "read", "pending", "delayed", "unknown"]),
         pick=st.integers(0, 50),
     )
     def cancel(self, qname: str, where: str, pick: int) -> None:
         """``Queue.cancel`` of a stream entry (unread, pending or finished per group; "read"
-        picks one every group it is for has read and none holds: finished), a delayed
-        member (a delay or a retry) or an unknown id."""
+        picks one every group it is for has read and none holds: finished; "pending" one
+        some group holds: running), a delayed member (a delay or a retry) or an unknown id.
+        The two picks make every outcome reachable by design, not by chance."""
         qm = self.model.queues[qname]
+        held = [e for e in qm.stream.values() if any(e.seq in qm.pending[g] for g in qm.aimed(e))]
         read = [
             e
             for e in qm.stream.values()
@@ -434,6 +436,9 @@ class QueueMachine(RuleBasedStateMachine):
         ]
         if where == "read" and read:
             e = read[pick % len(read)]
+            mid, expected = e.sid, self.model.cancel(qname, seq=e.seq)
+        elif where == "pending" and held:
+            e = held[pick % len(held)]
             mid, expected = e.sid, self.model.cancel(qname, seq=e.seq)
         elif where == "delayed" and qm.delayed:
             e = qm.delayed[pick % len(qm.delayed)]
